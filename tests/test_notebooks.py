@@ -1,0 +1,105 @@
+"""The notebooks, run as a user runs them, and the committed artefacts they produced.
+
+papermill injects small parameters without executing (prepare_only) into a temp folder; nbval then
+executes those copies top to bottom in a fresh kernel, in order (03 reads what 01 and 02 wrote). The
+tests assert on the results and figures the notebooks wrote, recomputing what they can.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+SMALL_PARAMETERS = {
+    "01_baseline": {"epochs": 30, "full_batch_steps": 200, "progress": False},
+    "02_rlr_agent": {"steps": 200, "progress": False},
+    "03_comparison": {},
+}
+EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
+                    "03_comparison_passes", "03_comparison_steps"]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Prepare the notebooks with small parameters, run them under nbval, return the output folders."""
+    work = tmp_path_factory.mktemp("notebooks")
+    results, figures = work / "results", work / "figures"
+    paths = []
+    for name, parameters in SMALL_PARAMETERS.items():
+        path = work / f"{name}.ipynb"
+        papermill.execute_notebook(NOTEBOOKS / f"{name}.ipynb", path, prepare_only=True,
+                                   parameters={**parameters, "results_dir": str(results),
+                                               "figures_dir": str(figures)})
+        paths.append(str(path))
+    run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                          *paths], cwd=work, capture_output=True, text=True, timeout=900)
+    return {"results": results, "figures": figures, "run": run}
+
+
+def test_notebooks_execute_top_to_bottom_under_nbval(executed):
+    run = executed["run"]
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert re.search(r"\d+ passed", run.stdout) and "failed" not in run.stdout
+
+
+def test_notebooks_write_results_with_the_injected_parameters(executed):
+    results = executed["results"]
+    baseline = json.loads((results / "baseline_minibatch.json").read_text())
+    assert len(baseline["series"]["loss"]) == SMALL_PARAMETERS["01_baseline"]["epochs"]
+    assert baseline["config"]["baseline"]["epochs"] == SMALL_PARAMETERS["01_baseline"]["epochs"]
+    full_batch = json.loads((results / "baseline_full_batch.json").read_text())
+    assert len(full_batch["series"]["loss"]) == SMALL_PARAMETERS["01_baseline"]["full_batch_steps"]
+    for name in ("rl_described", "rl_as_coded"):
+        agent = json.loads((results / f"{name}.json").read_text())
+        assert len(agent["series"]["loss"]) == SMALL_PARAMETERS["02_rlr_agent"]["steps"]
+        assert agent["config"]["dqn"]["variant"] == name.removeprefix("rl_")
+        assert {"torch", "numpy", "python"} <= set(agent["versions"])
+        assert agent["summary"]["final_loss"] == agent["series"]["loss"][-1]
+
+
+def test_comparison_ratios_are_recomputed_from_the_saved_runs(executed):
+    results = executed["results"]
+    final = {name: json.loads((results / f"{name}.json").read_text())["series"]["loss"][-1]
+             for name in ("baseline_minibatch", "baseline_full_batch", "rl_described", "rl_as_coded")}
+    ratios = json.loads((results / "comparison.json").read_text())["ratios"]
+    assert ratios["same_passes_described"] == pytest.approx(final["baseline_minibatch"] / final["rl_described"])
+    assert ratios["same_steps_described"] == pytest.approx(final["baseline_full_batch"] / final["rl_described"])
+    assert ratios["same_passes_as_coded"] == pytest.approx(final["baseline_minibatch"] / final["rl_as_coded"])
+
+
+def test_notebooks_save_every_figure_as_png(executed):
+    for name in EXPECTED_FIGURES:
+        path = executed["figures"] / f"{name}.png"
+        assert path.exists(), f"{name}.png was not written"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_bad_parameter_fails_with_a_message_naming_it(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="baseline.epochs"):
+        papermill.execute_notebook(NOTEBOOKS / "01_baseline.ipynb", tmp_path / "bad.ipynb",
+                                   parameters={"epochs": 0, "results_dir": str(tmp_path),
+                                               "figures_dir": str(tmp_path)},
+                                   progress_bar=False, cwd=str(NOTEBOOKS))
+    assert not (tmp_path / "baseline_minibatch.json").exists(), "training must not start"
+
+
+@pytest.mark.parametrize("name", list(SMALL_PARAMETERS))
+def test_committed_notebook_was_executed_in_order_without_errors(name):
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code" and cell.source.strip()]
+    assert "parameters" in code_cells[0].metadata.get("tags", []), "first code cell must be tagged"
+    counts = [cell.execution_count for cell in code_cells]
+    assert counts == list(range(1, len(code_cells) + 1)), f"execution counts {counts}"
+    errors = [output for cell in code_cells for output in cell.get("outputs", [])
+              if output.output_type == "error"]
+    assert not errors
+    assert "parameters" in notebook.metadata.get("papermill", {}), "run it with papermill (make reproduce)"
