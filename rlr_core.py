@@ -10,6 +10,7 @@ Read top to bottom: configs -> task and models -> DQN agent -> learning-rate sch
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -279,11 +280,16 @@ class RunSeeds(NamedTuple):
     init: int
     shuffle: int
     agent: int
+    test: int
+    """held-out test polynomials, same distribution as the training data"""
 
 
 def derive_seeds(seed: int) -> RunSeeds:
-    """Split one run seed into independent streams (numpy's SeedSequence does this properly)."""
-    words = np.random.SeedSequence(seed).generate_state(4, dtype=np.uint32)
+    """Split one run seed into independent streams (numpy's SeedSequence does this properly).
+
+    generate_state is prefix-stable: adding a stream at the end leaves the earlier ones unchanged.
+    """
+    words = np.random.SeedSequence(seed).generate_state(len(RunSeeds._fields), dtype=np.uint32)
     return RunSeeds(*(int(w) for w in words))
 
 
@@ -352,6 +358,35 @@ def make_model(task: TaskConfig, seed: int, dtype: torch.dtype = torch.float32,
 def make_adam(params, lr: float) -> torch.optim.Adam:
     """Adam with the fused kernel: 1.5-2x faster per step than the default for these tiny models."""
     return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+class AdamHD(torch.optim.Adam):
+    """Adam with hypergradient descent on its learning rate (Adam-HD, Baydin et al. 2018).
+
+    Before each step, lr <- max(0, lr + hypergradient_lr * <g_t, u_{t-1}>): u_{t-1} is the previous
+    Adam direction, the last parameter change divided by the lr that made it. Online lr adaptation
+    without RL; hand-written because no maintained library ships it for torch.optim.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, hypergradient_lr: float = 1e-7, **adam_options: Any) -> None:
+        _check_float("hypergradient_lr", hypergradient_lr, 0.0, math.inf, low_open=False, high_open=True)
+        super().__init__(params, lr=lr, **adam_options)
+        self.hypergradient_lr = hypergradient_lr
+        self.last_direction: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> Any:  # type: ignore[override]
+        params = [p for group in self.param_groups for p in group["params"]]
+        if self.last_direction is not None:
+            hypergradient = sum(float((p.grad * d).sum()) for p, d in zip(params, self.last_direction)
+                                if p.grad is not None)
+            for group in self.param_groups:
+                group["lr"] = max(0.0, group["lr"] + self.hypergradient_lr * hypergradient)
+        before = [p.detach().clone() for p in params]
+        loss = super().step(closure)
+        lr = self.param_groups[0]["lr"]
+        self.last_direction = [(b - p) / lr if lr > 0 else torch.zeros_like(p) for b, p in zip(before, params)]
+        return loss
 
 
 def full_batch_loss(model: nn.Module, data: PolynomialData) -> torch.Tensor:
@@ -563,6 +598,26 @@ class DQNAgent:
 # ---------------------------------------------------------------------------------------------------
 # The learning-rate scheduler: an optimiser + an agent, advanced by step(loss) like ReduceLROnPlateau.
 # ---------------------------------------------------------------------------------------------------
+
+
+def loss_state(loss: float, previous_loss: float | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The agent's state s_t = (L_t, L_t - L_{t-1}), raw; the difference is 0 when there is no L_{t-1}.
+
+    The one definition of the state: RLRScheduler and the Gymnasium environment (rlr_env) both use it.
+    The difference is taken in Python floats (float64) before the cast to dtype.
+    """
+    difference = 0.0 if previous_loss is None else float(loss) - float(previous_loss)
+    return torch.tensor([float(loss), difference], dtype=dtype)
+
+
+def loss_reward(previous_loss: float, loss: float) -> float:
+    """The agent's reward r_t = L_t - L_{t+1}: how much the step lowered the loss (raw, not scaled)."""
+    return float(previous_loss) - float(loss)
+
+
+def next_lr_index(lr_index: int, action: int, schedule: ScheduleConfig) -> int:
+    """Move the grid index by schedule.index_shifts[action], then clip it to the grid."""
+    return min(max(lr_index + schedule.index_shifts[action], 0), len(schedule.lr_grid) - 1)
 
 
 class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
@@ -798,11 +853,13 @@ def train_baseline(config: Config, progress: bool = False, checkpoint_path: str 
 
 def train_full_batch(config: Config, lr: float, steps: int, method: str = "constant_full_batch",
                      make_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-                     progress: bool = False) -> RunResult:
+                     progress: bool = False,
+                     make_optimizer: Callable[[Any, float], torch.optim.Optimizer] = make_adam) -> RunResult:
     """Full-batch Adam for `steps` steps from lr, optionally driven by a torch.optim.lr_scheduler.
 
     make_scheduler(optimizer) builds the schedule; ReduceLROnPlateau gets step(loss), the rest step().
-    Logs the full-data loss after every step and the lr each step used.
+    make_optimizer(params, lr) swaps the optimiser (e.g. AdamHD). Logs the full-data loss after every
+    step and the lr each step used.
     """
     _check_float("lr", lr, 0.0, math.inf, high_open=True)
     _check_int("steps", steps, 1)
@@ -813,7 +870,7 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
     seeds, dtype, device = prepare_run(config)
     data = make_polynomial_dataset(config.task, seeds.data, dtype=dtype, device=device)
     model = make_model(config.task, seeds.init, dtype, device)
-    optimizer = make_adam(model.parameters(), lr)
+    optimizer = make_optimizer(model.parameters(), lr)
     scheduler = make_scheduler(optimizer) if make_scheduler is not None else None
     wants_loss = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     losses, lrs = np.empty(steps), np.empty(steps)
@@ -822,10 +879,10 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
     loss = full_batch_loss(model, data)
     with _progress(steps, method, progress) as bar:
         for step in range(steps):
-            lrs[step] = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            lrs[step] = optimizer.param_groups[0]["lr"]  # the lr this step used (AdamHD sets it in step)
             loss = full_batch_loss(model, data)  # L_{t+1}: logged now, differentiated next step
             value = loss.item()
             if not math.isfinite(value):

@@ -157,3 +157,62 @@ def plot_comparison(curves: dict[str, RunResult], title: str) -> plt.Figure:
 def baseline_optimiser_steps(config: Config) -> int:
     """Optimiser steps of the mini-batch baseline: epochs x ceil(n_examples / batch_size)."""
     return config.baseline.epochs * -(-config.task.n_examples // config.baseline.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Statistics over seeds. MSEs span decades and are skewed, so the centre is the geometric mean (mean of
+# log MSE) and the median; confidence intervals are scipy's BCa bootstrap over seeds.
+# ---------------------------------------------------------------------------------------------------
+
+
+def geometric_mean(values: np.ndarray) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def bootstrap_interval(values: Sequence[float], statistic: str = "geometric_mean", confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap confidence interval over seeds of the geometric mean or the median."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2 or np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    if statistic == "geometric_mean":
+        result = bootstrap((np.log(values),), np.mean, confidence_level=confidence, rng=seed)
+        return float(np.exp(result.confidence_interval.low)), float(np.exp(result.confidence_interval.high))
+    if statistic == "median":
+        result = bootstrap((values,), np.median, confidence_level=confidence, rng=seed, method="percentile")
+        return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    raise ValueError(f"statistic must be 'geometric_mean' or 'median', got {statistic!r}")
+
+
+def summarise_over_seeds(table: pd.DataFrame, metric: str, by: str = "method") -> pd.DataFrame:
+    """Per method: seeds, geometric mean with its 95% CI, median with its 95% CI, of one metric column."""
+    rows = []
+    for method, group in table.groupby(by, sort=False):
+        values = group[metric].to_numpy(dtype=float)
+        gm_low, gm_high = bootstrap_interval(values, "geometric_mean")
+        median_low, median_high = bootstrap_interval(values, "median")
+        rows.append({by: method, "seeds": len(values), "geometric mean": geometric_mean(values),
+                     "gm CI low": gm_low, "gm CI high": gm_high, "median": float(np.median(values)),
+                     "median CI low": median_low, "median CI high": median_high})
+    return pd.DataFrame(rows).set_index(by)
+
+
+def paired_ratio(table: pd.DataFrame, metric: str, reference: str, method: str) -> pd.Series:
+    """Per seed: reference MSE / method MSE (> 1: the method is better), matched on the seed column."""
+    pivot = table.pivot(index="seed", columns="method", values=metric)
+    return (pivot[reference] / pivot[method]).dropna()
+
+
+def paired_win_rate(table: pd.DataFrame, metric: str, reference: str, method: str) -> float:
+    """Share of seeds on which the method reaches a lower MSE than the reference."""
+    return float((paired_ratio(table, metric, reference, method) > 1).mean())
+
+
+def claim_ratio(table: pd.DataFrame, metric: str, baseline: str, agent: str) -> dict:
+    """The original's "times more accurate" over seeds: geometric mean of baseline/agent with its CI."""
+    ratios = paired_ratio(table, metric, baseline, agent).to_numpy()
+    low, high = bootstrap_interval(ratios, "geometric_mean")
+    return {"ratio": geometric_mean(ratios), "ci_low": low, "ci_high": high, "seeds": len(ratios),
+            "seeds_reaching_2": int((ratios >= 2).sum())}
