@@ -632,12 +632,24 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
     update (train mode), then chooses the next action and writes grid[index] into every param group:
     exactly the original's order of operations. State s_t = (L_t, L_t - L_{t-1}); with the agent's
     variant 'as_coded' the state acted on is (L_t, 0), as in the original's code (SPEC.md).
+
+    The grid: pass schedule=ScheduleConfig(...), or for short lr_grid=[...] (and optionally
+    start_index, default len(lr_grid) // 2 as the original's 12 // 2), which builds the ScheduleConfig
+    (where the grid is validated). Without an agent, a fresh DQNAgent(2, n_actions, seed=seed) learns
+    online; pass a trained one (load_agent) and call eval() to use its policy frozen.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, agent: DQNAgent | None = None,
-                 schedule: ScheduleConfig = ScheduleConfig(), seed: int = 0) -> None:
+                 schedule: ScheduleConfig | None = None, seed: int = 0, *,
+                 lr_grid: Iterable[float] | None = None, start_index: int | None = None) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if schedule is not None and (lr_grid is not None or start_index is not None):
+            raise ValueError("pass either schedule=ScheduleConfig(...) or lr_grid=/start_index=, not both")
+        if schedule is None:
+            grid = _check_sequence("lr_grid", lr_grid) if lr_grid is not None else original_lr_grid()
+            schedule = ScheduleConfig(lr_grid=grid, start_index=len(grid) // 2 if start_index is None
+                                      else start_index)
         if not isinstance(schedule, ScheduleConfig):
             raise TypeError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
         self.optimizer = optimizer
@@ -646,6 +658,9 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         if self.agent.n_actions != len(schedule.index_shifts):
             raise ValueError(f"agent has {self.agent.n_actions} actions but schedule.index_shifts has "
                              f"{len(schedule.index_shifts)}")
+        if self.agent.state_dim != 2:
+            raise ValueError(f"agent.state_dim must be 2 (the state is (L_t, L_t - L_(t-1))), "
+                             f"got {self.agent.state_dim}")
         self.lr_index = schedule.start_index
         self.previous_loss: float | None = None
         self.previous_state: torch.Tensor | None = None
@@ -669,9 +684,8 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         return self
 
     def observe(self, loss: float) -> torch.Tensor:
-        """State (L_t, L_t - L_{t-1}); the difference is 0 on the first call."""
-        difference = 0.0 if self.previous_loss is None else loss - self.previous_loss
-        return torch.tensor([loss, difference], dtype=self.agent.dtype)
+        """State (L_t, L_t - L_{t-1}) (loss_state); the difference is 0 on the first call."""
+        return loss_state(loss, self.previous_loss, self.agent.dtype)
 
     def step(self, loss: float) -> None:  # type: ignore[override]
         loss = float(loss)
@@ -680,33 +694,142 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
                                      "diverged. Nothing was stored; stop or restart the run.")
         state = self.observe(loss)
         if self.previous_state is not None and self.agent.training:
-            reward = self.previous_loss - loss
+            reward = loss_reward(self.previous_loss, loss)
             self.agent.remember(self.previous_state, self.last_action, state, reward)
             self.agent.learn()
         acting_state = state.clone()
         if self.agent.config.variant == "as_coded":
             acting_state[1] = 0.0
         action = self.agent.act(acting_state)
-        self.lr_index = min(max(self.lr_index + self.schedule.index_shifts[action], 0),
-                            len(self.schedule.lr_grid) - 1)
+        self.lr_index = next_lr_index(self.lr_index, action, self.schedule)
         self._set_lr(self.schedule.lr_grid[self.lr_index])
         self.previous_loss, self.previous_state, self.last_action = loss, acting_state, action
         self.last_epoch += 1
 
     def state_dict(self) -> dict:
-        return {"agent": self.agent.state_dict(), "lr_index": self.lr_index,
-                "previous_loss": self.previous_loss, "previous_state": self.previous_state,
-                "last_action": self.last_action, "last_epoch": self.last_epoch,
-                "last_lr": list(self._last_lr)}
+        """A snapshot (deep copy) of everything step() depends on: the agent (policy and target nets,
+        its optimiser, replay memory, epsilon step, RNG), lr index, previous loss/state/action, the grid.
+
+        Plain tensors and primitives only, so torch.load(..., weights_only=True) reads it back.
+        """
+        schedule = asdict(self.schedule)
+        del schedule["steps"]  # the run length is the training loop's business, not the scheduler's
+        return copy.deepcopy({
+            "agent": self.agent.state_dict(), "schedule": schedule, "lr_index": self.lr_index,
+            "previous_loss": self.previous_loss, "previous_state": self.previous_state,
+            "last_action": self.last_action, "last_epoch": self.last_epoch, "last_lr": list(self._last_lr)})
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a state_dict(); the scheduler must have the same grid, start index and actions."""
+        saved = state.get("schedule")  # absent from checkpoints written before the grid was saved
+        if saved is not None:
+            mine = {"lr_grid": list(self.schedule.lr_grid), "start_index": self.schedule.start_index,
+                    "index_shifts": list(self.schedule.index_shifts)}
+            theirs = {"lr_grid": [float(v) for v in saved["lr_grid"]], "start_index": int(saved["start_index"]),
+                      "index_shifts": [int(v) for v in saved["index_shifts"]]}
+            if mine != theirs:
+                raise ValueError(f"scheduler state was saved with schedule {theirs}, this scheduler has {mine}")
+        lr_index = int(state["lr_index"])
+        if not 0 <= lr_index < len(self.schedule.lr_grid):
+            raise ValueError(f"scheduler state has lr_index {lr_index}, outside the grid of "
+                             f"{len(self.schedule.lr_grid)} learning rates")
         self.agent.load_state_dict(state["agent"])
-        self.lr_index = int(state["lr_index"])
-        self.previous_loss = state["previous_loss"]
-        self.previous_state = state["previous_state"]
-        self.last_action = state["last_action"]
+        self.lr_index = lr_index
+        self.previous_loss = None if state["previous_loss"] is None else float(state["previous_loss"])
+        previous_state = state["previous_state"]
+        self.previous_state = None if previous_state is None else previous_state.clone()
+        self.last_action = None if state["last_action"] is None else int(state["last_action"])
         self.last_epoch = int(state["last_epoch"])
         self._set_lr(self.schedule.lr_grid[self.lr_index])
+
+
+AGENT_FILE_FORMAT = "rlr_scheduler.dqn_agent"
+AGENT_FILE_VERSION = 1
+
+
+def save_agent(agent: DQNAgent, path: str | Path) -> Path:
+    """Write a trained agent's policy to a small file, atomically, for load_agent.
+
+    Holds the config (as a dict), state_dim, n_actions, steps_done (so epsilon continues where it was)
+    and the policy and target weights: plain tensors and primitives, readable with
+    torch.load(path, weights_only=True), no pickled code. Not the replay memory, the Q-network's
+    optimiser or the RNG: to continue a run bit-identically, save RLRScheduler.state_dict() instead.
+    """
+    if not isinstance(agent, DQNAgent):
+        raise TypeError(f"agent must be a DQNAgent, got {type(agent).__name__}")
+
+    def weights(network: nn.Module) -> dict:
+        return {name: tensor.detach().cpu().clone() for name, tensor in network.state_dict().items()}
+
+    content = {"format": AGENT_FILE_FORMAT, "format_version": AGENT_FILE_VERSION,
+               "state_dim": agent.state_dim, "n_actions": agent.n_actions, "config": asdict(agent.config),
+               "steps_done": agent.steps_done, "policy_net": weights(agent.policy_net),
+               "target_net": weights(agent.target_net)}
+    return atomic_write(path, lambda file: torch.save(content, file))
+
+
+def load_agent(path: str | Path, seed: int = 0, device: str | torch.device = "cpu", *,
+               state_dim: int | None = None, n_actions: int | None = None) -> DQNAgent:
+    """Read a save_agent file into a new DQNAgent (training mode; call eval() on its scheduler to freeze it).
+
+    seed seeds the new agent's RNG (exploration, replay sampling); its replay memory and optimiser
+    start empty. state_dim / n_actions, when given, must match the file's. Anything that is not a
+    save_agent file of the expected shape raises ValueError saying what is wrong; a missing file
+    raises FileNotFoundError.
+    """
+    where = f"load_agent({str(path)!r})"
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # random bytes, JSON, a pickle with code in it...: not an agent file
+        raise ValueError(f"{where}: not a file written by save_agent (torch.load failed: "
+                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(content, dict) or content.get("format") != AGENT_FILE_FORMAT:
+        kind = f"a dict with keys {sorted(map(str, content))[:8]}" if isinstance(content, dict) \
+            else f"a {type(content).__name__}"
+        raise ValueError(f"{where}: not a file written by save_agent (it holds {kind}, "
+                         f"without format={AGENT_FILE_FORMAT!r})")
+    if content.get("format_version") != AGENT_FILE_VERSION:
+        raise ValueError(f"{where}: agent file format_version {content.get('format_version')!r}, this code "
+                         f"reads version {AGENT_FILE_VERSION}")
+    missing = {"state_dim", "n_actions", "config", "steps_done", "policy_net", "target_net"} - set(content)
+    if missing:
+        raise ValueError(f"{where}: agent file lacks {sorted(missing)}")
+    for name, expected in (("state_dim", state_dim), ("n_actions", n_actions)):
+        value = content[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {name} must be an int >= 1, the file has {value!r}")
+        if expected is not None and value != expected:
+            raise ValueError(f"{where}: the agent has {name}={value}, expected {name}={expected}")
+    steps_done = content["steps_done"]
+    if isinstance(steps_done, bool) or not isinstance(steps_done, int) or steps_done < 0:
+        raise ValueError(f"{where}: steps_done must be an int >= 0, the file has {steps_done!r}")
+    try:
+        config = DQNConfig(**content["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: the file's DQN config is invalid: {error}") from error
+    first_weight = next(iter(content["policy_net"].values()), None) if isinstance(content["policy_net"], dict) \
+        else None
+    if not isinstance(first_weight, torch.Tensor) or first_weight.dtype not in DTYPES.values():
+        raise ValueError(f"{where}: policy_net must hold float32 or float64 weight tensors")
+    agent = DQNAgent(content["state_dim"], content["n_actions"], config, seed, first_weight.dtype, device)
+    for name in ("policy_net", "target_net"):
+        saved, expected = content[name], getattr(agent, name).state_dict()
+        if not isinstance(saved, dict) or set(saved) != set(expected):
+            raise ValueError(f"{where}: {name} holds tensors {sorted(saved) if isinstance(saved, dict) else saved!r}"
+                             f", a Q-network needs {sorted(expected)}")
+        for key, tensor in saved.items():
+            if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[key].shape:
+                shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"{where}: {name}.{key} has shape {shape}, expected "
+                                 f"{tuple(expected[key].shape)} for state_dim={agent.state_dim}, "
+                                 f"n_actions={agent.n_actions}, hidden_size={config.hidden_size}")
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{where}: {name}.{key} holds non-finite weights")
+        getattr(agent, name).load_state_dict(saved)
+    agent.steps_done = content["steps_done"]
+    return agent
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,202 @@
+"""The learning-rate problem as a Gymnasium environment: the same task seen from the agent's side.
+
+LRControlEnv: each step is one full-batch Adam step on MaclaurinNet at the learning rate the action
+picks on the grid; the observation and reward are the ones RLRScheduler gives its agent (loss_state,
+loss_reward in rlr_core), so external agents and episodic training see exactly the original problem.
+train_agent_on_env runs rlr_core.DQNAgent on any environment with a Box observation and Discrete
+actions through the standard Gymnasium loop (act, step, remember, learn; reset at episode end).
+
+Nothing of the RL logic is copied here: data, model, Adam, state, reward and the index move all come
+from rlr_core.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+
+import rlr_core as rc
+
+DIVERGENCE_PENALTY = -1.0
+"""Reward of the step whose loss is non-finite (the episode terminates there). In the default task the
+whole episode's return, L_0 - L_T, is below L_0 (about 0.3), so one divergence costs more than any
+episode can earn."""
+
+
+class LRControlEnv(gymnasium.Env):
+    """Choose Adam's learning rate, one full-batch step at a time, while it trains MaclaurinNet.
+
+    Observation: (L_t, L_t - L_{t-1}), raw, exactly RLRScheduler's state (rlr_core.loss_state); the
+    difference is 0 at reset. Actions: index_shifts of the ScheduleConfig (default -1, 0, +1 along
+    the grid, clipped to it). Reward: L_t - L_{t+1} (rlr_core.loss_reward), as the original agent saw.
+
+    reset(seed=s) starts a new task: the data set and the initial weights are the ones
+    rlr_core.train_rl_scheduled uses for Config(seed=s) (derive_seeds(s).data / .init), a fresh Adam, and
+    the lr index back to schedule.start_index. reset() without a seed draws the next task's seed from
+    the environment's np_random; the data are redrawn too only with resample_data=True, otherwise the
+    data of the last seeded reset stay (a new network, the same regression problem).
+
+    An episode is schedule.steps Adam steps long (truncated=True at the end). A non-finite loss ends it
+    (terminated=True) with reward divergence_penalty; the observation returned then is the last finite
+    one (s_t, not the non-finite s_{t+1}) and info["diverged"] is True. No observation is ever
+    non-finite. info holds the lr and lr_index the step used and the loss after it.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task: rc.TaskConfig | None = None, schedule: rc.ScheduleConfig | None = None, *,
+                 resample_data: bool = False, divergence_penalty: float = DIVERGENCE_PENALTY,
+                 dtype: str = "float32", device: str = "cpu") -> None:
+        task = rc.TaskConfig() if task is None else task
+        schedule = rc.ScheduleConfig() if schedule is None else schedule
+        if not isinstance(task, rc.TaskConfig):
+            raise TypeError(f"task must be a TaskConfig, got {type(task).__name__}")
+        if not isinstance(schedule, rc.ScheduleConfig):
+            raise TypeError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
+        if not isinstance(resample_data, bool):
+            raise TypeError(f"resample_data must be a bool, got {type(resample_data).__name__}")
+        if isinstance(divergence_penalty, bool) or not isinstance(divergence_penalty, (int, float)) \
+                or not math.isfinite(divergence_penalty):
+            raise ValueError(f"divergence_penalty must be a finite number, got {divergence_penalty!r}")
+        if not isinstance(dtype, str) or dtype not in rc.DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(rc.DTYPES)}, got {dtype!r}")
+        self.task, self.schedule = task, schedule
+        self.resample_data, self.divergence_penalty = resample_data, float(divergence_penalty)
+        self.dtype, self.device = rc.DTYPES[dtype], rc.check_device(device)
+        # The loss is an MSE (>= 0), its change has either sign; both are finite (a non-finite loss ends
+        # the episode), so the bounds are the dtype's largest finite value (as CartPole's velocities).
+        largest = np.finfo(np.float32 if dtype == "float32" else np.float64).max
+        self.observation_space = spaces.Box(low=np.array([0.0, -largest], dtype=largest.dtype),
+                                            high=np.array([largest, largest], dtype=largest.dtype),
+                                            dtype=largest.dtype)
+        self.action_space = spaces.Discrete(len(schedule.index_shifts))
+        self.data: rc.PolynomialData | None = None
+        self.model: rc.MaclaurinNet | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_index = schedule.start_index
+        self.episode_seed: int | None = None
+        self.elapsed_steps = 0
+        self._loss: torch.Tensor | None = None  # L_t with its graph: differentiated by the next step
+        self._observation: np.ndarray | None = None
+        self._episode_over = True
+
+    @classmethod
+    def from_config(cls, config: rc.Config, **kwargs: Any) -> "LRControlEnv":
+        """The environment of a run config: its task, schedule, dtype and device."""
+        return cls(config.task, config.schedule, dtype=config.dtype, device=config.device, **kwargs)
+
+    def _info(self) -> dict:
+        return {"lr": self.schedule.lr_grid[self.lr_index], "lr_index": self.lr_index,
+                "loss": float(self._loss.item())}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if options:
+            raise ValueError(f"LRControlEnv.reset takes no options, got {options!r}")
+        if seed is not None:
+            rc._check_int("seed", seed, 0)
+            self.episode_seed = int(seed)
+        else:
+            self.episode_seed = int(self.np_random.integers(0, 2 ** 63 - 1))
+        seeds = rc.derive_seeds(self.episode_seed)
+        if self.data is None or seed is not None or self.resample_data:
+            self.data = rc.make_polynomial_dataset(self.task, seeds.data, dtype=self.dtype, device=self.device)
+        self.model = rc.make_model(self.task, seeds.init, self.dtype, self.device)
+        self.lr_index = self.schedule.start_index
+        self.optimizer = rc.make_adam(self.model.parameters(), self.schedule.lr_grid[self.lr_index])
+        self.elapsed_steps = 0
+        self._loss = rc.full_batch_loss(self.model, self.data)
+        loss = self._loss.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the initial loss is {loss} (data or initial weights out of float range): "
+                                     "lower task.coeff_scale or use dtype='float64'")
+        self._observation = rc.loss_state(loss, None, self.dtype).numpy()
+        self._episode_over = False
+        return self._observation.copy(), self._info()
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._episode_over:
+            raise RuntimeError("the episode is over (or never started): call reset() first")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must be an int in [0, {self.action_space.n - 1}], got {action!r}")
+        self.lr_index = rc.next_lr_index(self.lr_index, int(action), self.schedule)
+        lr = self.schedule.lr_grid[self.lr_index]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        previous_loss = self._loss.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._loss.backward()
+        self.optimizer.step()
+        self._loss = rc.full_batch_loss(self.model, self.data)  # L_{t+1}: differentiated next step
+        loss = self._loss.item()
+        self.elapsed_steps += 1
+        observation = rc.loss_state(loss, previous_loss, self.dtype).numpy()
+        info = self._info()
+        if not (math.isfinite(loss) and np.isfinite(observation).all()):
+            self._episode_over = True
+            info["diverged"] = True
+            return self._observation.copy(), self.divergence_penalty, True, False, info
+        info["diverged"] = False
+        self._observation = observation
+        truncated = self.elapsed_steps >= self.schedule.steps
+        self._episode_over = truncated
+        return observation.copy(), rc.loss_reward(previous_loss, loss), False, truncated, info
+
+
+def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
+                       seed: int | None = None) -> dict[str, list]:
+    """Run agent on env for total_steps environment steps, the standard Gymnasium loop.
+
+    obs -> act -> step -> remember(obs, action, next_obs, reward) -> learn, then reset at terminated or
+    truncated. The first reset uses seed, later ones continue the environment's own RNG. next_obs is
+    always the observation step() returned, also at truncation (the real next state). The DQN has no
+    terminal states (SPEC.md): a terminated transition is stored like any other and bootstrapped from.
+    For LRControlEnv's divergence that is (s_t, a, s_t, divergence_penalty): a penalised self-loop,
+    which still ranks the diverging action below the others. With agent.training False (eval) nothing
+    is stored or learned: an evaluation rollout with the greedy policy.
+
+    Returns episode_returns, episode_lengths and episode_terminated (one per finished episode; an
+    unfinished last episode is left out) and dqn_losses (one per DQN update).
+    """
+    if not isinstance(env.action_space, spaces.Discrete) or int(env.action_space.n) != agent.n_actions:
+        raise ValueError(f"env.action_space must be Discrete({agent.n_actions}) for this agent, "
+                         f"got {env.action_space}")
+    if not isinstance(env.observation_space, spaces.Box) or env.observation_space.shape != (agent.state_dim,):
+        raise ValueError(f"env.observation_space must be a Box of shape ({agent.state_dim},) for this agent, "
+                         f"got {env.observation_space}")
+    rc._check_int("total_steps", total_steps, 0)
+    history: dict[str, list] = {"episode_returns": [], "episode_lengths": [], "episode_terminated": [],
+                                "dqn_losses": []}
+    observation, _ = env.reset(seed=seed)
+    episode_return, episode_length = 0.0, 0
+    for _ in range(total_steps):
+        action = agent.act(observation)
+        next_observation, reward, terminated, truncated, _ = env.step(action)
+        if agent.training:
+            agent.remember(observation, action, next_observation, float(reward))
+            dqn_loss = agent.learn()
+            if dqn_loss is not None:
+                history["dqn_losses"].append(dqn_loss)
+        episode_return += float(reward)
+        episode_length += 1
+        if terminated or truncated:
+            history["episode_returns"].append(episode_return)
+            history["episode_lengths"].append(episode_length)
+            history["episode_terminated"].append(bool(terminated))
+            observation, _ = env.reset()
+            episode_return, episode_length = 0.0, 0
+        else:
+            observation = next_observation
+    return history
+
+
+ENV_ID = "rlr_env/LRControl-v0"
+"""gymnasium.make(ENV_ID, task=..., schedule=..., ...) builds an LRControlEnv (keyword arguments as the
+constructor's); the environment truncates its episodes itself, after schedule.steps steps."""
+if ENV_ID not in gymnasium.registry:
+    gymnasium.register(ENV_ID, entry_point="rlr_env:LRControlEnv")
