@@ -34,6 +34,7 @@ from tqdm import tqdm
 # ---------------------------------------------------------------------------------------------------
 
 DQN_VARIANTS = ("described", "as_coded")
+STATE_FEATURES = ("raw", "log")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -138,6 +139,12 @@ class ScheduleConfig:
     """action a moves the grid index by index_shifts[a], then clips to the grid"""
     steps: int = 10_000
     """environment steps (full-batch Adam steps) in the agent's one continuous run"""
+    features: str = "raw"
+    """'raw': state (L, L - L_prev), reward L_t - L_{t+1} (original); 'log': state (log L,
+    log L - log L_prev, lr position in [0, 1]), reward log L_t - log L_{t+1} (scale-free ablation)"""
+    lr_factors: tuple[float, ...] = ()
+    """empty: actions shift the grid index (original); else action a multiplies the lr by
+    lr_factors[a], clipped to [lr_grid[0], lr_grid[-1]] (e.g. (0.5, 1.0, 2.0))"""
 
     def __post_init__(self) -> None:
         self.lr_grid = tuple(float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
@@ -158,6 +165,20 @@ class ScheduleConfig:
         for i, shift in enumerate(self.index_shifts):
             _check_int(f"schedule.index_shifts[{i}]", shift, -len(self.lr_grid))
         _check_int("schedule.steps", self.steps, 1)
+        if self.features not in STATE_FEATURES:
+            raise ValueError(f"schedule.features must be one of {STATE_FEATURES}, got {self.features!r}")
+        self.lr_factors = tuple(self.lr_factors)
+        for i, factor in enumerate(self.lr_factors):
+            _check_float(f"schedule.lr_factors[{i}]", factor, 0.0, math.inf, high_open=True)
+
+    @property
+    def state_dim(self) -> int:
+        """2 for raw features (L, dL), 3 for log features (log L, d log L, lr position)."""
+        return 2 if self.features == "raw" else 3
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.lr_factors) if self.lr_factors else len(self.index_shifts)
 
 
 @dataclass
@@ -600,24 +621,53 @@ class DQNAgent:
 # ---------------------------------------------------------------------------------------------------
 
 
-def loss_state(loss: float, previous_loss: float | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def safe_log(loss: float) -> float:
+    """log of a loss, floored at 1e-30 so that an exact zero gives a large finite value, not -inf."""
+    return math.log(max(float(loss), 1e-30))
+
+
+def loss_state(loss: float, previous_loss: float | None, dtype: torch.dtype = torch.float32,
+               features: str = "raw", lr_position: float = 0.0) -> torch.Tensor:
     """The agent's state s_t = (L_t, L_t - L_{t-1}), raw; the difference is 0 when there is no L_{t-1}.
 
-    The one definition of the state: RLRScheduler and the Gymnasium environment (rlr_env) both use it.
-    The difference is taken in Python floats (float64) before the cast to dtype.
+    With features='log': (log L_t, log L_t - log L_{t-1}, lr_position), scale-free. The one definition
+    of the state: RLRScheduler and the Gymnasium environment (rlr_env) both use it. The difference is
+    taken in Python floats (float64) before the cast to dtype.
     """
-    difference = 0.0 if previous_loss is None else float(loss) - float(previous_loss)
-    return torch.tensor([float(loss), difference], dtype=dtype)
+    if features == "raw":
+        difference = 0.0 if previous_loss is None else float(loss) - float(previous_loss)
+        return torch.tensor([float(loss), difference], dtype=dtype)
+    log_difference = 0.0 if previous_loss is None else safe_log(loss) - safe_log(previous_loss)
+    return torch.tensor([safe_log(loss), log_difference, lr_position], dtype=dtype)
 
 
-def loss_reward(previous_loss: float, loss: float) -> float:
-    """The agent's reward r_t = L_t - L_{t+1}: how much the step lowered the loss (raw, not scaled)."""
-    return float(previous_loss) - float(loss)
+def loss_reward(previous_loss: float, loss: float, features: str = "raw") -> float:
+    """The agent's reward r_t = L_t - L_{t+1} (raw), or log L_t - log L_{t+1} with features='log'."""
+    if features == "raw":
+        return float(previous_loss) - float(loss)
+    return safe_log(previous_loss) - safe_log(loss)
+
+
+def lr_position(lr: float, schedule: ScheduleConfig) -> float:
+    """Where lr sits between the grid's ends on a log scale: 0 at the lowest, 1 at the highest."""
+    low, high = math.log(schedule.lr_grid[0]), math.log(schedule.lr_grid[-1])
+    return 0.0 if high == low else (math.log(lr) - low) / (high - low)
 
 
 def next_lr_index(lr_index: int, action: int, schedule: ScheduleConfig) -> int:
     """Move the grid index by schedule.index_shifts[action], then clip it to the grid."""
     return min(max(lr_index + schedule.index_shifts[action], 0), len(schedule.lr_grid) - 1)
+
+
+def next_lr(lr_index: int, lr: float, action: int, schedule: ScheduleConfig) -> tuple[int, float]:
+    """The (grid index, lr) an action leads to: a grid shift (original), or with schedule.lr_factors a
+    multiplication clipped to the grid's range, whose index is then the nearest grid value (for logs)."""
+    grid = schedule.lr_grid
+    if not schedule.lr_factors:
+        index = next_lr_index(lr_index, action, schedule)
+        return index, grid[index]
+    lr = min(max(lr * schedule.lr_factors[action], grid[0]), grid[-1])
+    return int(np.argmin(np.abs(np.log(grid) - math.log(lr)))), lr
 
 
 class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
@@ -654,13 +704,13 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
             raise TypeError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
         self.optimizer = optimizer
         self.schedule = schedule
-        self.agent = agent if agent is not None else DQNAgent(2, len(schedule.index_shifts), seed=seed)
-        if self.agent.n_actions != len(schedule.index_shifts):
-            raise ValueError(f"agent has {self.agent.n_actions} actions but schedule.index_shifts has "
-                             f"{len(schedule.index_shifts)}")
-        if self.agent.state_dim != 2:
-            raise ValueError(f"agent.state_dim must be 2 (the state is (L_t, L_t - L_(t-1))), "
-                             f"got {self.agent.state_dim}")
+        self.agent = agent if agent is not None else DQNAgent(schedule.state_dim, schedule.n_actions, seed=seed)
+        if self.agent.n_actions != schedule.n_actions:
+            raise ValueError(f"agent has {self.agent.n_actions} actions but the schedule has "
+                             f"{schedule.n_actions} (index_shifts, or lr_factors when given)")
+        if self.agent.state_dim != schedule.state_dim:
+            raise ValueError(f"agent.state_dim must be {schedule.state_dim} for schedule.features="
+                             f"{schedule.features!r}, got {self.agent.state_dim}")
         self.lr_index = schedule.start_index
         self.previous_loss: float | None = None
         self.previous_state: torch.Tensor | None = None
@@ -685,7 +735,8 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
 
     def observe(self, loss: float) -> torch.Tensor:
         """State (L_t, L_t - L_{t-1}) (loss_state); the difference is 0 on the first call."""
-        return loss_state(loss, self.previous_loss, self.agent.dtype)
+        return loss_state(loss, self.previous_loss, self.agent.dtype, self.schedule.features,
+                          lr_position(self._last_lr[0], self.schedule))
 
     def step(self, loss: float) -> None:  # type: ignore[override]
         loss = float(loss)
@@ -694,15 +745,15 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
                                      "diverged. Nothing was stored; stop or restart the run.")
         state = self.observe(loss)
         if self.previous_state is not None and self.agent.training:
-            reward = loss_reward(self.previous_loss, loss)
+            reward = loss_reward(self.previous_loss, loss, self.schedule.features)
             self.agent.remember(self.previous_state, self.last_action, state, reward)
             self.agent.learn()
         acting_state = state.clone()
         if self.agent.config.variant == "as_coded":
             acting_state[1] = 0.0
         action = self.agent.act(acting_state)
-        self.lr_index = next_lr_index(self.lr_index, action, self.schedule)
-        self._set_lr(self.schedule.lr_grid[self.lr_index])
+        self.lr_index, lr = next_lr(self.lr_index, self._last_lr[0], action, self.schedule)
+        self._set_lr(lr)
         self.previous_loss, self.previous_state, self.last_action = loss, acting_state, action
         self.last_epoch += 1
 
@@ -724,9 +775,12 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         saved = state.get("schedule")  # absent from checkpoints written before the grid was saved
         if saved is not None:
             mine = {"lr_grid": list(self.schedule.lr_grid), "start_index": self.schedule.start_index,
-                    "index_shifts": list(self.schedule.index_shifts)}
+                    "index_shifts": list(self.schedule.index_shifts), "features": self.schedule.features,
+                    "lr_factors": list(self.schedule.lr_factors)}
             theirs = {"lr_grid": [float(v) for v in saved["lr_grid"]], "start_index": int(saved["start_index"]),
-                      "index_shifts": [int(v) for v in saved["index_shifts"]]}
+                      "index_shifts": [int(v) for v in saved["index_shifts"]],
+                      "features": saved.get("features", "raw"),
+                      "lr_factors": [float(v) for v in saved.get("lr_factors", ())]}
             if mine != theirs:
                 raise ValueError(f"scheduler state was saved with schedule {theirs}, this scheduler has {mine}")
         lr_index = int(state["lr_index"])
@@ -740,7 +794,8 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         self.previous_state = None if previous_state is None else previous_state.clone()
         self.last_action = None if state["last_action"] is None else int(state["last_action"])
         self.last_epoch = int(state["last_epoch"])
-        self._set_lr(self.schedule.lr_grid[self.lr_index])
+        saved_lr = state.get("last_lr")  # with lr_factors the lr need not be a grid value
+        self._set_lr(float(saved_lr[0]) if saved_lr else self.schedule.lr_grid[self.lr_index])
 
 
 AGENT_FILE_FORMAT = "rlr_scheduler.dqn_agent"
@@ -889,10 +944,19 @@ def _check_checkpointing(checkpoint_path: Any, checkpoint_every: Any, resume: An
         raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
 
 
-def _without_run_length(config: dict) -> dict:
-    """The config minus the run lengths: a checkpoint of a shorter run may be continued to a longer one."""
-    return {**config, "baseline": {**config["baseline"], "epochs": None},
-            "schedule": {**config["schedule"], "steps": None}}
+def _config_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted names of the fields where two config dicts differ, except the run lengths (schedule.steps,
+    baseline.epochs): a checkpoint of a shorter run may be continued to a longer one."""
+    differences = []
+    for key in sorted(saved.keys() | current.keys()):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += [f"{key}.{name}" for name in sorted(old.keys() | new.keys())
+                            if old.get(name) != new.get(name) and f"{key}.{name}" not in
+                            ("schedule.steps", "baseline.epochs")]
+        elif old != new:
+            differences.append(key)
+    return differences
 
 
 def save_checkpoint(path: str | Path, config: Config, method: str, step: int, series: dict[str, np.ndarray],
@@ -914,10 +978,11 @@ def load_checkpoint(path: str | Path, config: Config, method: str, series: dict[
     """Restore parts and series[name][:step] from a save_checkpoint file; return (step, wall_seconds so far)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     step = int(checkpoint["step"])
-    if (checkpoint["method"] != method or set(checkpoint["series"]) != set(series)
-            or _without_run_length(checkpoint["config"]) != _without_run_length(config.to_dict())):
+    differences = _config_differences(checkpoint["config"], config.to_dict())
+    if checkpoint["method"] != method or differences or set(checkpoint["series"]) != set(series):
         raise ValueError(f"checkpoint_path {str(path)!r} holds another run (method {checkpoint['method']!r}, "
-                         "or another config or series): delete it or pass resume=False")
+                         f"config differs in {differences}, series {sorted(checkpoint['series'])}): delete it "
+                         "or pass resume=False")
     if step > len(series["loss"]):
         raise ValueError(f"checkpoint_path {str(path)!r} is at step {step}, past this run's {len(series['loss'])}")
     for name, values in checkpoint["series"].items():
@@ -1035,7 +1100,7 @@ def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: 
     data = make_polynomial_dataset(config.task, seeds.data, dtype=dtype, device=device)
     model = make_model(config.task, seeds.init, dtype, device)
     optimizer = make_adam(model.parameters(), config.schedule.lr_grid[config.schedule.start_index])
-    agent = DQNAgent(2, len(config.schedule.index_shifts), config.dqn, seeds.agent, dtype, device)
+    agent = DQNAgent(config.schedule.state_dim, config.schedule.n_actions, config.dqn, seeds.agent, dtype, device)
     scheduler = RLRScheduler(optimizer, agent, config.schedule)
     method, steps = f"rl_{config.dqn.variant}", config.schedule.steps
     series = {name: np.empty(steps) for name in ("loss", "lr", "reward", "epsilon")}
@@ -1073,7 +1138,7 @@ def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: 
                 diverged_at = step  # the model's loss or the agent's Q-values left the float range
                 break
             series["loss"][step] = value
-            series["reward"][step] = previous_value - value
+            series["reward"][step] = loss_reward(previous_value, value, config.schedule.features)
             scheduler.step(value)
             bar.update()
             if checkpoint_path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):

@@ -70,15 +70,18 @@ class LRControlEnv(gymnasium.Env):
         self.dtype, self.device = rc.DTYPES[dtype], rc.check_device(device)
         # The loss is an MSE (>= 0), its change has either sign; both are finite (a non-finite loss ends
         # the episode), so the bounds are the dtype's largest finite value (as CartPole's velocities).
+        # With features='log' the state is (log L, its change, lr position in [0, 1]).
         largest = np.finfo(np.float32 if dtype == "float32" else np.float64).max
-        self.observation_space = spaces.Box(low=np.array([0.0, -largest], dtype=largest.dtype),
-                                            high=np.array([largest, largest], dtype=largest.dtype),
-                                            dtype=largest.dtype)
-        self.action_space = spaces.Discrete(len(schedule.index_shifts))
+        low, high = ([0.0, -largest], [largest, largest]) if schedule.features == "raw" else \
+            ([-largest, -largest, 0.0], [largest, largest, 1.0])
+        self.observation_space = spaces.Box(low=np.array(low, dtype=largest.dtype),
+                                            high=np.array(high, dtype=largest.dtype), dtype=largest.dtype)
+        self.action_space = spaces.Discrete(schedule.n_actions)
         self.data: rc.PolynomialData | None = None
         self.model: rc.MaclaurinNet | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_index = schedule.start_index
+        self.lr = schedule.lr_grid[self.lr_index]
         self.episode_seed: int | None = None
         self.elapsed_steps = 0
         self._loss: torch.Tensor | None = None  # L_t with its graph: differentiated by the next step
@@ -91,7 +94,7 @@ class LRControlEnv(gymnasium.Env):
         return cls(config.task, config.schedule, dtype=config.dtype, device=config.device, **kwargs)
 
     def _info(self) -> dict:
-        return {"lr": self.schedule.lr_grid[self.lr_index], "lr_index": self.lr_index,
+        return {"lr": self.lr, "lr_index": self.lr_index,
                 "loss": float(self._loss.item())}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -108,14 +111,15 @@ class LRControlEnv(gymnasium.Env):
             self.data = rc.make_polynomial_dataset(self.task, seeds.data, dtype=self.dtype, device=self.device)
         self.model = rc.make_model(self.task, seeds.init, self.dtype, self.device)
         self.lr_index = self.schedule.start_index
-        self.optimizer = rc.make_adam(self.model.parameters(), self.schedule.lr_grid[self.lr_index])
+        self.lr = self.schedule.lr_grid[self.lr_index]
+        self.optimizer = rc.make_adam(self.model.parameters(), self.lr)
         self.elapsed_steps = 0
         self._loss = rc.full_batch_loss(self.model, self.data)
         loss = self._loss.item()
         if not math.isfinite(loss):
             raise FloatingPointError(f"the initial loss is {loss} (data or initial weights out of float range): "
                                      "lower task.coeff_scale or use dtype='float64'")
-        self._observation = rc.loss_state(loss, None, self.dtype).numpy()
+        self._observation = self._state(loss, None)
         self._episode_over = False
         return self._observation.copy(), self._info()
 
@@ -124,10 +128,9 @@ class LRControlEnv(gymnasium.Env):
             raise RuntimeError("the episode is over (or never started): call reset() first")
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an int in [0, {self.action_space.n - 1}], got {action!r}")
-        self.lr_index = rc.next_lr_index(self.lr_index, int(action), self.schedule)
-        lr = self.schedule.lr_grid[self.lr_index]
+        self.lr_index, self.lr = rc.next_lr(self.lr_index, self.lr, int(action), self.schedule)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.lr
         previous_loss = self._loss.item()
         self.optimizer.zero_grad(set_to_none=True)
         self._loss.backward()
@@ -135,7 +138,7 @@ class LRControlEnv(gymnasium.Env):
         self._loss = rc.full_batch_loss(self.model, self.data)  # L_{t+1}: differentiated next step
         loss = self._loss.item()
         self.elapsed_steps += 1
-        observation = rc.loss_state(loss, previous_loss, self.dtype).numpy()
+        observation = self._state(loss, previous_loss)
         info = self._info()
         if not (math.isfinite(loss) and np.isfinite(observation).all()):
             self._episode_over = True
@@ -145,7 +148,12 @@ class LRControlEnv(gymnasium.Env):
         self._observation = observation
         truncated = self.elapsed_steps >= self.schedule.steps
         self._episode_over = truncated
-        return observation.copy(), rc.loss_reward(previous_loss, loss), False, truncated, info
+        return observation.copy(), rc.loss_reward(previous_loss, loss, self.schedule.features), False, truncated, info
+
+    def _state(self, loss: float, previous_loss: float | None) -> np.ndarray:
+        """RLRScheduler's state for this loss (rlr_core.loss_state), as a numpy observation."""
+        return rc.loss_state(loss, previous_loss, self.dtype, self.schedule.features,
+                             rc.lr_position(self.lr, self.schedule)).numpy()
 
 
 def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,

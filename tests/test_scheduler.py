@@ -327,3 +327,35 @@ def test_load_agent_rejects_other_shapes_and_broken_content(tmp_path, trained_ag
         rc.load_agent(broken(format_version=99))
     with pytest.raises(ValueError, match=r"lacks \['steps_done'\]"):
         rc.load_agent(broken(drop="steps_done"))
+
+
+# --- ablation options of the study: scale-free features and multiplicative actions -------------------
+
+
+def test_log_features_state_and_reward_match_hand_computation():
+    schedule = rc.ScheduleConfig(features="log")
+    assert schedule.state_dim == 3
+    state = rc.loss_state(2e-6, 4e-6, torch.float64, "log", rc.lr_position(1e-4, schedule))
+    assert state.tolist() == pytest.approx([math.log(2e-6), math.log(2e-6) - math.log(4e-6), 1 / 3])
+    assert rc.loss_reward(4e-6, 2e-6, "log") == pytest.approx(math.log(2))
+    assert rc.loss_state(2e-6, None, torch.float64, "log")[1] == 0.0
+
+
+def test_multiplicative_actions_clip_to_the_grid_range_and_log_the_nearest_index():
+    schedule = rc.ScheduleConfig(lr_factors=(0.5, 1.0, 2.0))
+    assert schedule.n_actions == 3
+    grid = schedule.lr_grid
+    assert rc.next_lr(6, grid[-1], 2, schedule) == (len(grid) - 1, grid[-1])
+    assert rc.next_lr(0, grid[0], 0, schedule) == (0, grid[0])
+    index, lr = rc.next_lr(6, 1e-3, 0, schedule)
+    assert lr == 5e-4 and grid[index] == min(grid, key=lambda g: abs(math.log(g) - math.log(5e-4)))
+
+
+def test_log_feature_run_rewards_are_log_loss_decreases():
+    config = rc.Config(dtype="float64", schedule=rc.ScheduleConfig(steps=60, features="log", lr_factors=(0.5, 1.0, 2.0)))
+    result = rc.train_rl_scheduled(config)
+    losses = result.series["loss"]
+    assert np.allclose(result.series["reward"][1:], np.log(losses[:-1]) - np.log(losses[1:]), rtol=1e-12)
+    ratios = result.series["lr"][1:] / result.series["lr"][:-1]
+    on_edge = np.isin(result.series["lr"][1:], [config.schedule.lr_grid[0], config.schedule.lr_grid[-1]])
+    assert np.all(np.isclose(ratios, 0.5) | np.isclose(ratios, 1.0) | np.isclose(ratios, 2.0) | on_edge)
