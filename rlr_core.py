@@ -167,7 +167,7 @@ class ScheduleConfig:
         _check_int("schedule.steps", self.steps, 1)
         if self.features not in STATE_FEATURES:
             raise ValueError(f"schedule.features must be one of {STATE_FEATURES}, got {self.features!r}")
-        self.lr_factors = tuple(self.lr_factors)
+        self.lr_factors = _check_sequence("schedule.lr_factors", self.lr_factors)
         for i, factor in enumerate(self.lr_factors):
             _check_float(f"schedule.lr_factors[{i}]", factor, 0.0, math.inf, high_open=True)
 
@@ -934,12 +934,13 @@ def _progress(total: int, description: str, enabled: bool, initial: int = 0) -> 
 
 
 def _check_checkpointing(checkpoint_path: Any, checkpoint_every: Any, resume: Any) -> None:
+    """Checked before any work: a typo here would otherwise surface only at the first save."""
     if checkpoint_path is not None and not isinstance(checkpoint_path, (str, os.PathLike)):
         raise TypeError(f"checkpoint_path must be a str, a Path or None, got {type(checkpoint_path).__name__}")
     _check_int("checkpoint_every", checkpoint_every, 0)
     if (checkpoint_path is None) != (checkpoint_every == 0):
-        raise ValueError(f"checkpoint_every must be >= 1 (steps between saves) when checkpoint_path is "
-                         f"given, and 0 without one; got {checkpoint_every} with checkpoint_path={checkpoint_path!r}")
+        raise ValueError(f"checkpoint_every must be >= 1 (steps between saves) when checkpoint_path is given, "
+                         f"and 0 without one; got {checkpoint_every} with checkpoint_path={checkpoint_path!r}")
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
 
@@ -1170,6 +1171,12 @@ def package_versions() -> dict:
     return versions
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], Any]) -> Path:
     """write(binary_file) into a temp file in the same folder, fsync, then rename over path.
 
@@ -1184,6 +1191,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], Any]) -> Path:
             write(temp_file)
             temp_file.flush()
             os.fsync(temp_file.fileno())
+        os.chmod(temp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(temp_name, path)
     except BaseException:
         if os.path.exists(temp_name):
