@@ -1,0 +1,620 @@
+"""Vectorised engine: K independent runs of the RLR experiment at once, in one process.
+
+rlr_core is the readable reference (one run at a time). This module is the one deliberate second
+implementation (DESIGN.md), written for speed and held to the reference by tests/test_batched.py. Every
+tensor has a leading run axis K: K MaclaurinNets (batched matmuls with hand-derived gradients), K Adam
+states with one learning rate per run, K DQN agents (batched Q-networks) with K replay memories. The step
+loop has no Python loop over runs and no .item() (no host sync on a GPU).
+
+Member k with seed s is the reference run with Config(seed=s): same data, initial weights, shuffle
+stream and agent random stream (rlr_core.derive_seeds; weights built by rlr_core.make_model and
+rlr_core.DQNAgent at setup). Random numbers are pre-drawn per member in chunks, in exactly the order the
+reference draws them, because a CPU generator gives the same numbers in bulk as piece by piece. In
+float64 a member follows its reference run to ~1e-12 at first; the runs are chaotic, so rounding-level
+differences (another summation order) grow past 1e-9 after roughly 600-2000 steps. That is expected.
+
+    results = train_rl_scheduled(Config(), seeds=range(32))      # list of 32 rlr_core.RunResult
+
+Results are rlr_core.RunResult, one per seed, with the reference's method names and series. A member
+whose loss (or, for the agent, Q-values) goes non-finite keeps computing inside its own slice of every
+tensor, harmlessly (no op mixes runs), and its series are cut at diverged_at as the reference's are.
+wall_seconds is the batch's loop time divided by K: the amortised cost of one run.
+
+Read top to bottom: stacked networks and Adam -> setup -> pre-drawn randomness -> the DQN update ->
+the three training loops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import rlr_core
+from rlr_core import Config, DQNConfig, RunResult, ScheduleConfig
+
+DRAW_CHUNK = 250
+"""steps (or epochs) of random numbers pre-drawn per member at a time"""
+
+# Autograd's own ReLU backward: grad where the ReLU output is > 0, else 0 (one op instead of compare+mul).
+relu_backward = torch.ops.aten.threshold_backward.grad_input
+
+
+# ---------------------------------------------------------------------------------------------------
+# K networks and K Adam states as single tensors
+# ---------------------------------------------------------------------------------------------------
+
+
+class StackedMLP:
+    """K MLPs of one layout (Linear-ReLU-...-Linear), all parameters in one flat tensor `params`.
+
+    The flat tensor lets Adam and the soft update treat all K networks as one tensor. Inside it, each
+    layer's weights for all runs form one contiguous block [K, out, in] (nn.Linear's layout), then its
+    biases [K, out]: contiguous blocks are what MKL's batched GEMM needs (a strided output makes torch
+    fall back to one small GEMM per run). forward and backward are hand-derived (tested against
+    autograd): with no graph to record, the per-op overhead that dominates such tiny networks drops,
+    and the gradients land directly in the flat `grad` tensor.
+    """
+
+    def __init__(self, networks: Sequence[nn.Module], dtype: torch.dtype, device: torch.device) -> None:
+        linears = [[m for m in net.modules() if isinstance(m, nn.Linear)] for net in networks]
+        shapes = [tuple(layer.weight.shape) for layer in linears[0]]
+        if any([tuple(layer.weight.shape) for layer in net] != shapes for net in linears):
+            raise ValueError("all stacked networks must have the same layer shapes")
+        self.n_runs, self.shapes = len(networks), shapes
+        n_params = self.n_runs * sum(out * inp + out for out, inp in shapes)
+        self.params = torch.empty(n_params, dtype=dtype, device=device)
+        self.grad = torch.zeros_like(self.params)
+        self.weights, self.biases = self.layer_views(self.params)
+        self.weight_grads, self.bias_grads = self.layer_views(self.grad)
+        with torch.no_grad():
+            for k, layers in enumerate(linears):
+                for weight, bias, layer in zip(self.weights, self.biases, layers):
+                    weight[k].copy_(layer.weight)
+                    bias[k].copy_(layer.bias)
+        # Views made once (they follow in-place updates of params): h W^T + b for the hidden layers.
+        # The last layer is narrow (5 coefficients, 3 actions): MKL computes W h^T + b several times
+        # faster than h W^T + b there, so its output is computed transposed (see forward).
+        self.hidden_layers = [(bias.unsqueeze(1), weight.transpose(1, 2))
+                              for weight, bias in zip(self.weights[:-1], self.biases[:-1])]
+        self.last_bias_column = self.biases[-1].unsqueeze(2)
+        self.workspace: dict[tuple, torch.Tensor] = {}
+
+    def layer_views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-layer weight [K, out, in] and bias [K, out] blocks of a flat tensor."""
+        weights, biases, offset = [], [], 0
+        for out, inp in self.shapes:
+            weights.append(flat[offset:offset + self.n_runs * out * inp].view(self.n_runs, out, inp))
+            offset += self.n_runs * out * inp
+            biases.append(flat[offset:offset + self.n_runs * out].view(self.n_runs, out))
+            offset += self.n_runs * out
+        return weights, biases
+
+    def rows_of(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """The blocks of a flat tensor as [K, n] views, row k = run k (for one learning rate per run)."""
+        weights, biases = self.layer_views(flat)
+        return [block.view(self.n_runs, -1) for pair in zip(weights, biases) for block in pair]
+
+    def scratch(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A buffer reused by every call with this shape. The loops run the same shapes every step, and
+        MKL writes into memory touched last step faster than into a fresh allocation (a few percent per
+        step). So what forward/backward return is valid only until the next call with the same shape."""
+        key = (name, *shape)
+        if key not in self.workspace:
+            self.workspace[key] = torch.empty(shape, dtype=self.params.dtype, device=self.params.device)
+        return self.workspace[key]
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """inputs [K, rows, in] -> outputs [K, rows, out], and each layer's input (for backward)."""
+        rows = inputs.shape[1]
+        layer_inputs = [inputs]
+        hidden = inputs
+        for layer, (bias_row, weight_t) in enumerate(self.hidden_layers):
+            out = self.scratch(f"hidden{layer}", (self.n_runs, rows, weight_t.shape[2]))
+            hidden = torch.baddbmm(bias_row, hidden, weight_t, out=out).relu_()
+            layer_inputs.append(hidden)
+        out = self.scratch("outputs_t", (self.n_runs, self.shapes[-1][0], rows))
+        outputs_t = torch.baddbmm(self.last_bias_column, self.weights[-1], hidden.transpose(1, 2), out=out)
+        return outputs_t.transpose(1, 2), layer_inputs
+
+    def backward(self, layer_inputs: list[torch.Tensor], grad_outputs: torch.Tensor) -> torch.Tensor:
+        """Write d(loss)/d(params) into self.grad, given d(loss)/d(outputs) [K, rows, out]."""
+        grad = grad_outputs
+        for layer in range(len(self.shapes) - 1, -1, -1):
+            out_features, in_features = self.shapes[layer]
+            if in_features < out_features:  # e.g. the Q-network's 2 inputs: narrow dimension first is
+                # several times faster in MKL, so compute dW^T = h^T g and copy it in transposed
+                weight_grad_t = torch.bmm(layer_inputs[layer].transpose(1, 2), grad)
+                self.weight_grads[layer].copy_(weight_grad_t.transpose(1, 2))
+            else:
+                torch.bmm(grad.transpose(1, 2), layer_inputs[layer], out=self.weight_grads[layer])
+            torch.sum(grad, dim=1, out=self.bias_grads[layer])
+            if layer > 0:
+                out = self.scratch(f"grad_hidden{layer}", layer_inputs[layer].shape)
+                grad = torch.bmm(grad, self.weights[layer], out=out)
+                relu_backward(grad, layer_inputs[layer], 0, grad_input=grad)  # in place
+        return self.grad
+
+    def to_modules(self, make_network: Callable[[], nn.Module]) -> list[nn.Module]:
+        """Copy each run's parameters into a fresh network from make_network() (for inspection, tests)."""
+        networks = []
+        for k in range(self.n_runs):
+            network = make_network().to(dtype=self.params.dtype, device=self.params.device)
+            layers = [m for m in network.modules() if isinstance(m, nn.Linear)]
+            with torch.no_grad():
+                for weight, bias, layer in zip(self.weights, self.biases, layers):
+                    layer.weight.copy_(weight[k])
+                    layer.bias.copy_(bias[k])
+            networks.append(network)
+        return networks
+
+
+def mse_loss_and_grad(net: StackedMLP, inputs: torch.Tensor, targets: torch.Tensor,
+                      with_grad: bool = True) -> torch.Tensor:
+    """Per-run MSE [K] (mean over rows x outputs, as F.mse_loss); with_grad also fills net.grad."""
+    outputs, layer_inputs = net.forward(inputs)
+    error = outputs - targets
+    loss = error.square().mean(dim=(1, 2))
+    if with_grad:
+        net.backward(layer_inputs, error.mul_(2.0 / (error.shape[1] * error.shape[2])))
+    return loss
+
+
+class BatchedAdam:
+    """Adam for K runs whose parameters share one flat tensor; one learning rate per run if asked.
+
+    Runs torch.optim.Adam(fused=True)'s own kernel (what rlr_core.make_adam uses; defaults: no weight
+    decay, no amsgrad) on the flat tensor, so with one learning rate for all runs every parameter gets
+    exactly the reference's update. With a learning rate per run, the kernel runs at lr = 1 on a zeroed
+    buffer, which yields the unit step -m_hat / (sqrt(v_hat) + eps); each run's parameters then move by
+    its own lr times that. rows_of(flat) gives the [K, n] blocks (row k = run k) that make up the flat
+    layout, e.g. StackedMLP.rows_of.
+    """
+
+    def __init__(self, params: torch.Tensor,
+                 rows_of: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params, self.betas, self.eps = params, betas, eps
+        self.exp_avg = torch.zeros_like(params)
+        self.exp_avg_sq = torch.zeros_like(params)
+        self.step_count = torch.zeros((), dtype=torch.float32, device=params.device)  # as torch's fused Adam
+        self.unit_step = torch.zeros_like(params) if rows_of is not None else None
+        self.rows = list(zip(rows_of(params), rows_of(self.unit_step))) if rows_of is not None else None
+
+    def fused_adam(self, target: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        torch._fused_adam_([target], [grad], [self.exp_avg], [self.exp_avg_sq], [], [self.step_count],
+                           lr=lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
+                           amsgrad=False, maximize=False)
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, lr: float | torch.Tensor) -> None:
+        """One Adam step; lr is one float for every run or a tensor [K] (one learning rate per run)."""
+        self.step_count += 1
+        if isinstance(lr, torch.Tensor):
+            if self.rows is None:
+                raise ValueError("a learning rate per run needs rows_of (where each run's parameters are)")
+            self.fused_adam(self.unit_step.zero_(), grad, 1.0)
+            lr_column = lr.to(self.params.dtype).unsqueeze(1)
+            for param_rows, unit_rows in self.rows:  # a few blocks (2 per layer), not a loop over runs
+                param_rows.addcmul_(unit_rows, lr_column)
+        else:
+            self.fused_adam(self.params, grad, lr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Setup: the reference's own functions build each member; then everything is stacked
+# ---------------------------------------------------------------------------------------------------
+
+
+def member_configs(config: Config, seeds: Sequence[int]) -> list[Config]:
+    """One Config per member: `config` with its seed replaced (config.seed itself is not used)."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one run")
+    return [dataclasses.replace(config, seed=int(seed)) for seed in seeds]
+
+
+def stack_members(configs: list[Config]) -> tuple[list[rlr_core.RunSeeds], torch.dtype, torch.device,
+                                                  torch.Tensor, torch.Tensor, StackedMLP]:
+    """Seeds, dtype, device, inputs [K, n, points], targets [K, n, coefficients] and the K MaclaurinNets."""
+    prepared = [rlr_core.prepare_run(member) for member in configs]
+    run_seeds = [seeds for seeds, _, _ in prepared]
+    _, dtype, device = prepared[0]
+    task = configs[0].task
+    data = [rlr_core.make_polynomial_dataset(task, seeds.data, dtype=dtype, device=device)
+            for seeds in run_seeds]
+    models = [rlr_core.make_model(task, seeds.init, dtype, device) for seeds in run_seeds]
+    inputs = torch.stack([d.inputs for d in data])
+    # Targets laid out in memory like the network's outputs (transposed, see StackedMLP.forward), so
+    # that output - target runs over matching strides (several times faster).
+    targets = torch.stack([d.targets for d in data]).transpose(1, 2).contiguous().transpose(1, 2)
+    return run_seeds, dtype, device, inputs, targets, StackedMLP(models, dtype, device)
+
+
+def progress_bar(total: int, description: str, enabled: bool) -> tqdm:
+    # A few updates per second at most: papermill can time out on floods of output messages.
+    return tqdm(total=total, desc=description, disable=not enabled, mininterval=2.0, file=sys.stderr)
+
+
+def first_bad_step(bad: np.ndarray) -> list[int | None]:
+    """Per run (column of bad [steps, K]), the index of the first True, or None."""
+    return [int(np.argmax(bad[:, k])) if bad[:, k].any() else None for k in range(bad.shape[1])]
+
+
+def per_member_results(method: str, configs: list[Config], series: dict[str, np.ndarray], bad: np.ndarray,
+                       wall_seconds: float, models: list[nn.Module]) -> list[RunResult]:
+    """Split [steps, K, ...] series into one RunResult per member, cut at its first bad step (diverged_at).
+
+    A diverged member kept computing inside its own slice of every tensor (no op mixes runs), so the
+    others are untouched; its series stop before the bad step, as the reference's do.
+    wall_seconds of each result is the batch's wall time divided by K: the amortised cost of one run.
+    """
+    results = []
+    for k, (member, diverged_at) in enumerate(zip(configs, first_bad_step(bad))):
+        count = len(bad) if diverged_at is None else diverged_at
+        member_series = {name: np.ascontiguousarray(values[:count, k]) for name, values in series.items()}
+        results.append(RunResult(method, member.to_dict(), member_series, wall_seconds / len(configs),
+                                 diverged_at=diverged_at, model=models[k]))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pre-drawn randomness, in the reference's exact order
+# ---------------------------------------------------------------------------------------------------
+
+
+def draw_permutations(generators: Sequence[torch.Generator], n_epochs: int, n_examples: int,
+                      device: torch.device) -> torch.Tensor:
+    """Per epoch and run, a permutation as row indices into the runs' data flattened to [K * n]: [E, K, n].
+
+    Same calls as train_baseline: one torch.randperm(n, generator=shuffle) per epoch.
+    """
+    permutations = torch.stack([torch.stack([torch.randperm(n_examples, generator=generator)
+                                             for _ in range(n_epochs)]) for generator in generators], dim=1)
+    run_offsets = torch.arange(len(generators))[None, :, None] * n_examples
+    return (permutations + run_offsets).to(device)
+
+
+def draw_agent_randomness(generators: Sequence[torch.Generator], first_step: int, n_steps: int,
+                          dqn: DQNConfig, n_actions: int, n_sample_rows: int,
+                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The agents' random decisions for steps first_step .. first_step + n_steps - 1.
+
+    DQNAgent draws, per step: act: torch.rand(2, float64) (explore draw, then action draw); learn (once the
+    memory holds learning_starts transitions): torch.rand(batch_size, float64) -> floor(u * size). One
+    torch.rand per member for the whole chunk gives the same numbers. Returns explore [C, K] (bool),
+    random_action [C, K] and replay_rows [C, K, n_sample_rows]: the first n_sample_rows sampled indices as
+    rows of the replay memories flattened to [K * capacity].
+    """
+    steps = np.arange(first_step, first_step + n_steps)
+    memory_size = np.minimum(steps + 1, dqn.replay_capacity)  # after the push of step t
+    learns = memory_size >= max(dqn.learning_starts, 1)
+    draws_per_step = 2 + dqn.batch_size * learns
+    starts = np.cumsum(draws_per_step) - draws_per_step
+    uniforms = torch.stack([torch.rand(int(draws_per_step.sum()), dtype=torch.float64, generator=generator)
+                            for generator in generators])  # [K, draws]
+    epsilon = torch.tensor([rlr_core.epsilon_at(int(t), dqn) for t in steps], dtype=torch.float64)
+    explore = uniforms[:, starts] < epsilon
+    random_action = (uniforms[:, starts + 1] * n_actions).long()
+    sample_columns = np.where(learns[:, None], starts[:, None] + 2 + np.arange(n_sample_rows), 0)
+    sampled = (uniforms[:, sample_columns] * torch.from_numpy(memory_size)[None, :, None]).long()
+    replay_rows = sampled + torch.arange(len(generators))[:, None, None] * dqn.replay_capacity
+    return (explore.T.contiguous().to(device), random_action.T.contiguous().to(device),
+            replay_rows.transpose(0, 1).contiguous().to(device))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scheduler's state, reward and lr move, and the DQN update, for K agents
+# ---------------------------------------------------------------------------------------------------
+
+
+def safe_log(loss: torch.Tensor) -> torch.Tensor:
+    """rlr_core.safe_log for a tensor, in float64: log of the loss floored at 1e-30."""
+    return loss.double().clamp_min(1e-30).log()
+
+
+def loss_states(loss: torch.Tensor, previous_loss: torch.Tensor | None, lr: torch.Tensor,
+                schedule: ScheduleConfig, dtype: torch.dtype) -> torch.Tensor:
+    """rlr_core.loss_state for K runs [K, state_dim]: (L, L - L_prev), or with features='log'
+    (log L, log L - log L_prev, lr position). Computed in float64 and then cast, as the reference."""
+    loss = loss.double()
+    if schedule.features == "raw":
+        difference = torch.zeros_like(loss) if previous_loss is None else loss - previous_loss.double()
+        return torch.stack([loss, difference], dim=1).to(dtype)
+    log_loss = safe_log(loss)
+    log_difference = torch.zeros_like(loss) if previous_loss is None else log_loss - safe_log(previous_loss)
+    return torch.stack([log_loss, log_difference, lr_positions(lr, schedule)], dim=1).to(dtype)
+
+
+def lr_positions(lr: torch.Tensor, schedule: ScheduleConfig) -> torch.Tensor:
+    """rlr_core.lr_position for K learning rates: 0 at the grid's lowest lr, 1 at its highest (log scale)."""
+    low, high = math.log(schedule.lr_grid[0]), math.log(schedule.lr_grid[-1])
+    return torch.zeros_like(lr) if high == low else (lr.log() - low) / (high - low)
+
+
+def loss_rewards(previous_loss: torch.Tensor, loss: torch.Tensor, features: str) -> torch.Tensor:
+    """rlr_core.loss_reward for K runs, in float64: L_t - L_{t+1}, or the same of the safe logs."""
+    if features == "raw":
+        return previous_loss.double() - loss.double()
+    return safe_log(previous_loss) - safe_log(loss)
+
+
+def next_lrs(lr_index: torch.Tensor, lr: torch.Tensor, action: torch.Tensor, schedule: ScheduleConfig,
+             lr_grid: torch.Tensor, log_lr_grid: torch.Tensor, moves: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """rlr_core.next_lr for K runs: shift the grid index by moves[action] (the original), or with
+    schedule.lr_factors multiply the lr by moves[action], clip it to the grid's range and report the
+    nearest grid index."""
+    if not schedule.lr_factors:
+        lr_index = (lr_index + moves[action]).clamp_(0, len(schedule.lr_grid) - 1)
+        return lr_index, lr_grid[lr_index]
+    lr = (lr * moves[action]).clamp_(schedule.lr_grid[0], schedule.lr_grid[-1])
+    return (log_lr_grid - lr.log().unsqueeze(1)).abs().argmin(dim=1), lr
+
+
+# Replay memory: one tensor [K, capacity, 2 * state_dim + 2]; a row is (state, action, next_state,
+# reward), the field order of rlr_core.Transition. Every member pushes every step, so the position
+# and the size are shared.
+
+
+def replay_fields(state_dim: int) -> tuple[slice, int, slice, int]:
+    """Where state, action, next state and reward sit in a replay row."""
+    return slice(0, state_dim), state_dim, slice(state_dim + 1, 2 * state_dim + 1), 2 * state_dim + 1
+
+
+def as_coded_rows(samples: torch.Tensor, batch_size: int, n_actions: int, state_dim: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows the original's update trained on (rlr_core.assemble_as_coded_batch), for K agents.
+
+    samples: the first 4 sampled transitions [K, 4, row]. Row i is built from field i (S, A, S2, R):
+    element 0 as the state, int(element 1) as the action, element 2 as the next state, element 3 as the
+    reward, scalars repeated to fill a state. The remaining batch_size - 4 rows are all zeros and
+    identical, so they appear once, weighted (batch_size - 4) / batch_size in the mean Huber loss.
+    Returns states [K, 5, state_dim], actions [K, 5], next states, rewards [K, 5], row weights [5].
+    """
+    state, action, next_state, reward = replay_fields(state_dim)
+    k = samples.shape[0]
+    fields = torch.stack([samples[..., state], samples[..., action, None].expand(-1, -1, state_dim),
+                          samples[..., next_state], samples[..., reward, None].expand(-1, -1, state_dim),
+                          samples.new_zeros(k, 4, state_dim)], dim=1)  # [K, field (+ zero row), sample, dim]
+    # int() truncates; the reference clips to a valid action (a diverged run's NaN becomes action 0 here).
+    actions = fields[:, :, 1, 0].trunc().nan_to_num_(0.0).clamp_(0, n_actions - 1).long()
+    row_weights = samples.new_tensor([1.0] * 4 + [batch_size - 4.0]) / batch_size
+    return fields[:, :, 0], actions, fields[:, :, 2], fields[:, :, 3, 0], row_weights
+
+
+def training_rows(samples: torch.Tensor, dqn: DQNConfig, n_actions: int, state_dim: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float | torch.Tensor]:
+    """States, actions, next states, rewards and row weights one update trains on, from the sampled
+    transitions [K, rows, row]: the samples themselves ('described') or the original's rows ('as_coded')."""
+    if dqn.variant == "as_coded":
+        return as_coded_rows(samples[:, :4], dqn.batch_size, n_actions, state_dim)
+    state, action, next_state, reward = replay_fields(state_dim)
+    return (samples[..., state], samples[..., action].long(), samples[..., next_state], samples[..., reward],
+            1.0 / dqn.batch_size)
+
+
+def dqn_update(policy: StackedMLP, target: StackedMLP, optimizer: BatchedAdam, states: torch.Tensor,
+               actions: torch.Tensor, next_states: torch.Tensor, rewards: torch.Tensor,
+               row_weights: float | torch.Tensor, dqn: DQNConfig) -> None:
+    """DQNAgent.learn for K agents: Huber loss on r + gamma max Q_target(s'), Adam, soft update.
+
+    row_weights: each row's weight in the mean (1 / batch_size for the described update).
+    """
+    q_values, layer_inputs = policy.forward(states)
+    next_q_max = target.forward(next_states)[0].amax(dim=2)
+    td_targets = rewards + dqn.gamma * next_q_max
+    q_taken = q_values.gather(2, actions.unsqueeze(2)).squeeze(2)
+    # smooth_l1_loss (beta 1) backward: clamp(q - target, -1, 1) times each row's weight in the mean
+    grad_q_taken = (q_taken - td_targets).clamp_(-1.0, 1.0).mul_(row_weights)
+    grad_q_values = torch.zeros_like(q_values).scatter_(2, actions.unsqueeze(2), grad_q_taken.unsqueeze(2))
+    optimizer.step(policy.backward(layer_inputs, grad_q_values), dqn.lr)
+    target.params.lerp_(policy.params, dqn.tau)  # soft update, as rlr_core.soft_update
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training loops: the three of rlr_core, for K runs
+# ---------------------------------------------------------------------------------------------------
+
+
+def train_baseline(config: Config, seeds: Sequence[int], progress: bool = False) -> list[RunResult]:
+    """rlr_core.train_baseline for every seed: mini-batch Adam, a fresh permutation per run and epoch."""
+    configs = member_configs(config, seeds)
+    run_seeds, dtype, device, inputs, targets, net = stack_members(configs)
+    n_runs, n_examples = inputs.shape[:2]
+    batch_size, epochs = config.baseline.batch_size, config.baseline.epochs
+    inputs_by_row, targets_by_row = inputs.flatten(0, 1), targets.flatten(0, 1)
+    shuffles = [torch.Generator().manual_seed(seeds.shuffle) for seeds in run_seeds]
+    optimizer = BatchedAdam(net.params)
+    losses = torch.empty(epochs, n_runs, dtype=dtype, device=device)
+    started = time.perf_counter()
+    with torch.no_grad(), progress_bar(epochs, f"baseline epochs x{n_runs}", progress) as bar:
+        for epoch in range(epochs):
+            if epoch % DRAW_CHUNK == 0:
+                chunk = min(DRAW_CHUNK, epochs - epoch)
+                permutations = draw_permutations(shuffles, chunk, n_examples, device)
+            order = permutations[epoch % DRAW_CHUNK].reshape(-1)
+            shuffled_inputs = inputs_by_row.index_select(0, order).view(n_runs, n_examples, -1)
+            shuffled_targets = targets_by_row.index_select(0, order).view(n_runs, n_examples, -1)
+            for start in range(0, n_examples, batch_size):
+                batch = slice(start, start + batch_size)
+                mse_loss_and_grad(net, shuffled_inputs[:, batch], shuffled_targets[:, batch])
+                optimizer.step(net.grad, config.baseline.lr)
+            losses[epoch] = mse_loss_and_grad(net, inputs, targets, with_grad=False)
+            bar.update()
+    wall_seconds = time.perf_counter() - started
+    series = {"loss": losses.cpu().double().numpy()}
+    return per_member_results("baseline_minibatch", configs, series, ~np.isfinite(series["loss"]),
+                              wall_seconds, net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)))
+
+
+def lr_table(lr: float | Sequence[float] | np.ndarray | torch.Tensor, n_runs: int,
+             steps: int | None) -> np.ndarray:
+    """Learning rates [K, steps] from one float, a schedule [steps] or one schedule per run [K, steps]."""
+    table = np.asarray(lr.cpu() if isinstance(lr, torch.Tensor) else lr, dtype=np.float64)
+    if table.ndim == 0:
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps (an int >= 1) is required when lr is a single number, got {steps!r}")
+        table = np.full(steps, float(table))
+    if table.ndim == 1:
+        table = np.broadcast_to(table, (n_runs, len(table)))
+    if table.ndim != 2 or table.shape[0] != n_runs or table.shape[1] == 0:
+        raise ValueError(f"lr must be a number, a schedule [steps] or one per run [{n_runs}, steps]; "
+                         f"got shape {table.shape}")
+    if steps is not None and table.shape[1] != steps:
+        raise ValueError(f"lr schedule has {table.shape[1]} steps but steps={steps}")
+    if not (np.isfinite(table).all() and (table >= 0).all()):
+        raise ValueError("every learning rate must be finite and >= 0 (schedules may reach 0)")
+    return np.ascontiguousarray(table)
+
+
+def lr_schedule(make_scheduler: Callable[[torch.optim.Optimizer], object], lr: float,
+                steps: int) -> np.ndarray:
+    """The learning rate each step uses under a torch.optim.lr_scheduler, as an array [steps].
+
+    Lets the batched train_full_batch run what rlr_core.train_full_batch(make_scheduler=...) runs, for
+    schedules that do not look at the loss (ReduceLROnPlateau does: it has no fixed array).
+    """
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = make_scheduler(optimizer)
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ValueError("ReduceLROnPlateau depends on the loss; it has no precomputed schedule")
+    lrs = np.empty(steps)
+    for step in range(steps):
+        lrs[step] = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def train_full_batch(config: Config, seeds: Sequence[int],
+                     lr: float | Sequence[float] | np.ndarray | torch.Tensor, steps: int | None = None,
+                     method: str = "constant_full_batch", progress: bool = False) -> list[RunResult]:
+    """rlr_core.train_full_batch for every seed: full-batch Adam under a given learning-rate schedule.
+
+    lr: one number (then steps is required), a schedule [steps] shared by all runs, or one schedule per
+    run [K, steps] (a learning-rate sweep is one call). Logs loss and lr per step, as the reference.
+    """
+    configs = member_configs(config, seeds)
+    lrs = lr_table(lr, len(configs), steps)
+    steps = lrs.shape[1]
+    _, dtype, device, inputs, targets, net = stack_members(configs)
+    lrs_by_step = torch.from_numpy(lrs.T.copy()).to(device)  # [steps, K], float64 like the reference's lr
+    optimizer = BatchedAdam(net.params, net.rows_of)
+    losses = torch.empty(steps, len(configs), dtype=dtype, device=device)
+    started = time.perf_counter()
+    with torch.no_grad(), progress_bar(steps, f"{method} x{len(configs)}", progress) as bar:
+        mse_loss_and_grad(net, inputs, targets)  # gradient of L_0
+        for step in range(steps):
+            optimizer.step(net.grad, lrs_by_step[step])
+            losses[step] = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
+            bar.update()
+    wall_seconds = time.perf_counter() - started
+    series = {"loss": losses.cpu().double().numpy(), "lr": lrs.T}
+    return per_member_results(method, configs, series, ~np.isfinite(series["loss"]), wall_seconds,
+                              net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)))
+
+
+def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = False) -> list[RunResult]:
+    """rlr_core.train_rl_scheduled for every seed: K agents each steering their own full-batch Adam.
+
+    Per step, as RLRScheduler + DQNAgent (SPEC.md): act epsilon-greedily on s_t, move the lr, Adam step
+    on L_t, L_{t+1}, remember (s_t, a_t, s_{t+1}, r_t), one DQN update once the memory holds
+    learning_starts transitions. With dqn.variant 'as_coded' the acting state has its difference zeroed
+    and the update trains on the original code's scrambled rows (as_coded_rows). The ablation options
+    schedule.features ('log') and schedule.lr_factors work as in the reference.
+    """
+    configs = member_configs(config, seeds)
+    run_seeds, dtype, device, inputs, targets, net = stack_members(configs)
+    schedule, dqn, n_runs, steps = config.schedule, config.dqn, len(configs), config.schedule.steps
+    state_dim, n_actions, described = schedule.state_dim, schedule.n_actions, dqn.variant == "described"
+    if not described and dqn.batch_size < 4:
+        raise ValueError("the as_coded update reads 4 sampled transitions: dqn.batch_size must be >= 4")
+    agents = [rlr_core.DQNAgent(state_dim, n_actions, dqn, seeds.agent, dtype, device) for seeds in run_seeds]
+    policy = StackedMLP([agent.policy_net for agent in agents], dtype, device)
+    target = StackedMLP([agent.target_net for agent in agents], dtype, device)
+    generators = [agent.generator for agent in agents]  # fresh: nothing drawn yet
+    del agents
+    q_optimizer, optimizer = BatchedAdam(policy.params), BatchedAdam(net.params, net.rows_of)
+    row_width = 2 * state_dim + 2
+    replay = torch.zeros(n_runs, dqn.replay_capacity, row_width, dtype=dtype, device=device)
+    replay_by_row = replay.view(-1, row_width)
+    lr_grid = torch.tensor(schedule.lr_grid, dtype=torch.float64, device=device)
+    log_lr_grid = torch.tensor(np.log(schedule.lr_grid), dtype=torch.float64, device=device)  # as next_lr
+    moves = (torch.tensor(schedule.lr_factors, dtype=torch.float64, device=device) if schedule.lr_factors
+             else torch.tensor(schedule.index_shifts, device=device))  # per action: lr factor or index shift
+    lr_index = torch.full((n_runs,), schedule.start_index, device=device)
+    lr = lr_grid[lr_index]
+    n_sample_rows = dqn.batch_size if described else 4
+    logged = {"loss": torch.empty(steps, n_runs, dtype=dtype, device=device),
+              "lr": torch.empty(steps, n_runs, dtype=torch.float64, device=device),
+              "lr_index": torch.empty(steps, n_runs, dtype=torch.long, device=device),
+              "action": torch.empty(steps, n_runs, dtype=torch.long, device=device),
+              "q_values": torch.empty(steps, n_runs, n_actions, dtype=dtype, device=device)}
+    explored = []  # per chunk [C, K], on the CPU: the explore decisions are known in advance
+
+    def acting(state: torch.Tensor) -> torch.Tensor:
+        """The state the policy acts on: s_t, or for 'as_coded' s_t with its difference zeroed."""
+        if described:
+            return state
+        state = state.clone()
+        state[:, 1] = 0.0
+        return state
+
+    started = time.perf_counter()
+    with torch.no_grad(), progress_bar(steps, f"agent ({dqn.variant}) x{n_runs}", progress) as bar:
+        loss = mse_loss_and_grad(net, inputs, targets)  # L_0 and its gradient
+        initial_loss = loss.clone()
+        acting_state = acting(loss_states(loss, None, lr, schedule, dtype))  # s_0
+        for step in range(steps):
+            if step % DRAW_CHUNK == 0:
+                explore, random_action, replay_rows = draw_agent_randomness(
+                    generators, step, min(DRAW_CHUNK, steps - step), dqn, n_actions, n_sample_rows, device)
+                explored.append(explore.cpu())
+            chunk_step = step % DRAW_CHUNK
+            # act: epsilon-greedy on the acting state, then move the lr
+            q_values = policy.forward(acting_state.unsqueeze(1))[0].squeeze(1)
+            action = torch.where(explore[chunk_step], random_action[chunk_step], q_values.argmax(dim=1))
+            lr_index, lr = next_lrs(lr_index, lr, action, schedule, lr_grid, log_lr_grid, moves)
+            logged["q_values"][step] = q_values
+            logged["action"][step] = action
+            logged["lr_index"][step] = lr_index
+            logged["lr"][step] = lr
+            # Adam step on L_t, then L_{t+1} (and its gradient, for the next step)
+            optimizer.step(net.grad, lr)
+            next_loss = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
+            logged["loss"][step] = next_loss
+            next_state = loss_states(next_loss, loss, lr, schedule, dtype)
+            reward = loss_rewards(loss, next_loss, schedule.features)
+            # remember (s_t, a_t, s_{t+1}, r_t); the memory is a ring, every run at the same position
+            replay[:, step % dqn.replay_capacity] = torch.cat(
+                [acting_state, action.unsqueeze(1).to(dtype), next_state, reward.unsqueeze(1).to(dtype)], dim=1)
+            if min(step + 1, dqn.replay_capacity) >= max(dqn.learning_starts, 1):
+                rows = replay_rows[chunk_step].view(-1)
+                samples = replay_by_row.index_select(0, rows).view(n_runs, -1, row_width)
+                dqn_update(policy, target, q_optimizer, *training_rows(samples, dqn, n_actions, state_dim), dqn)
+            loss, acting_state = next_loss, acting(next_state)
+            bar.update()
+    wall_seconds = time.perf_counter() - started
+    series = {name: values.cpu().numpy() for name, values in logged.items()}
+    series["loss"] = series["loss"].astype(np.float64)
+    series["q_values"] = series["q_values"].astype(np.float64)
+    losses_before = np.concatenate([initial_loss.cpu().double().numpy()[None], series["loss"][:-1]])
+    series["reward"] = loss_rewards(torch.from_numpy(losses_before), torch.from_numpy(series["loss"]),
+                                    schedule.features).numpy()  # in float64, as the reference's series
+    epsilons = np.array([rlr_core.epsilon_at(step, dqn) for step in range(steps)])
+    series["epsilon"] = np.broadcast_to(epsilons[:, None], (steps, n_runs))
+    series["explored"] = torch.cat(explored).numpy()
+    # The reference stops at a non-finite L_{t+1} or acting Q-values, and at step 0 for a non-finite L_0.
+    bad = ~np.isfinite(series["loss"]) | ~np.isfinite(series["q_values"]).all(axis=2)
+    bad[0] |= ~np.isfinite(losses_before[0])
+    order = ("loss", "lr", "reward", "epsilon", "action", "lr_index", "q_values", "explored")
+    return per_member_results(f"rl_{dqn.variant}", configs, {name: series[name] for name in order}, bad,
+                              wall_seconds, net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)))

@@ -1,0 +1,369 @@
+"""Equivalence tests: the batched engine (rlr_batched) against the readable reference (rlr_core).
+
+Member k of a batched call with seed s must be the reference run with Config(seed=s). In float64 the
+two agree to ~1e-12 relative at first, but they do not sum in the same order (batched GEMMs, fused
+loss), and the runs are chaotic (Adam's late loss spikes amplify any difference): rounding-level
+differences grow to 1e-9 after roughly 600-2000 steps and to 1e-3 after a few thousand, which is
+legitimate. So the trajectories are compared over the first 200 steps, at 1e-9 relative. Discrete
+series (actions, grid indices, exploration) must match exactly.
+
+DRAW_CHUNK is made small here so that the chunked pre-drawing of random numbers crosses chunk
+boundaries (and the start of learning) inside the compared steps. The whole file runs in about 20 s
+on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import rlr_batched
+import rlr_core
+from rlr_core import BaselineConfig, Config, DQNConfig, ScheduleConfig, Transition
+
+SEEDS = [0, 1, 2, 3]
+STEPS = 200
+RTOL = 1e-9
+
+
+@pytest.fixture
+def small_draw_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rlr_batched, "DRAW_CHUNK", 48)
+
+
+def reference_runs(train, config: Config, seeds: list[int], *args, **kwargs) -> list[rlr_core.RunResult]:
+    return [train(dataclasses.replace(config, seed=seed), *args, **kwargs) for seed in seeds]
+
+
+def assert_series_close(reference: rlr_core.RunResult, batched: rlr_core.RunResult, rtol: float = RTOL) -> None:
+    """Same method, config, divergence and series keys; integer series equal, float series within rtol.
+
+    Every float value is held to rtol relative to itself, except rewards: a reward is the difference of
+    two nearly equal losses, so it is held to rtol relative to the largest reward (atol), the precision
+    the losses themselves have.
+    """
+    assert batched.method == reference.method
+    assert batched.config == reference.config
+    assert batched.diverged_at == reference.diverged_at
+    assert list(batched.series) == list(reference.series)
+    for name, expected in reference.series.items():
+        actual = batched.series[name]
+        assert actual.shape == expected.shape, name
+        if expected.dtype.kind in "biu":
+            np.testing.assert_array_equal(actual, expected, err_msg=name)
+        else:
+            scale = np.abs(expected).max() if name == "reward" and expected.size else 0.0
+            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole runs against the reference, float64, K = 4
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_baseline_matches_reference_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rlr_batched, "DRAW_CHUNK", 7)  # the shuffles are drawn per epoch: cross chunks
+    config = Config(dtype="float64", baseline=BaselineConfig(epochs=25))  # 25 epochs = 200 steps
+    batched = rlr_batched.train_baseline(config, SEEDS)
+    for reference, member in zip(reference_runs(rlr_core.train_baseline, config, SEEDS), batched):
+        assert_series_close(reference, member)
+
+
+def test_baseline_with_a_partial_last_batch_and_one_hidden_layer_matches_reference_runs() -> None:
+    task = rlr_core.TaskConfig(n_examples=100, hidden_sizes=(8,))
+    config = Config(dtype="float64", task=task, baseline=BaselineConfig(batch_size=48, epochs=6))
+    batched = rlr_batched.train_baseline(config, [3, 4])
+    for reference, member in zip(reference_runs(rlr_core.train_baseline, config, [3, 4]), batched):
+        assert_series_close(reference, member)
+
+
+def test_constant_full_batch_matches_reference_runs() -> None:
+    config = Config(dtype="float64")
+    batched = rlr_batched.train_full_batch(config, SEEDS, lr=1e-3, steps=STEPS)
+    for reference, member in zip(reference_runs(rlr_core.train_full_batch, config, SEEDS, 1e-3, STEPS), batched):
+        assert_series_close(reference, member)
+
+
+def test_lr_schedule_matches_reference_with_torch_scheduler() -> None:
+    """A schedule array [steps] from lr_schedule equals the reference driven by the torch scheduler."""
+    config = Config(dtype="float64")
+    def make_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=80)  # reaches lr = 0 at step 80
+
+    lrs = rlr_batched.lr_schedule(make_scheduler, 3e-3, 120)
+    batched = rlr_batched.train_full_batch(config, SEEDS[:2], lrs, method="cosine")
+    references = reference_runs(rlr_core.train_full_batch, config, SEEDS[:2], 3e-3, 120, method="cosine",
+                                make_scheduler=make_scheduler)
+    for reference, member in zip(references, batched):
+        assert_series_close(reference, member)
+
+
+def test_one_learning_rate_per_member_matches_reference_runs() -> None:
+    """An lr table [K, steps] gives each member its own schedule (here: its own constant lr)."""
+    config, lrs = Config(dtype="float64"), [3e-4, 1e-3, 3e-3]
+    batched = rlr_batched.train_full_batch(config, [5, 5, 6], np.array(lrs)[:, None].repeat(100, axis=1))
+    for member, seed, lr in zip(batched, [5, 5, 6], lrs):
+        assert_series_close(rlr_core.train_full_batch(dataclasses.replace(config, seed=seed), lr, 100), member)
+
+
+@pytest.mark.parametrize("variant", rlr_core.DQN_VARIANTS)
+def test_rl_scheduled_matches_reference_runs(variant: str, small_draw_chunk: None) -> None:
+    config = Config(dtype="float64", schedule=ScheduleConfig(steps=STEPS), dqn=DQNConfig(variant=variant))
+    batched = rlr_batched.train_rl_scheduled(config, SEEDS)
+    for reference, member in zip(reference_runs(rlr_core.train_rl_scheduled, config, SEEDS), batched):
+        assert_series_close(reference, member)
+        assert member.series["explored"].any() and not member.series["explored"].all()
+
+
+@pytest.mark.parametrize("variant", rlr_core.DQN_VARIANTS)
+def test_rl_scheduled_with_a_wrapping_memory_and_five_actions_matches_reference_runs(
+        variant: str, small_draw_chunk: None) -> None:
+    """Memory of 40 (wraps around), learning from step 7, batches of 16, 5 actions, smaller Q-network."""
+    dqn = DQNConfig(variant=variant, replay_capacity=40, learning_starts=8, batch_size=16, hidden_size=16)
+    config = Config(dtype="float64", schedule=ScheduleConfig(steps=150, index_shifts=(-2, -1, 0, 1, 2)), dqn=dqn)
+    batched = rlr_batched.train_rl_scheduled(config, [8, 9])
+    for reference, member in zip(reference_runs(rlr_core.train_rl_scheduled, config, [8, 9]), batched):
+        assert_series_close(reference, member)
+
+
+@pytest.mark.parametrize("variant, features, lr_factors", [("described", "log", ()),
+                                                          ("described", "raw", (0.5, 1.0, 2.0)),
+                                                          ("as_coded", "log", (0.8, 1.0, 1.25))])
+def test_rl_scheduled_ablation_options_match_reference_runs(variant: str, features: str, lr_factors: tuple,
+                                                            small_draw_chunk: None) -> None:
+    """Scale-free log features (3-dimensional state) and multiplicative lr actions, as in rlr_core."""
+    schedule = ScheduleConfig(steps=150, features=features, lr_factors=lr_factors)
+    config = Config(dtype="float64", schedule=schedule, dqn=DQNConfig(variant=variant))
+    batched = rlr_batched.train_rl_scheduled(config, [1, 2])
+    for reference, member in zip(reference_runs(rlr_core.train_rl_scheduled, config, [1, 2]), batched):
+        assert_series_close(reference, member)
+
+
+def test_state_reward_and_lr_move_match_the_reference_functions() -> None:
+    """loss_states, loss_rewards and next_lrs against rlr_core.loss_state, loss_reward and next_lr."""
+    generator = torch.Generator().manual_seed(3)
+    loss = torch.rand(6, dtype=torch.float64, generator=generator) * 10.0 ** -torch.randint(0, 30, (6,), generator=generator)
+    previous = torch.rand(6, dtype=torch.float64, generator=generator)
+    loss[0] = 0.0  # safe_log's floor
+    action = torch.tensor([0, 1, 2, 2, 0, 1])
+    for features, lr_factors in (("raw", ()), ("log", ()), ("log", (0.5, 1.0, 3.0))):
+        schedule = ScheduleConfig(features=features, lr_factors=lr_factors)
+        grid = torch.tensor(schedule.lr_grid, dtype=torch.float64)
+        lr_index = torch.tensor([0, 3, 6, 11, 11, 5])
+        lr = grid[lr_index] * (1.3 if lr_factors else 1.0)
+        moves = torch.tensor(lr_factors, dtype=torch.float64) if lr_factors else torch.tensor(schedule.index_shifts)
+        states = rlr_batched.loss_states(loss, previous, lr, schedule, torch.float64)
+        first_states = rlr_batched.loss_states(loss, None, lr, schedule, torch.float64)
+        rewards = rlr_batched.loss_rewards(previous, loss, features)
+        new_index, new_lr = rlr_batched.next_lrs(lr_index, lr, action, schedule, grid,
+                                                 torch.tensor(np.log(schedule.lr_grid)), moves)
+        for k in range(6):
+            position = rlr_core.lr_position(float(lr[k]), schedule)
+            expected = rlr_core.loss_state(float(loss[k]), float(previous[k]), torch.float64, features, position)
+            torch.testing.assert_close(states[k], expected, rtol=1e-14, atol=1e-14)
+            expected = rlr_core.loss_state(float(loss[k]), None, torch.float64, features, position)
+            torch.testing.assert_close(first_states[k], expected, rtol=1e-14, atol=1e-14)
+            assert float(rewards[k]) == pytest.approx(rlr_core.loss_reward(float(previous[k]), float(loss[k]),
+                                                                           features), rel=1e-14, abs=1e-300)
+            expected_index, expected_lr = rlr_core.next_lr(int(lr_index[k]), float(lr[k]), int(action[k]), schedule)
+            assert (int(new_index[k]), float(new_lr[k])) == (expected_index, pytest.approx(expected_lr, rel=1e-15))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pieces: Adam, hand-derived gradients, the DQN update
+# ---------------------------------------------------------------------------------------------------
+
+
+def flat_parameters(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+@pytest.mark.parametrize("per_member_lr", [True, False])
+def test_batched_adam_equals_torch_adam_per_member(per_member_lr: bool) -> None:
+    """Six steps on random gradients. One lr for all members runs torch's fused kernel as is, so it is
+    bit-identical to rlr_core.make_adam; an lr per member (here 1e-4, 1e-3, 1e-2) agrees to rounding."""
+    torch.manual_seed(0)
+    lrs = [1e-4, 1e-3, 1e-2] if per_member_lr else [1e-3] * 3
+    def make_models() -> list[torch.nn.Module]:
+        return [rlr_core.make_model(rlr_core.TaskConfig(), seed, torch.float64) for seed in range(3)]
+
+    net = rlr_batched.StackedMLP(make_models(), torch.float64, torch.device("cpu"))
+    optimizer = rlr_batched.BatchedAdam(net.params, net.rows_of)
+    models = make_models()
+    references = [rlr_core.make_adam(model.parameters(), lr) for model, lr in zip(models, lrs)]
+    for _ in range(6):
+        grad = torch.randn_like(net.params)
+        optimizer.step(grad, torch.tensor(lrs, dtype=torch.float64) if per_member_lr else lrs[0])
+        weight_grads, bias_grads = net.layer_views(grad)
+        for k, (model, reference) in enumerate(zip(models, references)):
+            layers = [m for m in model if isinstance(m, torch.nn.Linear)]
+            for layer, weight_grad, bias_grad in zip(layers, weight_grads, bias_grads):
+                layer.weight.grad, layer.bias.grad = weight_grad[k].clone(), bias_grad[k].clone()
+            reference.step()
+    for model, stacked in zip(models, net.to_modules(rlr_core.MaclaurinNet)):
+        if per_member_lr:
+            torch.testing.assert_close(flat_parameters(stacked), flat_parameters(model), rtol=1e-12, atol=1e-15)
+        else:
+            assert torch.equal(flat_parameters(stacked), flat_parameters(model))
+
+
+@pytest.mark.parametrize("network", ["maclaurin", "q_network"])
+def test_stacked_mlp_gradients_match_autograd(network: str) -> None:
+    torch.manual_seed(1)
+    if network == "maclaurin":
+        modules = [rlr_core.make_model(rlr_core.TaskConfig(), seed, torch.float64) for seed in range(3)]
+        inputs, targets = torch.randn(3, 50, 20, dtype=torch.float64), torch.randn(3, 50, 5, dtype=torch.float64)
+    else:
+        modules = [rlr_core.QNetwork(2, 3).double() for _ in range(3)]
+        inputs, targets = torch.randn(3, 64, 2, dtype=torch.float64), torch.randn(3, 64, 3, dtype=torch.float64)
+    net = rlr_batched.StackedMLP(modules, torch.float64, torch.device("cpu"))
+    losses = rlr_batched.mse_loss_and_grad(net, inputs, targets)
+    weight_grads, bias_grads = net.layer_views(net.grad)
+    for k, module in enumerate(modules):
+        loss = F.mse_loss(module(inputs[k]), targets[k])
+        loss.backward()
+        torch.testing.assert_close(losses[k], loss.detach(), rtol=1e-13, atol=0)
+        layers = [m for m in module if isinstance(m, torch.nn.Linear)]
+        for layer, weight_grad, bias_grad in zip(layers, weight_grads, bias_grads):
+            torch.testing.assert_close(weight_grad[k], layer.weight.grad, rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(bias_grad[k], layer.bias.grad, rtol=1e-12, atol=1e-15)
+
+
+def filled_agents(variant: str, n_agents: int) -> list[rlr_core.DQNAgent]:
+    """Agents whose memories hold random transitions (losses up to 3 and negative rewards, so that the
+    as_coded int() truncation meets values >= 1 and below 0)."""
+    config = DQNConfig(variant=variant, replay_capacity=100)
+    agents = [rlr_core.DQNAgent(2, 3, config, seed, torch.float64) for seed in range(n_agents)]
+    data = torch.Generator().manual_seed(7)
+    for agent in agents:
+        for _ in range(80):
+            state = 3 * torch.rand(2, generator=data, dtype=torch.float64)
+            next_state = 3 * torch.rand(2, generator=data, dtype=torch.float64)
+            action = int(torch.randint(3, (), generator=data))
+            agent.remember(state, action, next_state, float(torch.randn((), generator=data)))
+    return agents
+
+
+def stacked_replay(agents: list[rlr_core.DQNAgent]) -> torch.Tensor:
+    """The agents' memories in the batched layout [K, capacity, 6]: (state, action, next state, reward)."""
+    return torch.stack([torch.cat([a.replay.states, a.replay.actions[:, None].double(), a.replay.next_states,
+                                   a.replay.rewards[:, None]], dim=1) for a in agents])
+
+
+@pytest.mark.parametrize("variant", rlr_core.DQN_VARIANTS)
+def test_dqn_update_matches_agent_learn(variant: str) -> None:
+    agents = filled_agents(variant, 3)
+    config, cpu = agents[0].config, torch.device("cpu")
+    policy = rlr_batched.StackedMLP([a.policy_net for a in agents], torch.float64, cpu)
+    target = rlr_batched.StackedMLP([a.target_net for a in agents], torch.float64, cpu)
+    optimizer = rlr_batched.BatchedAdam(policy.params)
+    replay = stacked_replay(agents)
+    for _ in range(3):
+        # the indices DQNAgent.learn is about to draw, from a copy of each agent's generator
+        indices = torch.stack([(torch.rand(config.batch_size, dtype=torch.float64,
+                                           generator=torch.Generator().set_state(a.generator.get_state()))
+                                * len(a.replay)).long() for a in agents])
+        samples = torch.stack([replay[k, indices[k]] for k in range(len(agents))])
+        rlr_batched.dqn_update(policy, target, optimizer, *rlr_batched.training_rows(samples, config, 3, 2), config)
+        for agent in agents:
+            agent.learn()
+    for k, agent in enumerate(agents):
+        for stacked, module in ((policy, agent.policy_net), (target, agent.target_net)):
+            actual = flat_parameters(stacked.to_modules(lambda: rlr_core.QNetwork(2, 3))[k])
+            torch.testing.assert_close(actual, flat_parameters(module), rtol=1e-11, atol=1e-14)
+
+
+def test_as_coded_rows_are_the_reference_scrambled_batch() -> None:
+    """as_coded_rows + its weights give the same rows, with the same weight in the mean, as
+    rlr_core.assemble_as_coded_batch (whose rows 4..63 are all zero)."""
+    agents = filled_agents("as_coded", 2)
+    replay = stacked_replay(agents)
+    indices = torch.tensor([[5, 17, 3, 60, 2, 9], [0, 1, 2, 3, 4, 5]])
+    samples = torch.stack([replay[k, indices[k]] for k in range(2)])
+    states, actions, next_states, rewards, row_weights = rlr_batched.as_coded_rows(samples[:, :4], 64, 3, 2)
+    torch.testing.assert_close(row_weights, torch.tensor([1, 1, 1, 1, 60], dtype=torch.float64) / 64)
+    for k, agent in enumerate(agents):
+        memory = agent.replay
+        batch = Transition(memory.states[indices[k]], memory.actions[indices[k]], memory.next_states[indices[k]],
+                           memory.rewards[indices[k]])
+        expected = rlr_core.assemble_as_coded_batch(batch, 3)
+        for actual_field, expected_field in zip((states, actions, next_states, rewards), expected):
+            torch.testing.assert_close(actual_field[k, :4], expected_field[:4], rtol=0, atol=0)
+            assert (expected_field[4:] == 0).all() and (actual_field[k, 4] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Members are independent
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_changing_one_members_seed_leaves_the_others_bit_identical(small_draw_chunk: None) -> None:
+    config = Config(schedule=ScheduleConfig(steps=120))  # float32, past the start of learning
+    first = rlr_batched.train_rl_scheduled(config, [0, 11, 12])
+    second = rlr_batched.train_rl_scheduled(config, [5, 11, 12])
+    assert not np.array_equal(first[0].series["loss"], second[0].series["loss"])
+    for a, b in zip(first[1:], second[1:]):
+        for name in a.series:
+            np.testing.assert_array_equal(a.series[name], b.series[name], err_msg=name)
+
+
+def test_a_diverging_member_is_cut_like_the_reference_and_leaves_the_others_alone() -> None:
+    """Member 0's lr jumps to 1e200 at step 5: its float64 loss overflows at step 5, so its series
+    stop there (as the reference's); member 1 is bit-identical to a call where member 0 behaves."""
+    config, steps = Config(dtype="float64"), 12
+    calm = np.full((2, steps), 1e-3)
+    wild = calm.copy()
+    wild[0, 5:] = 1e200
+    diverged = rlr_batched.train_full_batch(config, [0, 1], wild)
+    def jump_at_step_5(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0 if t < 5 else 1e203)
+
+    reference = rlr_core.train_full_batch(config, 1e-3, steps, make_scheduler=jump_at_step_5)
+    assert reference.diverged_at == 5
+    assert_series_close(reference, diverged[0])
+    well_behaved = rlr_batched.train_full_batch(config, [0, 1], calm)
+    assert diverged[1].diverged_at is None and len(diverged[1].series["loss"]) == steps
+    for name in diverged[1].series:
+        np.testing.assert_array_equal(diverged[1].series[name], well_behaved[1].series[name])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Interface details
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_results_carry_each_members_config_seed_and_trained_model() -> None:
+    config = Config(seed=99, baseline=BaselineConfig(epochs=2))
+    results = rlr_batched.train_baseline(config, [3, 4])
+    assert [r.seed for r in results] == [3, 4]
+    assert [r.method for r in results] == ["baseline_minibatch"] * 2
+    data = rlr_core.make_polynomial_dataset(config.task, rlr_core.derive_seeds(4).data)
+    with torch.no_grad():
+        loss = rlr_core.full_batch_loss(results[1].model, data).item()
+    assert loss == pytest.approx(results[1].series["loss"][-1], rel=1e-5)
+
+
+@pytest.mark.parametrize("lr, steps", [(1e-3, None), (np.ones((3, 4)) * 1e-3, None), (np.ones(4) * 1e-3, 5),
+                                       (np.array([1e-3, -1.0]), None), ([], None)])
+def test_bad_learning_rate_tables_are_refused(lr, steps) -> None:
+    with pytest.raises(ValueError):
+        rlr_batched.train_full_batch(Config(), [0, 1], lr, steps)
+
+
+def test_seeds_must_not_be_empty() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        rlr_batched.train_baseline(Config(baseline=BaselineConfig(epochs=1)), [])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_in_float64() -> None:
+    config = Config(dtype="float64", schedule=ScheduleConfig(steps=100))
+    on_cpu = rlr_batched.train_rl_scheduled(config, [0, 1])
+    on_gpu = rlr_batched.train_rl_scheduled(dataclasses.replace(config, device="cuda"), [0, 1])
+    for a, b in zip(on_cpu, on_gpu):
+        b.config["device"] = a.config["device"]
+        assert_series_close(a, b)
