@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -1238,6 +1238,41 @@ def load_result(path: str | Path) -> RunResult:
     return RunResult(data["method"], data["config"],
                      {name: np.asarray(values) for name, values in data["series"].items()},
                      data["summary"]["wall_seconds"], data["summary"]["diverged_at"])
+
+
+def save_results(results: Sequence[RunResult], path: str | Path) -> Path:
+    """Save several runs (e.g. one per seed): a readable JSON index (method, seed, config, summary,
+    versions per run) and their series in a sibling .npz (keys 'run<i>/<series>'), both atomic.
+
+    The arrays are written first, so a JSON on disk always has its arrays beside it.
+    """
+    if len(results) == 0:
+        raise ValueError("results must hold at least one RunResult")
+    path = Path(path)
+    arrays, runs = {}, []
+    for i, result in enumerate(results):
+        entry = result_to_dict(result)  # checks that every series is finite
+        del entry["series"], entry["versions"]
+        runs.append(entry)
+        arrays.update({f"run{i}/{name}": np.asarray(values) for name, values in result.series.items()})
+    save_arrays_npz(path.with_suffix(".npz"), **arrays)
+    return atomic_write_text(path, json.dumps({"runs": runs, "versions": package_versions(),
+                                               "arrays": path.with_suffix(".npz").name},
+                                              indent=1, allow_nan=False))
+
+
+def load_results(path: str | Path) -> list[RunResult]:
+    """Read runs written by save_results (series back from the sibling .npz)."""
+    path = Path(path)
+    index = json.loads(path.read_text())
+    with np.load(path.with_name(index["arrays"])) as arrays:
+        results = []
+        for i, run in enumerate(index["runs"]):
+            prefix = f"run{i}/"
+            series = {key[len(prefix):]: arrays[key] for key in arrays.files if key.startswith(prefix)}
+            results.append(RunResult(run["method"], run["config"], series, run["summary"]["wall_seconds"],
+                                     run["summary"]["diverged_at"]))
+    return results
 
 
 def divergence_report(results: Iterable[RunResult]) -> Any:

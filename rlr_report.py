@@ -27,16 +27,39 @@ def save_figure(fig: plt.Figure, figures_dir: str | Path, name: str) -> Path:
     return path
 
 
-def steps_axis(result: RunResult) -> np.ndarray:
-    """1-based index of the logged values: epoch or optimiser step after which each was measured."""
-    return np.arange(1, len(result.series["loss"]) + 1)
+def steps_axis(length: int) -> np.ndarray:
+    """1-based index of logged values: the epoch or optimiser step after which each was measured."""
+    return np.arange(1, length + 1)
 
 
-def plot_loss_history(result: RunResult, title: str = "Adam loss history", xlabel: str = "epoch") -> plt.Figure:
+def stacked_series(runs: Sequence[RunResult], name: str = "loss") -> np.ndarray:
+    """[runs, steps] array of one series; a run that diverged early is padded with NaN (no values)."""
+    length = max(len(run.series[name]) for run in runs)
+    stacked = np.full((len(runs), length), np.nan)
+    for row, run in zip(stacked, runs):
+        row[:len(run.series[name])] = run.series[name]
+    return stacked
+
+
+def draw_curve(ax: plt.Axes, runs: Sequence[RunResult], name: str, label: str, **style) -> None:
+    """One run: its curve. Several: the median over seeds with the interquartile range as a band."""
+    values = stacked_series(runs, name)
+    steps = steps_axis(values.shape[1])
+    if len(runs) == 1:
+        ax.plot(steps, values[0], label=label, **style)
+        return
+    low, median, high = np.nanpercentile(values, [25, 50, 75], axis=0)
+    line, = ax.plot(steps, median, label=f"{label} (median of {len(runs)} seeds, IQR band)", **style)
+    ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.25, lw=0)
+
+
+def plot_loss_history(runs: Sequence[RunResult], title: str = "Adam loss history",
+                      xlabel: str = "epoch") -> plt.Figure:
     """The original's figure 1: full-data MSE per epoch (or step), log-log."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.loglog(steps_axis(result), result.series["loss"], lw=0.8, label=result.method)
-    ax.set(xlabel=f"{xlabel} (log scale)", ylabel="full-data MSE (log scale)", title=title)
+    draw_curve(ax, runs, "loss", runs[0].method, lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel=f"{xlabel} (log scale)", ylabel="full-data MSE (log scale)",
+           title=title)
     ax.legend()
     ax.grid(True, which="major", alpha=0.3)
     return fig
@@ -61,21 +84,18 @@ def plot_examples(model: torch.nn.Module, data: PolynomialData, task: TaskConfig
     return fig
 
 
-def plot_agent_runs(results: Sequence[RunResult], labels: Sequence[str] | None = None) -> plt.Figure:
+def plot_agent_runs(groups: dict[str, Sequence[RunResult]]) -> plt.Figure:
     """The original's figure 3 plus two panels: loss (log-log) above lr (log-log), epsilon, reward."""
-    labels = labels or [r.method for r in results]
     fig, axes = plt.subplots(4, 1, figsize=(8, 10), sharex=True,
                              gridspec_kw={"height_ratios": [3, 2, 1, 1.5]})
-    for result, label in zip(results, labels):
-        steps = steps_axis(result)
-        axes[0].loglog(steps, result.series["loss"], lw=0.7, label=label)
-        axes[1].loglog(steps, result.series["lr"], lw=0.7, label=label)
-        axes[2].semilogx(steps, result.series["epsilon"], lw=1.0, label=label)
-        axes[3].plot(steps, result.series["reward"], lw=0.5, label=label)
-    axes[0].set(ylabel="full-data MSE\n(log scale)", title="RL-scheduled Adam: loss and learning rate")
-    axes[1].set(ylabel="learning rate\n(log scale)")
+    for label, runs in groups.items():
+        for ax, name, width in zip(axes, ("loss", "lr", "epsilon", "reward"), (0.7, 0.7, 1.0, 0.5)):
+            draw_curve(ax, runs, name, label, lw=width)
+    axes[0].set(yscale="log", ylabel="full-data MSE\n(log scale)",
+                title="RL-scheduled Adam: loss and learning rate")
+    axes[1].set(yscale="log", ylabel="learning rate\n(log scale)")
     axes[2].set(ylabel="epsilon")
-    axes[3].set(ylabel="reward\nL_t - L_{t+1}\n(symlog)", xlabel="environment step (log scale)")
+    axes[3].set(ylabel="reward\nL_t - L_{t+1}\n(symlog)", xlabel="environment step (log scale)", xscale="log")
     axes[3].set_yscale("symlog", linthresh=1e-8)
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
@@ -84,70 +104,99 @@ def plot_agent_runs(results: Sequence[RunResult], labels: Sequence[str] | None =
     return fig
 
 
-def agent_behaviour(result: RunResult, grid_size: int, window: int = 1000) -> dict:
-    """Numbers that say what an agent did: where it kept the lr, how often it sat at the grid's ends."""
-    series = result.series
-    lr_index, actions, explored = series["lr_index"], series["action"], series["explored"].astype(bool)
-    greedy_actions = actions[~explored]
-    greedy_share = {name: float(np.mean(greedy_actions == a)) if len(greedy_actions) else float("nan")
-                    for a, name in enumerate(ACTION_NAMES)}
-    last = slice(-window, None)
-    return {"steps": int(len(lr_index)),
-            "final_loss": float(series["loss"][-1]),
+def agent_behaviour(runs: Sequence[RunResult], grid_size: int, window: int = 1000) -> dict:
+    """What agents did, averaged over runs: where they kept the lr, how often they sat at the grid's ends."""
+    per_run = []
+    for run in runs:
+        series = run.series
+        lr_index, actions, explored = series["lr_index"], series["action"], series["explored"].astype(bool)
+        greedy = actions[~explored]
+        last = slice(-window, None)
+        per_run.append({
+            "steps": len(lr_index), "final_loss": float(series["loss"][-1]),
             "median_last_100": float(np.median(series["loss"][-100:])),
             "explored_share": float(explored.mean()),
-            "greedy_share": greedy_share,
+            **{f"greedy_{name}_share": float(np.mean(greedy == a)) if len(greedy) else float("nan")
+               for a, name in enumerate(ACTION_NAMES)},
             "at_lowest_lr_share": float(np.mean(lr_index == 0)),
             "at_highest_lr_share": float(np.mean(lr_index == grid_size - 1)),
             "median_lr_last_window": float(np.median(series["lr"][last])),
             "mean_index_last_window": float(np.mean(lr_index[last])),
-            "final_lr": float(series["lr"][-1]),
-            "window": min(window, int(len(lr_index)))}
+            "final_lr": float(series["lr"][-1]), "window": min(window, len(lr_index))})
+    averaged = {key: float(np.mean([row[key] for row in per_run])) for key in per_run[0]}
+    averaged["final_loss"] = geometric_mean([row["final_loss"] for row in per_run])
+    averaged["median_last_100"] = geometric_mean([row["median_last_100"] for row in per_run])
+    averaged["runs"] = len(runs)
+    return averaged
 
 
-def describe_agent_run(result: RunResult, grid_size: int, label: str) -> str:
-    """A markdown paragraph, written from this run's numbers, of what the agent did."""
-    b = agent_behaviour(result, grid_size)
-    greedy = ", ".join(f"{name} {share:.0%}" for name, share in b["greedy_share"].items())
-    return (f"**{label}** ({b['steps']} steps): final MSE {b['final_loss']:.3e}, median of the last 100 "
-            f"{b['median_last_100']:.3e}. {b['explored_share']:.0%} of the actions were random "
+def describe_agent_run(runs: Sequence[RunResult], grid_size: int, label: str) -> str:
+    """A markdown paragraph, written from the runs' numbers (means over seeds), of what the agent did."""
+    b = agent_behaviour(runs, grid_size)
+    over = f"{b['runs']} seeds, " if b["runs"] > 1 else ""
+    mean = "geometric mean " if b["runs"] > 1 else ""
+    greedy = ", ".join(f"{name} {b[f'greedy_{name}_share']:.0%}" for name in ACTION_NAMES)
+    return (f"**{label}** ({over}{b['steps']:.0f} steps): {mean}final MSE {b['final_loss']:.3e}, median of "
+            f"the last 100 {b['median_last_100']:.3e}. {b['explored_share']:.0%} of the actions were random "
             f"(epsilon); the greedy actions were: {greedy}. The lr sat at the lowest grid value "
-            f"(1e-5 by default) {b['at_lowest_lr_share']:.0%} of the steps and at the highest "
-            f"{b['at_highest_lr_share']:.0%}. Over the last {b['window']} steps the median lr was "
-            f"{b['median_lr_last_window']:.2e} (mean grid index {b['mean_index_last_window']:.1f}); "
-            f"the final lr was {b['final_lr']:.2e}.")
+            f"{b['at_lowest_lr_share']:.0%} of the steps and at the highest {b['at_highest_lr_share']:.0%}. "
+            f"Over the last {b['window']:.0f} steps the median lr was {b['median_lr_last_window']:.2e} "
+            f"(mean grid index {b['mean_index_last_window']:.1f}); the final lr was {b['final_lr']:.2e}.")
 
 
-def comparison_table(runs: dict[str, tuple[RunResult, int, float]]) -> pd.DataFrame:
-    """One row per run: label -> (result, optimiser steps, passes over the data)."""
+def comparison_table(runs: dict[str, tuple[Sequence[RunResult], int, float]]) -> pd.DataFrame:
+    """One row per method: label -> (runs over seeds, optimiser steps, passes over the data).
+
+    MSE columns are geometric means over seeds (the value itself for one seed).
+    """
     rows = []
-    for label, (result, optimiser_steps, passes) in runs.items():
-        summary = result.summary()
-        rows.append({"method": label, "optimiser steps": optimiser_steps, "passes over data": passes,
-                     "final MSE": summary["final_loss"], "median last 100": summary["median_last_100"],
-                     "wall seconds": round(summary["wall_seconds"], 1)})
+    for label, (results, optimiser_steps, passes) in runs.items():
+        summaries = [result.summary() for result in results]
+        rows.append({"method": label, "seeds": len(results), "optimiser steps": optimiser_steps,
+                     "passes over data": passes,
+                     "final MSE": geometric_mean([s["final_loss"] for s in summaries]),
+                     "median last 100": geometric_mean([s["median_last_100"] for s in summaries]),
+                     "wall seconds per run": round(float(np.mean([s["wall_seconds"] for s in summaries])), 1)})
     return pd.DataFrame(rows).set_index("method")
 
 
-def accuracy_ratio(baseline: RunResult, agent: RunResult, statistic: str = "final_loss") -> float:
-    """The original's "times more accurate": baseline MSE / agent MSE (> 1 means the agent is better)."""
-    return baseline.summary()[statistic] / agent.summary()[statistic]
+def paired_ratios(baselines: Sequence[RunResult], agents: Sequence[RunResult],
+                  statistic: str = "final_loss") -> np.ndarray:
+    """Per seed (matched): baseline MSE / agent MSE, the original's "times more accurate"."""
+    agent_by_seed = {run.seed: run.summary()[statistic] for run in agents}
+    pairs = [(run.summary()[statistic], agent_by_seed[run.seed]) for run in baselines if run.seed in agent_by_seed]
+    if not pairs:
+        raise ValueError("the baseline and agent runs share no seed")
+    return np.array([base / agent for base, agent in pairs])
 
 
-def claim_verdict(baseline: RunResult, agent: RunResult, budget: str) -> str:
-    """One sentence: does "two times more accurate" hold for this pair, on both statistics?"""
-    final, robust = accuracy_ratio(baseline, agent), accuracy_ratio(baseline, agent, "median_last_100")
-    holds = "HOLDS" if final >= 2 and robust >= 2 else "does NOT hold"
-    return (f"{budget}: baseline/agent MSE ratio = {final:.2f} on the final value, {robust:.2f} on the "
-            f"median of the last 100; the claim of 2x {holds} in this single run.")
+def accuracy_ratio(baselines: Sequence[RunResult], agents: Sequence[RunResult],
+                   statistic: str = "final_loss") -> float:
+    """Geometric mean over seeds of baseline / agent MSE (> 1: the agent is better)."""
+    return geometric_mean(paired_ratios(baselines, agents, statistic))
 
 
-def plot_comparison(curves: dict[str, RunResult], title: str) -> plt.Figure:
-    """Loss curves of several runs against their own logged index (epoch or step), log-log."""
+def claim_verdict(baselines: Sequence[RunResult], agents: Sequence[RunResult], budget: str) -> str:
+    """One sentence: does "two times more accurate" hold, on the final value and the median of the last 100?"""
+    final, robust = paired_ratios(baselines, agents), paired_ratios(baselines, agents, "median_last_100")
+    holds = "HOLDS" if geometric_mean(final) >= 2 and geometric_mean(robust) >= 2 else "does NOT hold"
+    if len(final) == 1:
+        return (f"{budget}: baseline/agent MSE ratio = {final[0]:.2f} on the final value, {robust[0]:.2f} on "
+                f"the median of the last 100; the claim of 2x {holds} in this single run.")
+    low, high = bootstrap_interval(final)
+    return (f"{budget}: baseline/agent MSE ratio, geometric mean over {len(final)} seeds = "
+            f"{geometric_mean(final):.2f} (95% CI {low:.2f}-{high:.2f}) on the final value, "
+            f"{geometric_mean(robust):.2f} on the median of the last 100; {int((final >= 2).sum())} of "
+            f"{len(final)} seeds reach 2; the claim of 2x {holds}.")
+
+
+def plot_comparison(curves: dict[str, Sequence[RunResult]], title: str) -> plt.Figure:
+    """Loss curves of several methods against their own logged index (epoch or step), log-log."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, result in curves.items():
-        ax.loglog(steps_axis(result), result.series["loss"], lw=0.8, label=label)
-    ax.set(xlabel="passes over the data = epochs (baseline) or full-batch steps (log scale)",
+    for label, runs in curves.items():
+        draw_curve(ax, runs, "loss", label, lw=0.8)
+    ax.set(xscale="log", yscale="log",
+           xlabel="passes over the data = epochs (baseline) or full-batch steps (log scale)",
            ylabel="full-data MSE (log scale)", title=title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)

@@ -2,7 +2,8 @@
 
 papermill injects small parameters without executing (prepare_only) into a temp folder; nbval then
 executes those copies top to bottom in a fresh kernel, in order (03 reads what 01 and 02 wrote). The
-tests assert on the results and figures the notebooks wrote, recomputing what they can.
+tests assert on the results and figures the notebooks wrote, recomputing what they can. Two seeds, so
+the batched engine and the median/IQR plots run too (the committed run is the single-seed reference).
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import papermill
 import pytest
 
+import rlr_core as rc
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+SEEDS = [5, 6]
 SMALL_PARAMETERS = {
-    "01_baseline": {"epochs": 30, "full_batch_steps": 200, "progress": False},
-    "02_rlr_agent": {"steps": 200, "progress": False},
+    "01_baseline": {"seed": SEEDS[0], "n_seeds": len(SEEDS), "epochs": 30, "full_batch_steps": 200,
+                    "progress": False},
+    "02_rlr_agent": {"seed": SEEDS[0], "n_seeds": len(SEEDS), "steps": 200, "progress": False},
     "03_comparison": {},
 }
 EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
@@ -53,27 +59,35 @@ def test_notebooks_execute_top_to_bottom_under_nbval(executed):
 
 def test_notebooks_write_results_with_the_injected_parameters(executed):
     results = executed["results"]
-    baseline = json.loads((results / "baseline_minibatch.json").read_text())
-    assert len(baseline["series"]["loss"]) == SMALL_PARAMETERS["01_baseline"]["epochs"]
-    assert baseline["config"]["baseline"]["epochs"] == SMALL_PARAMETERS["01_baseline"]["epochs"]
-    full_batch = json.loads((results / "baseline_full_batch.json").read_text())
-    assert len(full_batch["series"]["loss"]) == SMALL_PARAMETERS["01_baseline"]["full_batch_steps"]
+    baselines = rc.load_results(results / "baseline_minibatch.json")
+    assert [run.seed for run in baselines] == SEEDS
+    assert all(len(run.series["loss"]) == SMALL_PARAMETERS["01_baseline"]["epochs"] for run in baselines)
+    assert baselines[0].config["baseline"]["epochs"] == SMALL_PARAMETERS["01_baseline"]["epochs"]
+    full_batch = rc.load_results(results / "baseline_full_batch.json")
+    assert all(len(run.series["loss"]) == SMALL_PARAMETERS["01_baseline"]["full_batch_steps"] for run in full_batch)
     for name in ("rl_described", "rl_as_coded"):
-        agent = json.loads((results / f"{name}.json").read_text())
-        assert len(agent["series"]["loss"]) == SMALL_PARAMETERS["02_rlr_agent"]["steps"]
-        assert agent["config"]["dqn"]["variant"] == name.removeprefix("rl_")
-        assert {"torch", "numpy", "python"} <= set(agent["versions"])
-        assert agent["summary"]["final_loss"] == agent["series"]["loss"][-1]
+        agents = rc.load_results(results / f"{name}.json")
+        assert [run.seed for run in agents] == SEEDS
+        assert all(len(run.series["loss"]) == SMALL_PARAMETERS["02_rlr_agent"]["steps"] for run in agents)
+        assert agents[0].config["dqn"]["variant"] == name.removeprefix("rl_")
+        index = json.loads((results / f"{name}.json").read_text())
+        assert {"torch", "numpy", "python"} <= set(index["versions"])
+        assert index["runs"][1]["summary"]["final_loss"] == agents[1].series["loss"][-1]
 
 
 def test_comparison_ratios_are_recomputed_from_the_saved_runs(executed):
+    """Geometric mean over seeds of baseline/agent final MSE, recomputed here from the saved curves."""
     results = executed["results"]
-    final = {name: json.loads((results / f"{name}.json").read_text())["series"]["loss"][-1]
+    final = {name: np.array([run.series["loss"][-1] for run in rc.load_results(results / f"{name}.json")])
              for name in ("baseline_minibatch", "baseline_full_batch", "rl_described", "rl_as_coded")}
     ratios = json.loads((results / "comparison.json").read_text())["ratios"]
-    assert ratios["same_passes_described"] == pytest.approx(final["baseline_minibatch"] / final["rl_described"])
-    assert ratios["same_steps_described"] == pytest.approx(final["baseline_full_batch"] / final["rl_described"])
-    assert ratios["same_passes_as_coded"] == pytest.approx(final["baseline_minibatch"] / final["rl_as_coded"])
+
+    def geometric_mean_ratio(baseline: str, agent: str) -> float:
+        return float(np.exp(np.mean(np.log(final[baseline] / final[agent]))))
+
+    assert ratios["same_passes_described"] == pytest.approx(geometric_mean_ratio("baseline_minibatch", "rl_described"))
+    assert ratios["same_steps_described"] == pytest.approx(geometric_mean_ratio("baseline_full_batch", "rl_described"))
+    assert ratios["same_passes_as_coded"] == pytest.approx(geometric_mean_ratio("baseline_minibatch", "rl_as_coded"))
 
 
 def test_notebooks_save_every_figure_as_png(executed):
