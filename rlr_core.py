@@ -904,6 +904,9 @@ class RunResult:
     """index of the step/epoch whose loss (or, for the agent, Q-values) was non-finite; series stop before it"""
     model: nn.Module | None = field(default=None, repr=False, compare=False)
     """the trained network, for plots in the same session (not saved to JSON)"""
+    policy_state: dict | None = field(default=None, repr=False, compare=False)
+    """agent runs: the policy network's final state_dict (CPU tensors), e.g. to replay it frozen through
+    train_rl_scheduled(initial_policy=...); not saved to JSON"""
 
     @property
     def seed(self) -> int:
@@ -1087,7 +1090,8 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
 
 
 def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: str | Path | None = None,
-                       checkpoint_every: int = 0, resume: bool = True) -> RunResult:
+                       checkpoint_every: int = 0, resume: bool = True, *, initial_policy: dict | None = None,
+                       frozen: bool = False) -> RunResult:
     """The original agent run: one continuous run of schedule.steps full-batch Adam steps.
 
     Per step (SPEC.md): L_t and s_t; epsilon-greedy action -> lr; Adam step on L_t; L_{t+1}, r_t,
@@ -1095,15 +1099,29 @@ def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: 
     step t is the pre-step loss of step t+1. The order lives in RLRScheduler.step.
     Stops at the first non-finite model loss or Q-value (diverged_at), before it reaches the replay
     memory or the series. Checkpointing (checkpoint_path, checkpoint_every, resume): as train_baseline.
+    initial_policy: a policy_net state_dict (e.g. another run's RunResult.policy_state) loaded into the
+    policy and target networks before the run. frozen: the scheduler runs in eval() (greedy, no replay
+    writes, no updates), method f"rl_{variant}_frozen"; the agent still draws its 2 uniforms per act.
     """
     _check_checkpointing(checkpoint_path, checkpoint_every, resume)
+    if initial_policy is not None and not isinstance(initial_policy, dict):
+        raise TypeError(f"initial_policy must be a policy_net state_dict (dict) or None, "
+                        f"got {type(initial_policy).__name__}")
+    if not isinstance(frozen, bool):
+        raise TypeError(f"frozen must be a bool, got {type(frozen).__name__}")
     seeds, dtype, device = prepare_run(config)
     data = make_polynomial_dataset(config.task, seeds.data, dtype=dtype, device=device)
     model = make_model(config.task, seeds.init, dtype, device)
     optimizer = make_adam(model.parameters(), config.schedule.lr_grid[config.schedule.start_index])
     agent = DQNAgent(config.schedule.state_dim, config.schedule.n_actions, config.dqn, seeds.agent, dtype, device)
+    if initial_policy is not None:
+        agent.policy_net.load_state_dict(initial_policy)
+        agent.target_net.load_state_dict(initial_policy)
     scheduler = RLRScheduler(optimizer, agent, config.schedule)
-    method, steps = f"rl_{config.dqn.variant}", config.schedule.steps
+    if frozen:
+        scheduler.eval()
+    method = f"rl_{config.dqn.variant}" + ("_frozen" if frozen else "")
+    steps = config.schedule.steps
     series = {name: np.empty(steps) for name in ("loss", "lr", "reward", "epsilon")}
     series["action"] = np.empty(steps, dtype=np.int64)
     series["lr_index"] = np.empty(steps, dtype=np.int64)
@@ -1119,7 +1137,7 @@ def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: 
     if first_step == 0:
         if not math.isfinite(loss.item()):  # out of float range before any step (data or initial weights)
             return RunResult(method, config.to_dict(), {name: values[:0] for name, values in series.items()},
-                             time.perf_counter() - started, 0, model)
+                             time.perf_counter() - started, 0, model, _policy_state(agent))
         scheduler.step(loss.item())  # L_0: chooses the first action and lr
     with _progress(steps, f"agent ({config.dqn.variant})", progress, initial=first_step) as bar:
         for step in range(first_step, steps):
@@ -1147,7 +1165,12 @@ def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: 
                                 earlier_seconds + time.perf_counter() - started, **parts)
     count = diverged_at if diverged_at is not None else steps
     return RunResult(method, config.to_dict(), {name: values[:count] for name, values in series.items()},
-                     earlier_seconds + time.perf_counter() - started, diverged_at, model)
+                     earlier_seconds + time.perf_counter() - started, diverged_at, model, _policy_state(agent))
+
+
+def _policy_state(agent: DQNAgent) -> dict:
+    """A copy of the agent's policy_net weights on the CPU (RunResult.policy_state)."""
+    return {name: tensor.detach().cpu().clone() for name, tensor in agent.policy_net.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1238,6 +1261,20 @@ def load_result(path: str | Path) -> RunResult:
     return RunResult(data["method"], data["config"],
                      {name: np.asarray(values) for name, values in data["series"].items()},
                      data["summary"]["wall_seconds"], data["summary"]["diverged_at"])
+
+
+def json_ready(value: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with numpy scalars as Python numbers and NaN/inf as None,
+    so that json.dumps(..., allow_nan=False) writes valid JSON (no NaN tokens) for summaries."""
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def save_results(results: Sequence[RunResult], path: str | Path) -> Path:

@@ -265,3 +265,43 @@ def claim_ratio(table: pd.DataFrame, metric: str, baseline: str, agent: str) -> 
     low, high = bootstrap_interval(ratios, "geometric_mean")
     return {"ratio": geometric_mean(ratios), "ci_low": low, "ci_high": high, "seeds": len(ratios),
             "seeds_reaching_2": int((ratios >= 2).sum())}
+
+
+def study_summary(table: pd.DataFrame, metric: str, baseline: str, tuned: str) -> pd.DataFrame:
+    """Per method: geometric mean and median of a metric over seeds with 95% CIs, diverged runs, and the
+    paired win rates against the original baseline and against the tuned constant lr."""
+    finished = table[table["diverged_at"].isna()]
+    summary = summarise_over_seeds(finished, metric)
+    summary.insert(1, "diverged", table.groupby("method", sort=False)["diverged_at"].count())
+    summary["wins vs baseline"] = [paired_win_rate(finished, metric, baseline, m) for m in summary.index]
+    summary["wins vs tuned constant"] = [paired_win_rate(finished, metric, tuned, m) for m in summary.index]
+    return summary
+
+
+def plot_intervals(summary: pd.DataFrame, title: str, xlabel: str) -> plt.Figure:
+    """Dot-and-interval chart: geometric mean over seeds with its 95% bootstrap CI, one row per method."""
+    ordered = summary.sort_values("geometric mean")
+    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(ordered) + 1.2))
+    y = np.arange(len(ordered))
+    errors = [ordered["geometric mean"] - ordered["gm CI low"], ordered["gm CI high"] - ordered["geometric mean"]]
+    ax.errorbar(ordered["geometric mean"], y, xerr=errors, fmt="o", ms=4, capsize=3,
+                label="geometric mean over seeds, 95% bootstrap CI")
+    ax.set_yticks(y, ordered.index, fontsize=8)
+    ax.set(xscale="log", xlabel=f"{xlabel} (log scale)", title=title)
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_trajectories(groups: dict[str, Sequence[RunResult]], title: str) -> plt.Figure:
+    """Learning rate per step, median over seeds with IQR band, for agents and schedules (log-log)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, runs in groups.items():
+        draw_curve(ax, runs, "lr", label, lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="optimiser step (log scale)",
+           ylabel="learning rate (log scale)", title=title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -85,3 +85,65 @@ def test_paired_statistics_match_hand_counts():
 def test_bootstrap_interval_rejects_an_unknown_statistic():
     with pytest.raises(ValueError, match="statistic"):
         report.bootstrap_interval([1.0, 2.0, 3.0], "mean")
+
+
+# --- the study layer (rlr_study) ------------------------------------------------------------------
+
+import rlr_study as study  # noqa: E402
+
+
+def test_study_refuses_tuning_seeds_that_overlap_the_evaluation_seeds():
+    with pytest.raises(ValueError, match="overlap"):
+        study.StudyConfig(first_eval_seed=0, n_eval_seeds=16, first_tuning_seed=10)
+    with pytest.raises(ValueError, match="study.n_eval_seeds"):
+        study.StudyConfig(n_eval_seeds=0)
+
+
+def test_tuned_constant_lr_is_the_argmin_of_the_tuning_scores_computed_independently():
+    setup = study.StudyConfig(n_eval_seeds=2, first_tuning_seed=50, n_tuning_seeds=2, steps=40)
+    config = study.study_config(rc.Config(schedule=rc.ScheduleConfig(lr_grid=(1e-4, 1e-3, 1e-2), start_index=1)), setup)
+    lr, table = study.tune_constant_lr(config, setup)
+    scores = []
+    for grid_lr in config.schedule.lr_grid:  # the reference loop, one run at a time
+        medians = [rc.train_full_batch(rc.Config.from_dict({**config.to_dict(), "seed": s}), grid_lr, 40).summary()["median_last_100"]
+                   for s in setup.tuning_seeds]
+        scores.append(float(np.exp(np.mean(np.log(medians)))))
+    assert table.iloc[:, 1].to_numpy() == pytest.approx(scores, rel=1e-4)
+    assert lr == config.schedule.lr_grid[int(np.argmin(scores))]
+
+
+def test_wall_clock_budget_converts_the_agents_time_into_steps_and_epochs():
+    setup = study.StudyConfig(steps=1000)
+    budget = study.wall_clock_budget(setup, {"agent_step": 2e-3, "full_batch_step": 5e-4, "baseline_epoch": 4e-3})
+    assert budget == {"agent_seconds": 2.0, "full_batch_steps": 4000, "baseline_epochs": 500}
+
+
+def test_test_mse_is_the_trained_networks_error_on_held_out_polynomials():
+    config = rc.Config(seed=3, schedule=rc.ScheduleConfig(steps=30))
+    run = rc.train_full_batch(config, 1e-3, 30)
+    held_out = rc.make_polynomial_dataset(config.task, rc.derive_seeds(3).test, 64)
+    training = rc.make_polynomial_dataset(config.task, rc.derive_seeds(3).data)
+    assert not torch.equal(held_out.targets[:5], training.targets[:5])
+    with torch.no_grad():
+        expected = float(((run.model(held_out.inputs) - held_out.targets) ** 2).mean())
+    assert study.test_mse(run, 64) == pytest.approx(expected, rel=1e-6)
+
+
+def test_claim_table_gives_one_row_per_budget_agent_reference_and_metric():
+    rows = []
+    for budget in ("b1", "b2"):
+        for seed in range(3):
+            rows += [{"budget": budget, "method": "base", "seed": seed, "train_final": 4.0, "test_mse": 8.0, "diverged_at": None},
+                     {"budget": budget, "method": "tuned", "seed": seed, "train_final": 1.0, "test_mse": 1.0, "diverged_at": None},
+                     {"budget": budget, "method": "agent", "seed": seed, "train_final": 2.0, "test_mse": 2.0, "diverged_at": None}]
+    claims = study.claim_table(pd.DataFrame(rows), "base", "tuned", ["agent"])
+    assert len(claims) == 2 * 1 * 2 * 2
+    against_base = claims[(claims.against == "base") & (claims.metric == "test_mse")]
+    assert against_base["ratio"].tolist() == pytest.approx([4.0, 4.0])
+    assert against_base["seeds_reaching_2"].tolist() == [3, 3]
+    assert claims[claims.against == "tuned"]["ratio"].tolist() == pytest.approx([0.5] * 4)
+
+
+def test_json_ready_replaces_non_finite_numbers_and_numpy_scalars():
+    ready = rc.json_ready({"a": np.float64("nan"), "b": [np.int64(3), float("inf"), 1.5], "c": (np.bool_(True),)})
+    assert ready == {"a": None, "b": [3, None, 1.5], "c": [True]}
