@@ -25,15 +25,6 @@ GRID = 10.0 ** np.linspace(-5.0, -2.0, 12)  # the original's grid, written out i
 SMALL_TASK = rc.TaskConfig(n_examples=32, n_points=7, coeff_scale=(1.0, 0.5, 0.25), hidden_sizes=(8, 8, 4))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the project's runs use (Config.num_threads): much faster for tiny nets."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder(gymnasium.Wrapper):
     """Records every step's action, reward, flags and info, and the model's weights at episode ends."""
 

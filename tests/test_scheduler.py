@@ -21,15 +21,6 @@ import rlr_core as rc
 GRID = 10.0 ** np.linspace(-5.0, -2.0, 12)  # the original's grid, written out independently
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the project's runs use (Config.num_threads): much faster for tiny nets."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_problem(model_seed: int):
     """A user's own model and data (not MaclaurinNet): the scheduler must not care what it trains."""
     generator = torch.Generator().manual_seed(1234)
