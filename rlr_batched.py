@@ -20,25 +20,23 @@ whose loss (or, for the agent, Q-values) goes non-finite keeps computing inside 
 tensor, harmlessly (no op mixes runs), and its series are cut at diverged_at as the reference's are.
 wall_seconds is the batch's loop time divided by K: the amortised cost of one run.
 
-Read top to bottom: stacked networks and Adam -> setup -> pre-drawn randomness -> the DQN update ->
-the three training loops.
+Read top to bottom: stacked networks, Adam and Adam-HD -> setup -> pre-drawn randomness -> the DQN
+update -> the three training loops (with ReduceLROnPlateau before the full-batch one).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import rlr_core
-from rlr_core import Config, DQNConfig, RunResult, ScheduleConfig
+from rlr_core import Config, DQNConfig, RunResult, ScheduleConfig, loss_reward, progress_bar, safe_log
 
 DRAW_CHUNK = 250
 """steps (or epochs) of random numbers pre-drawn per member at a time"""
@@ -194,8 +192,9 @@ class BatchedAdam:
                            amsgrad=False, maximize=False)
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor, lr: float | torch.Tensor) -> None:
-        """One Adam step; lr is one float for every run or a tensor [K] (one learning rate per run)."""
+    def step(self, grad: torch.Tensor, lr: float | torch.Tensor) -> float | torch.Tensor:
+        """One Adam step; lr is one float for every run or a tensor [K] (one learning rate per run).
+        Returns the learning rate the step used (BatchedAdamHD moves it first)."""
         self.step_count += 1
         if isinstance(lr, torch.Tensor):
             if self.rows is None:
@@ -206,6 +205,40 @@ class BatchedAdam:
                 param_rows.addcmul_(unit_rows, lr_column)
         else:
             self.fused_adam(self.params, grad, lr)
+        return lr
+
+
+class BatchedAdamHD(BatchedAdam):
+    """rlr_core.AdamHD (Adam with hypergradient descent on its lr) for K runs, one beta per run.
+
+    Before each step, lr <- max(0, lr + beta <g_t, u_{t-1}>) per run, where u_{t-1} is the previous
+    Adam direction m_hat / (sqrt(v_hat) + eps). BatchedAdam's per-run-lr path already holds it, negated,
+    in unit_step, so the hypergradient costs one product and a sum per block. The reference gets u as
+    (parameter change) / lr (in float32 that difference loses digits; the unit step does not) and sets
+    it to zero after a step at lr 0 (the lr then stays 0); here a mask does the same. A run with beta 0
+    is plain Adam.
+    """
+
+    def __init__(self, params: torch.Tensor, rows_of: Callable[[torch.Tensor], list[torch.Tensor]],
+                 hypergradient_lr: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__(params, rows_of, betas, eps)
+        self.hypergradient_lr = hypergradient_lr  # [K], float64
+        self.grad_times_unit_step = torch.zeros_like(params)
+        self.product_rows = rows_of(self.grad_times_unit_step)
+        self.last_lr: torch.Tensor | None = None  # the lr of the previous step: None before the first
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """Move each run's lr [K] by its hypergradient, take the Adam step with it, return it."""
+        if self.last_lr is not None:
+            torch.mul(grad, self.unit_step, out=self.grad_times_unit_step)
+            grad_dot_direction = -sum(block.sum(dim=1) for block in self.product_rows)  # <g_t, u_{t-1}>
+            hypergradient = torch.where(self.last_lr > 0, grad_dot_direction.double(), 0.0)
+            lr = (lr + self.hypergradient_lr * hypergradient).clamp_min_(0.0)
+        super().step(grad, lr)
+        self.last_lr = lr
+        return lr
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -238,18 +271,14 @@ def stack_members(configs: list[Config]) -> tuple[list[rlr_core.RunSeeds], torch
     return run_seeds, dtype, device, inputs, targets, StackedMLP(models, dtype, device)
 
 
-def progress_bar(total: int, description: str, enabled: bool) -> tqdm:
-    # A few updates per second at most: papermill can time out on floods of output messages.
-    return tqdm(total=total, desc=description, disable=not enabled, mininterval=2.0, file=sys.stderr)
-
-
 def first_bad_step(bad: np.ndarray) -> list[int | None]:
     """Per run (column of bad [steps, K]), the index of the first True, or None."""
     return [int(np.argmax(bad[:, k])) if bad[:, k].any() else None for k in range(bad.shape[1])]
 
 
 def per_member_results(method: str, configs: list[Config], series: dict[str, np.ndarray], bad: np.ndarray,
-                       wall_seconds: float, models: list[nn.Module]) -> list[RunResult]:
+                       wall_seconds: float, models: list[nn.Module],
+                       policy_states: list[dict] | None = None) -> list[RunResult]:
     """Split [steps, K, ...] series into one RunResult per member, cut at its first bad step (diverged_at).
 
     A diverged member kept computing inside its own slice of every tensor (no op mixes runs), so the
@@ -261,7 +290,8 @@ def per_member_results(method: str, configs: list[Config], series: dict[str, np.
         count = len(bad) if diverged_at is None else diverged_at
         member_series = {name: np.ascontiguousarray(values[:count, k]) for name, values in series.items()}
         results.append(RunResult(method, member.to_dict(), member_series, wall_seconds / len(configs),
-                                 diverged_at=diverged_at, model=models[k]))
+                                 diverged_at=diverged_at, model=models[k],
+                                 policy_state=None if policy_states is None else policy_states[k]))
     return results
 
 
@@ -311,13 +341,9 @@ def draw_agent_randomness(generators: Sequence[torch.Generator], first_step: int
 
 
 # ---------------------------------------------------------------------------------------------------
-# The scheduler's state, reward and lr move, and the DQN update, for K agents
+# The scheduler's state and lr move, and the DQN update, for K agents (rlr_core.safe_log and
+# rlr_core.loss_reward take tensors of losses themselves)
 # ---------------------------------------------------------------------------------------------------
-
-
-def safe_log(loss: torch.Tensor) -> torch.Tensor:
-    """rlr_core.safe_log for a tensor, in float64: log of the loss floored at 1e-30."""
-    return loss.double().clamp_min(1e-30).log()
 
 
 def loss_states(loss: torch.Tensor, previous_loss: torch.Tensor | None, lr: torch.Tensor,
@@ -337,13 +363,6 @@ def lr_positions(lr: torch.Tensor, schedule: ScheduleConfig) -> torch.Tensor:
     """rlr_core.lr_position for K learning rates: 0 at the grid's lowest lr, 1 at its highest (log scale)."""
     low, high = math.log(schedule.lr_grid[0]), math.log(schedule.lr_grid[-1])
     return torch.zeros_like(lr) if high == low else (lr.log() - low) / (high - low)
-
-
-def loss_rewards(previous_loss: torch.Tensor, loss: torch.Tensor, features: str) -> torch.Tensor:
-    """rlr_core.loss_reward for K runs, in float64: L_t - L_{t+1}, or the same of the safe logs."""
-    if features == "raw":
-        return previous_loss.double() - loss.double()
-    return safe_log(previous_loss) - safe_log(loss)
 
 
 def next_lrs(lr_index: torch.Tensor, lr: torch.Tensor, action: torch.Tensor, schedule: ScheduleConfig,
@@ -494,35 +513,138 @@ def lr_schedule(make_scheduler: Callable[[torch.optim.Optimizer], object], lr: f
     return lrs
 
 
+def hypergradient_lrs(hypergradient_lr: float | Sequence[float], n_runs: int) -> np.ndarray:
+    """Adam-HD's beta per run [K], float64, from one number or one per run; each finite and >= 0."""
+    def check(name: str, beta: float) -> float:
+        rlr_core.check_float(name, beta, 0.0, math.inf, low_open=False, high_open=True)
+        return float(beta)
+
+    if isinstance(hypergradient_lr, (str, bytes)) or not hasattr(hypergradient_lr, "__len__"):
+        return np.full(n_runs, check("hypergradient_lr", hypergradient_lr))
+    if len(hypergradient_lr) != n_runs:
+        raise ValueError(f"hypergradient_lr must be one number or one per run ({n_runs}), "
+                         f"got {len(hypergradient_lr)} values")
+    return np.array([check(f"hypergradient_lr[{k}]", beta) for k, beta in enumerate(hypergradient_lr)])
+
+
+PLATEAU_DEFAULTS = {"mode": "min", "factor": 0.1, "patience": 10, "threshold": 1e-4, "threshold_mode": "rel",
+                    "cooldown": 0, "min_lr": 0.0, "eps": 1e-8}
+"""torch.optim.lr_scheduler.ReduceLROnPlateau's options and their defaults (tests compare with torch's)"""
+
+
+def plateau_options(plateau: dict) -> dict:
+    """ReduceLROnPlateau's options: torch's defaults updated by `plateau`, each checked (naming it)."""
+    if not isinstance(plateau, dict):
+        raise TypeError(f"plateau must be a dict of ReduceLROnPlateau options or None, "
+                        f"got {type(plateau).__name__}")
+    unknown = sorted(set(plateau) - set(PLATEAU_DEFAULTS))
+    if unknown:
+        raise TypeError(f"plateau has unknown option(s) {unknown}; ReduceLROnPlateau's are "
+                        f"{sorted(PLATEAU_DEFAULTS)}")
+    options = {**PLATEAU_DEFAULTS, **plateau}
+    if options["mode"] != "min":
+        raise ValueError(f"plateau['mode'] must be 'min' (the monitored metric is the loss), "
+                         f"got {options['mode']!r}")
+    if options["threshold_mode"] not in ("rel", "abs"):
+        raise ValueError(f"plateau['threshold_mode'] must be 'rel' or 'abs', got {options['threshold_mode']!r}")
+    rlr_core.check_float("plateau['factor']", options["factor"], 0.0, 1.0, low_open=False, high_open=True)
+    for name in ("threshold", "min_lr", "eps"):
+        rlr_core.check_float(f"plateau[{name!r}]", options[name], 0.0, math.inf, low_open=False,
+                              high_open=True)
+    for name in ("patience", "cooldown"):
+        rlr_core.check_int(f"plateau[{name!r}]", options[name], 0)
+    return options
+
+
+class BatchedReduceLROnPlateau:
+    """torch.optim.lr_scheduler.ReduceLROnPlateau (mode 'min') for K runs, stepped with each run's loss.
+
+    Hand-written because torch's keeps best, num_bad_epochs and cooldown_counter as Python numbers of one
+    run; here each is a tensor [K], so every run reduces its own lr, with no loop over runs and no host
+    sync. The rules and their order are those of torch's step(metrics) and _reduce_lr.
+    """
+
+    def __init__(self, n_runs: int, device: torch.device, options: dict) -> None:
+        self.options = plateau_options(options)
+        self.best = torch.full((n_runs,), math.inf, dtype=torch.float64, device=device)
+        self.num_bad_epochs = torch.zeros(n_runs, dtype=torch.long, device=device)
+        self.cooldown_counter = torch.zeros(n_runs, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def step(self, loss: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """Take each run's loss [K] into account; return the lr [K] each run uses from now on."""
+        options, loss = self.options, loss.double()
+        if options["threshold_mode"] == "rel":
+            is_better = loss < self.best * (1.0 - options["threshold"])
+        else:
+            is_better = loss < self.best - options["threshold"]
+        self.best = torch.where(is_better, loss, self.best)
+        self.num_bad_epochs.add_(1).masked_fill_(is_better, 0)
+        in_cooldown = self.cooldown_counter > 0
+        self.cooldown_counter.sub_(in_cooldown.long())
+        self.num_bad_epochs.masked_fill_(in_cooldown, 0)  # bad epochs in cooldown are ignored
+        reduce = self.num_bad_epochs > options["patience"]
+        reduced_lr = (lr * options["factor"]).clamp_min(options["min_lr"])
+        lr = torch.where(reduce & (lr - reduced_lr > options["eps"]), reduced_lr, lr)
+        self.cooldown_counter.masked_fill_(reduce, options["cooldown"])
+        self.num_bad_epochs.masked_fill_(reduce, 0)
+        return lr
+
+
 def train_full_batch(config: Config, seeds: Sequence[int],
                      lr: float | Sequence[float] | np.ndarray | torch.Tensor, steps: int | None = None,
-                     method: str = "constant_full_batch", progress: bool = False) -> list[RunResult]:
+                     method: str = "constant_full_batch", progress: bool = False, *,
+                     hypergradient_lr: float | Sequence[float] = 0.0,
+                     plateau: dict | None = None) -> list[RunResult]:
     """rlr_core.train_full_batch for every seed: full-batch Adam under a given learning-rate schedule.
 
     lr: one number (then steps is required), a schedule [steps] shared by all runs, or one schedule per
     run [K, steps] (a learning-rate sweep is one call). Logs loss and lr per step, as the reference.
+    Two rules that move the lr from what the run sees, each starting from lr (then one number):
+    hypergradient_lr: Adam-HD's beta, one number or one per run (a beta x seed sweep is one call), as
+    rlr_core.AdamHD; 0 (the default) is plain Adam. plateau: ReduceLROnPlateau's options (dict),
+    stepped with each run's full-data loss after every step, as the reference with
+    make_scheduler=ReduceLROnPlateau. Both together: Adam-HD moves the lr, the plateau rule cuts it.
     """
     configs = member_configs(config, seeds)
-    lrs = lr_table(lr, len(configs), steps)
+    n_runs = len(configs)
+    betas = hypergradient_lrs(hypergradient_lr, n_runs)
+    options = plateau_options(plateau) if plateau is not None else None
+    adapts_lr = betas.any() or options is not None
+    if adapts_lr and np.ndim(lr.cpu() if isinstance(lr, torch.Tensor) else lr) != 0:
+        raise ValueError("with hypergradient_lr or plateau, lr must be one number: every run's starting lr")
+    lrs = lr_table(lr, n_runs, steps)
     steps = lrs.shape[1]
     _, dtype, device, inputs, targets, net = stack_members(configs)
+    scheduler = BatchedReduceLROnPlateau(n_runs, device, options) if options is not None else None
     lrs_by_step = torch.from_numpy(lrs.T.copy()).to(device)  # [steps, K], float64 like the reference's lr
-    optimizer = BatchedAdam(net.params, net.rows_of)
-    losses = torch.empty(steps, len(configs), dtype=dtype, device=device)
+    if betas.any():
+        optimizer = BatchedAdamHD(net.params, net.rows_of, torch.from_numpy(betas).to(device))
+    else:
+        optimizer = BatchedAdam(net.params, net.rows_of)
+    losses = torch.empty(steps, n_runs, dtype=dtype, device=device)
+    used_lrs = torch.empty(steps, n_runs, dtype=torch.float64, device=device)
     started = time.perf_counter()
-    with torch.no_grad(), progress_bar(steps, f"{method} x{len(configs)}", progress) as bar:
+    with torch.no_grad(), progress_bar(steps, f"{method} x{n_runs}", progress) as bar:
         mse_loss_and_grad(net, inputs, targets)  # gradient of L_0
+        lr_now = lrs_by_step[0]
         for step in range(steps):
-            optimizer.step(net.grad, lrs_by_step[step])
+            if not adapts_lr:
+                lr_now = lrs_by_step[step]
+            lr_now = optimizer.step(net.grad, lr_now)  # Adam-HD moves each run's lr first
+            used_lrs[step] = lr_now
             losses[step] = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
+            if scheduler is not None:
+                lr_now = scheduler.step(losses[step], lr_now)  # the lr of the next step
             bar.update()
     wall_seconds = time.perf_counter() - started
-    series = {"loss": losses.cpu().double().numpy(), "lr": lrs.T}
+    series = {"loss": losses.cpu().double().numpy(), "lr": used_lrs.cpu().numpy()}
     return per_member_results(method, configs, series, ~np.isfinite(series["loss"]), wall_seconds,
                               net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)))
 
 
-def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = False) -> list[RunResult]:
+def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = False,
+                       initial_policies: Sequence[dict] | None = None, frozen: bool = False) -> list[RunResult]:
     """rlr_core.train_rl_scheduled for every seed: K agents each steering their own full-batch Adam.
 
     Per step, as RLRScheduler + DQNAgent (SPEC.md): act epsilon-greedily on s_t, move the lr, Adam step
@@ -530,14 +652,39 @@ def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = Fa
     learning_starts transitions. With dqn.variant 'as_coded' the acting state has its difference zeroed
     and the update trains on the original code's scrambled rows (as_coded_rows). The ablation options
     schedule.features ('log') and schedule.lr_factors work as in the reference.
+    initial_policies: one policy_net state_dict per run (e.g. RunResult.policy_state of an earlier call),
+    loaded into its policy and target networks, as the reference's initial_policy. frozen: greedy
+    actions (epsilon 0), no replay, no updates, method f"rl_{variant}_frozen", as the reference's.
+    Each result's policy_state holds its policy network's final weights.
     """
     configs = member_configs(config, seeds)
+    n_runs = len(configs)
+    if not isinstance(frozen, bool):
+        raise TypeError(f"frozen must be a bool, got {type(frozen).__name__}")
+    if initial_policies is not None:
+        if isinstance(initial_policies, dict) or not hasattr(initial_policies, "__len__"):
+            raise TypeError(f"initial_policies must be a sequence of policy_net state_dicts (one per run), "
+                            f"got {type(initial_policies).__name__}")
+        if len(initial_policies) != n_runs:
+            raise ValueError(f"initial_policies must hold one state_dict per run ({n_runs}), "
+                             f"got {len(initial_policies)}")
+        for k, state in enumerate(initial_policies):
+            if not isinstance(state, dict):
+                raise TypeError(f"initial_policies[{k}] must be a policy_net state_dict, "
+                                f"got {type(state).__name__}")
     run_seeds, dtype, device, inputs, targets, net = stack_members(configs)
-    schedule, dqn, n_runs, steps = config.schedule, config.dqn, len(configs), config.schedule.steps
+    schedule, dqn, steps = config.schedule, config.dqn, config.schedule.steps
     state_dim, n_actions, described = schedule.state_dim, schedule.n_actions, dqn.variant == "described"
     if not described and dqn.batch_size < 4:
         raise ValueError("the as_coded update reads 4 sampled transitions: dqn.batch_size must be >= 4")
     agents = [rlr_core.DQNAgent(state_dim, n_actions, dqn, seeds.agent, dtype, device) for seeds in run_seeds]
+    for k, agent in enumerate(agents if initial_policies is not None else []):
+        try:
+            agent.policy_net.load_state_dict(initial_policies[k])
+            agent.target_net.load_state_dict(initial_policies[k])
+        except RuntimeError as error:  # missing or unexpected keys, wrong shapes
+            raise ValueError(f"initial_policies[{k}] does not fit the Q-network (state_dim={state_dim}, "
+                             f"n_actions={n_actions}, hidden_size={dqn.hidden_size}): {error}") from error
     policy = StackedMLP([agent.policy_net for agent in agents], dtype, device)
     target = StackedMLP([agent.target_net for agent in agents], dtype, device)
     generators = [agent.generator for agent in agents]  # fresh: nothing drawn yet
@@ -574,14 +721,16 @@ def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = Fa
         initial_loss = loss.clone()
         acting_state = acting(loss_states(loss, None, lr, schedule, dtype))  # s_0
         for step in range(steps):
-            if step % DRAW_CHUNK == 0:
+            if not frozen and step % DRAW_CHUNK == 0:  # a frozen agent's draws are never used
                 explore, random_action, replay_rows = draw_agent_randomness(
                     generators, step, min(DRAW_CHUNK, steps - step), dqn, n_actions, n_sample_rows, device)
                 explored.append(explore.cpu())
             chunk_step = step % DRAW_CHUNK
-            # act: epsilon-greedy on the acting state, then move the lr
+            # act: epsilon-greedy (greedy when frozen) on the acting state, then move the lr
             q_values = policy.forward(acting_state.unsqueeze(1))[0].squeeze(1)
-            action = torch.where(explore[chunk_step], random_action[chunk_step], q_values.argmax(dim=1))
+            action = q_values.argmax(dim=1)
+            if not frozen:
+                action = torch.where(explore[chunk_step], random_action[chunk_step], action)
             lr_index, lr = next_lrs(lr_index, lr, action, schedule, lr_grid, log_lr_grid, moves)
             logged["q_values"][step] = q_values
             logged["action"][step] = action
@@ -592,14 +741,17 @@ def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = Fa
             next_loss = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
             logged["loss"][step] = next_loss
             next_state = loss_states(next_loss, loss, lr, schedule, dtype)
-            reward = loss_rewards(loss, next_loss, schedule.features)
-            # remember (s_t, a_t, s_{t+1}, r_t); the memory is a ring, every run at the same position
-            replay[:, step % dqn.replay_capacity] = torch.cat(
-                [acting_state, action.unsqueeze(1).to(dtype), next_state, reward.unsqueeze(1).to(dtype)], dim=1)
-            if min(step + 1, dqn.replay_capacity) >= max(dqn.learning_starts, 1):
-                rows = replay_rows[chunk_step].view(-1)
-                samples = replay_by_row.index_select(0, rows).view(n_runs, -1, row_width)
-                dqn_update(policy, target, q_optimizer, *training_rows(samples, dqn, n_actions, state_dim), dqn)
+            if not frozen:
+                # remember (s_t, a_t, s_{t+1}, r_t); the memory is a ring, every run at the same position
+                reward = loss_reward(loss, next_loss, schedule.features)
+                replay[:, step % dqn.replay_capacity] = torch.cat(
+                    [acting_state, action.unsqueeze(1).to(dtype), next_state, reward.unsqueeze(1).to(dtype)],
+                    dim=1)
+                if min(step + 1, dqn.replay_capacity) >= max(dqn.learning_starts, 1):
+                    rows = replay_rows[chunk_step].view(-1)
+                    samples = replay_by_row.index_select(0, rows).view(n_runs, -1, row_width)
+                    dqn_update(policy, target, q_optimizer, *training_rows(samples, dqn, n_actions, state_dim),
+                               dqn)
             loss, acting_state = next_loss, acting(next_state)
             bar.update()
     wall_seconds = time.perf_counter() - started
@@ -607,14 +759,18 @@ def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = Fa
     series["loss"] = series["loss"].astype(np.float64)
     series["q_values"] = series["q_values"].astype(np.float64)
     losses_before = np.concatenate([initial_loss.cpu().double().numpy()[None], series["loss"][:-1]])
-    series["reward"] = loss_rewards(torch.from_numpy(losses_before), torch.from_numpy(series["loss"]),
-                                    schedule.features).numpy()  # in float64, as the reference's series
-    epsilons = np.array([rlr_core.epsilon_at(step, dqn) for step in range(steps)])
+    series["reward"] = loss_reward(torch.from_numpy(losses_before), torch.from_numpy(series["loss"]),
+                                   schedule.features).numpy()  # in float64, as the reference's series
+    epsilons = np.array([0.0 if frozen else rlr_core.epsilon_at(step, dqn) for step in range(steps)])
     series["epsilon"] = np.broadcast_to(epsilons[:, None], (steps, n_runs))
-    series["explored"] = torch.cat(explored).numpy()
+    series["explored"] = np.zeros((steps, n_runs), dtype=bool) if frozen else torch.cat(explored).numpy()
     # The reference stops at a non-finite L_{t+1} or acting Q-values, and at step 0 for a non-finite L_0.
     bad = ~np.isfinite(series["loss"]) | ~np.isfinite(series["q_values"]).all(axis=2)
     bad[0] |= ~np.isfinite(losses_before[0])
     order = ("loss", "lr", "reward", "epsilon", "action", "lr_index", "q_values", "explored")
-    return per_member_results(f"rl_{dqn.variant}", configs, {name: series[name] for name in order}, bad,
-                              wall_seconds, net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)))
+    policy_networks = policy.to_modules(lambda: rlr_core.QNetwork(state_dim, n_actions, dqn.hidden_size))
+    policy_states = [{name: tensor.cpu() for name, tensor in network.state_dict().items()}
+                     for network in policy_networks]
+    method = f"rl_{dqn.variant}" + ("_frozen" if frozen else "")
+    return per_member_results(method, configs, {name: series[name] for name in order}, bad, wall_seconds,
+                              net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)), policy_states)

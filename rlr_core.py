@@ -38,14 +38,14 @@ STATE_FEATURES = ("raw", "log")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = True,
+def check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = True,
                  high_open: bool = False) -> None:
     """Check that value is a finite real number in the interval (low, high] (openness configurable)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
@@ -58,7 +58,7 @@ def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bo
         raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
 
 
-def _check_sequence(name: str, value: Any) -> tuple:
+def check_sequence(name: str, value: Any) -> tuple:
     """Return value as a tuple, or raise TypeError naming the field (a bare number or string is no grid)."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise TypeError(f"{name} must be a sequence (tuple or list), got {type(value).__name__} ({value!r})")
@@ -83,22 +83,22 @@ class TaskConfig:
     """widths of MaclaurinNet's hidden layers"""
 
     def __post_init__(self) -> None:
-        _check_int("task.n_examples", self.n_examples, 1)
-        _check_int("task.n_points", self.n_points, 2)
-        _check_float("task.x_min", self.x_min, -math.inf, math.inf, high_open=True)
-        _check_float("task.x_max", self.x_max, -math.inf, math.inf, high_open=True)
+        check_int("task.n_examples", self.n_examples, 1)
+        check_int("task.n_points", self.n_points, 2)
+        check_float("task.x_min", self.x_min, -math.inf, math.inf, high_open=True)
+        check_float("task.x_max", self.x_max, -math.inf, math.inf, high_open=True)
         if not self.x_min < self.x_max:
             raise ValueError(f"task.x_min must be < task.x_max, got {self.x_min} >= {self.x_max}")
-        self.coeff_scale = _check_sequence("task.coeff_scale", self.coeff_scale)
+        self.coeff_scale = check_sequence("task.coeff_scale", self.coeff_scale)
         if len(self.coeff_scale) == 0:
             raise ValueError("task.coeff_scale must not be empty (one scale per coefficient)")
         for i, scale in enumerate(self.coeff_scale):
-            _check_float(f"task.coeff_scale[{i}]", scale, 0.0, math.inf, high_open=True)
-        self.hidden_sizes = _check_sequence("task.hidden_sizes", self.hidden_sizes)
+            check_float(f"task.coeff_scale[{i}]", scale, 0.0, math.inf, high_open=True)
+        self.hidden_sizes = check_sequence("task.hidden_sizes", self.hidden_sizes)
         if len(self.hidden_sizes) == 0:
             raise ValueError("task.hidden_sizes must name at least one hidden layer")
         for i, width in enumerate(self.hidden_sizes):
-            _check_int(f"task.hidden_sizes[{i}]", width, 1)
+            check_int(f"task.hidden_sizes[{i}]", width, 1)
 
     @property
     def n_coefficients(self) -> int:
@@ -117,9 +117,9 @@ class BaselineConfig:
     """mini-batch size; a fresh random permutation every epoch"""
 
     def __post_init__(self) -> None:
-        _check_float("baseline.lr", self.lr, 0.0, math.inf, high_open=True)
-        _check_int("baseline.epochs", self.epochs, 1)
-        _check_int("baseline.batch_size", self.batch_size, 1)
+        check_float("baseline.lr", self.lr, 0.0, math.inf, high_open=True)
+        check_int("baseline.epochs", self.epochs, 1)
+        check_int("baseline.batch_size", self.batch_size, 1)
 
 
 def original_lr_grid() -> tuple[float, ...]:
@@ -148,28 +148,28 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         self.lr_grid = tuple(float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
-                             else v for v in _check_sequence("schedule.lr_grid", self.lr_grid))
+                             else v for v in check_sequence("schedule.lr_grid", self.lr_grid))
         if len(self.lr_grid) == 0:
             raise ValueError("schedule.lr_grid must not be empty")
         for i, lr in enumerate(self.lr_grid):
-            _check_float(f"schedule.lr_grid[{i}]", lr, 0.0, math.inf, high_open=True)
+            check_float(f"schedule.lr_grid[{i}]", lr, 0.0, math.inf, high_open=True)
         if any(b <= a for a, b in zip(self.lr_grid, self.lr_grid[1:])):
             raise ValueError(f"schedule.lr_grid must be strictly increasing, got {self.lr_grid}")
-        _check_int("schedule.start_index", self.start_index, 0)
+        check_int("schedule.start_index", self.start_index, 0)
         if self.start_index >= len(self.lr_grid):
             raise ValueError(f"schedule.start_index must be in [0, {len(self.lr_grid) - 1}] "
                              f"(on the grid), got {self.start_index}")
-        self.index_shifts = _check_sequence("schedule.index_shifts", self.index_shifts)
+        self.index_shifts = check_sequence("schedule.index_shifts", self.index_shifts)
         if len(self.index_shifts) == 0:
             raise ValueError("schedule.index_shifts must name at least one action")
         for i, shift in enumerate(self.index_shifts):
-            _check_int(f"schedule.index_shifts[{i}]", shift, -len(self.lr_grid))
-        _check_int("schedule.steps", self.steps, 1)
+            check_int(f"schedule.index_shifts[{i}]", shift, -len(self.lr_grid))
+        check_int("schedule.steps", self.steps, 1)
         if self.features not in STATE_FEATURES:
             raise ValueError(f"schedule.features must be one of {STATE_FEATURES}, got {self.features!r}")
-        self.lr_factors = _check_sequence("schedule.lr_factors", self.lr_factors)
+        self.lr_factors = check_sequence("schedule.lr_factors", self.lr_factors)
         for i, factor in enumerate(self.lr_factors):
-            _check_float(f"schedule.lr_factors[{i}]", factor, 0.0, math.inf, high_open=True)
+            check_float(f"schedule.lr_factors[{i}]", factor, 0.0, math.inf, high_open=True)
 
     @property
     def state_dim(self) -> int:
@@ -209,22 +209,22 @@ class DQNConfig:
     """'described' (the original's text: correct DQN) or 'as_coded' (what its code ran, SPEC.md)"""
 
     def __post_init__(self) -> None:
-        _check_int("dqn.hidden_size", self.hidden_size, 1)
-        _check_float("dqn.gamma", self.gamma, 0.0, 1.0, low_open=False, high_open=True)
-        _check_float("dqn.lr", self.lr, 0.0, math.inf, high_open=True)
-        _check_float("dqn.tau", self.tau, 0.0, 1.0)
-        _check_int("dqn.batch_size", self.batch_size, 1)
-        _check_int("dqn.replay_capacity", self.replay_capacity, 1)
+        check_int("dqn.hidden_size", self.hidden_size, 1)
+        check_float("dqn.gamma", self.gamma, 0.0, 1.0, low_open=False, high_open=True)
+        check_float("dqn.lr", self.lr, 0.0, math.inf, high_open=True)
+        check_float("dqn.tau", self.tau, 0.0, 1.0)
+        check_int("dqn.batch_size", self.batch_size, 1)
+        check_int("dqn.replay_capacity", self.replay_capacity, 1)
         if self.replay_capacity < self.batch_size:
             raise ValueError(f"dqn.replay_capacity ({self.replay_capacity}) must be >= "
                              f"dqn.batch_size ({self.batch_size})")
-        _check_int("dqn.learning_starts", self.learning_starts, 1)
+        check_int("dqn.learning_starts", self.learning_starts, 1)
         if self.learning_starts > self.replay_capacity:  # the memory would never hold enough: no updates
             raise ValueError(f"dqn.learning_starts must be in [1, dqn.replay_capacity = "
                              f"{self.replay_capacity}], got {self.learning_starts}")
         for name in ("epsilon_start", "epsilon_end"):
-            _check_float(f"dqn.{name}", getattr(self, name), 0.0, 1.0, low_open=False)
-        _check_float("dqn.epsilon_decay", self.epsilon_decay, 0.0, math.inf, high_open=True)
+            check_float(f"dqn.{name}", getattr(self, name), 0.0, 1.0, low_open=False)
+        check_float("dqn.epsilon_decay", self.epsilon_decay, 0.0, math.inf, high_open=True)
         if self.variant not in DQN_VARIANTS:
             raise ValueError(f"dqn.variant must be one of {DQN_VARIANTS}, got {self.variant!r}")
 
@@ -251,11 +251,11 @@ class Config:
     """the DQN agent"""
 
     def __post_init__(self) -> None:
-        _check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0)
         check_device(self.device)
         if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        _check_int("num_threads", self.num_threads, 1)
+        check_int("num_threads", self.num_threads, 1)
         for name, kind in (("task", TaskConfig), ("baseline", BaselineConfig),
                            ("schedule", ScheduleConfig), ("dqn", DQNConfig)):
             if not isinstance(getattr(self, name), kind):
@@ -332,11 +332,11 @@ def make_polynomial_dataset(task: TaskConfig, seed: int, n_examples: int | None 
     """w = randn(n, d) * coeff_scale; y = w @ X with X[j, i] = x_i ** j. Seeded by its own generator."""
     if not isinstance(task, TaskConfig):
         raise TypeError(f"task must be a TaskConfig, got {type(task).__name__}")
-    _check_int("seed", seed, 0)
+    check_int("seed", seed, 0)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
     n = task.n_examples if n_examples is None else n_examples
-    _check_int("n_examples", n, 1)
+    check_int("n_examples", n, 1)
     generator = torch.Generator().manual_seed(seed)
     scale = torch.tensor(task.coeff_scale, dtype=torch.float64)
     targets = torch.randn(n, task.n_coefficients, generator=generator, dtype=torch.float64) * scale
@@ -390,7 +390,7 @@ class AdamHD(torch.optim.Adam):
     """
 
     def __init__(self, params, lr: float = 1e-3, hypergradient_lr: float = 1e-7, **adam_options: Any) -> None:
-        _check_float("hypergradient_lr", hypergradient_lr, 0.0, math.inf, low_open=False, high_open=True)
+        check_float("hypergradient_lr", hypergradient_lr, 0.0, math.inf, low_open=False, high_open=True)
         super().__init__(params, lr=lr, **adam_options)
         self.hypergradient_lr = hypergradient_lr
         self.last_direction: list[torch.Tensor] | None = None
@@ -434,8 +434,8 @@ class ReplayMemory:
 
     def __init__(self, capacity: int, state_dim: int, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> None:
-        _check_int("capacity", capacity, 1)
-        _check_int("state_dim", state_dim, 1)
+        check_int("capacity", capacity, 1)
+        check_int("state_dim", state_dim, 1)
         self.capacity = capacity
         self.states = torch.zeros(capacity, state_dim, dtype=dtype, device=device)
         self.actions = torch.zeros(capacity, dtype=torch.long, device=device)
@@ -460,7 +460,7 @@ class ReplayMemory:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Transition:
         """Uniform indices with replacement: floor(u * size) from float64 uniforms (one draw each)."""
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay memory")
         uniforms = torch.rand(batch_size, dtype=torch.float64, generator=generator)
@@ -536,11 +536,11 @@ class DQNAgent:
 
     def __init__(self, state_dim: int, n_actions: int, config: DQNConfig = DQNConfig(), seed: int = 0,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
-        _check_int("state_dim", state_dim, 1)
-        _check_int("n_actions", n_actions, 1)
+        check_int("state_dim", state_dim, 1)
+        check_int("n_actions", n_actions, 1)
         if not isinstance(config, DQNConfig):
             raise TypeError(f"config must be a DQNConfig, got {type(config).__name__}")
-        _check_int("seed", seed, 0)
+        check_int("seed", seed, 0)
         self.state_dim, self.n_actions, self.config = state_dim, n_actions, config
         self.dtype, self.device = dtype, torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
@@ -621,8 +621,11 @@ class DQNAgent:
 # ---------------------------------------------------------------------------------------------------
 
 
-def safe_log(loss: float) -> float:
-    """log of a loss, floored at 1e-30 so that an exact zero gives a large finite value, not -inf."""
+def safe_log(loss: float | torch.Tensor) -> float | torch.Tensor:
+    """log of a loss, floored at 1e-30 so that an exact zero gives a large finite value, not -inf.
+    A tensor of losses (one per run, rlr_batched) gives a float64 tensor of logs."""
+    if isinstance(loss, torch.Tensor):
+        return loss.double().clamp_min(1e-30).log()
     return math.log(max(float(loss), 1e-30))
 
 
@@ -641,11 +644,15 @@ def loss_state(loss: float, previous_loss: float | None, dtype: torch.dtype = to
     return torch.tensor([safe_log(loss), log_difference, lr_position], dtype=dtype)
 
 
-def loss_reward(previous_loss: float, loss: float, features: str = "raw") -> float:
-    """The agent's reward r_t = L_t - L_{t+1} (raw), or log L_t - log L_{t+1} with features='log'."""
-    if features == "raw":
-        return float(previous_loss) - float(loss)
-    return safe_log(previous_loss) - safe_log(loss)
+def loss_reward(previous_loss: float | torch.Tensor, loss: float | torch.Tensor,
+                features: str = "raw") -> float | torch.Tensor:
+    """The agent's reward r_t = L_t - L_{t+1} (raw), or log L_t - log L_{t+1} with features='log'.
+    Tensors of losses (one per run, rlr_batched) give a float64 tensor of rewards."""
+    if features == "log":
+        return safe_log(previous_loss) - safe_log(loss)
+    if isinstance(loss, torch.Tensor):
+        return previous_loss.double() - loss.double()
+    return float(previous_loss) - float(loss)
 
 
 def lr_position(lr: float, schedule: ScheduleConfig) -> float:
@@ -697,7 +704,7 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         if schedule is not None and (lr_grid is not None or start_index is not None):
             raise ValueError("pass either schedule=ScheduleConfig(...) or lr_grid=/start_index=, not both")
         if schedule is None:
-            grid = _check_sequence("lr_grid", lr_grid) if lr_grid is not None else original_lr_grid()
+            grid = check_sequence("lr_grid", lr_grid) if lr_grid is not None else original_lr_grid()
             schedule = ScheduleConfig(lr_grid=grid, start_index=len(grid) // 2 if start_index is None
                                       else start_index)
         if not isinstance(schedule, ScheduleConfig):
@@ -930,17 +937,20 @@ def prepare_run(config: Config) -> tuple[RunSeeds, torch.dtype, torch.device]:
     return derive_seeds(config.seed), DTYPES[config.dtype], check_device(config.device)
 
 
-def _progress(total: int, description: str, enabled: bool, initial: int = 0) -> tqdm:
+def progress_bar(total: int, description: str, enabled: bool, initial: int = 0) -> tqdm:
+    """The training loops' progress bar (here and in rlr_batched), on stderr, off unless enabled."""
     # A few updates per second at most: papermill can time out on floods of output messages.
     return tqdm(total=total, desc=description, disable=not enabled, mininterval=2.0, file=sys.stderr,
                 initial=initial)
+
+
 
 
 def _check_checkpointing(checkpoint_path: Any, checkpoint_every: Any, resume: Any) -> None:
     """Checked before any work: a typo here would otherwise surface only at the first save."""
     if checkpoint_path is not None and not isinstance(checkpoint_path, (str, os.PathLike)):
         raise TypeError(f"checkpoint_path must be a str, a Path or None, got {type(checkpoint_path).__name__}")
-    _check_int("checkpoint_every", checkpoint_every, 0)
+    check_int("checkpoint_every", checkpoint_every, 0)
     if (checkpoint_path is None) != (checkpoint_every == 0):
         raise ValueError(f"checkpoint_every must be >= 1 (steps between saves) when checkpoint_path is given, "
                          f"and 0 without one; got {checkpoint_every} with checkpoint_path={checkpoint_path!r}")
@@ -1019,7 +1029,7 @@ def train_baseline(config: Config, progress: bool = False, checkpoint_path: str 
         first_epoch, earlier_seconds = load_checkpoint(checkpoint_path, config, method, {"loss": losses}, **parts)
     diverged_at = None
     started = time.perf_counter()
-    with _progress(epochs, "baseline epochs", progress, initial=first_epoch) as bar:
+    with progress_bar(epochs, "baseline epochs", progress, initial=first_epoch) as bar:
         for epoch in range(first_epoch, epochs):
             permutation = torch.randperm(n, generator=shuffle).to(device)
             for start in range(0, n, batch_size):
@@ -1053,8 +1063,8 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
     make_optimizer(params, lr) swaps the optimiser (e.g. AdamHD). Logs the full-data loss after every
     step and the lr each step used.
     """
-    _check_float("lr", lr, 0.0, math.inf, high_open=True)
-    _check_int("steps", steps, 1)
+    check_float("lr", lr, 0.0, math.inf, high_open=True)
+    check_int("steps", steps, 1)
     if not isinstance(method, str) or not method:
         raise ValueError(f"method must be a non-empty string (the result's name), got {method!r}")
     if make_scheduler is not None and not callable(make_scheduler):
@@ -1069,7 +1079,7 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
     diverged_at = None
     started = time.perf_counter()
     loss = full_batch_loss(model, data)
-    with _progress(steps, method, progress) as bar:
+    with progress_bar(steps, method, progress) as bar:
         for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -1139,7 +1149,7 @@ def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: 
             return RunResult(method, config.to_dict(), {name: values[:0] for name, values in series.items()},
                              time.perf_counter() - started, 0, model, _policy_state(agent))
         scheduler.step(loss.item())  # L_0: chooses the first action and lr
-    with _progress(steps, f"agent ({config.dqn.variant})", progress, initial=first_step) as bar:
+    with progress_bar(steps, f"agent ({config.dqn.variant})", progress, initial=first_step) as bar:
         for step in range(first_step, steps):
             series["lr"][step] = scheduler.get_last_lr()[0]
             series["lr_index"][step] = scheduler.lr_index

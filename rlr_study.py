@@ -23,8 +23,8 @@ MODES = ("baseline", "full_batch", "agent")
 
 def seed_range(first_seed: int, n_seeds: int) -> list[int]:
     """Seeds first_seed, ..., first_seed + n_seeds - 1, checked (notebook parameters seed, n_seeds)."""
-    rc._check_int("seed", first_seed, 0)
-    rc._check_int("n_seeds", n_seeds, 1)
+    rc.check_int("seed", first_seed, 0)
+    rc.check_int("n_seeds", n_seeds, 1)
     return list(range(first_seed, first_seed + n_seeds))
 
 
@@ -82,22 +82,22 @@ class StudyConfig:
     """steps (epochs / 8 for the baseline) of the single-run timing behind the wall-clock budget"""
 
     def __post_init__(self) -> None:
-        rc._check_int("study.first_eval_seed", self.first_eval_seed, 0)
-        rc._check_int("study.n_eval_seeds", self.n_eval_seeds, 1)
-        rc._check_int("study.first_tuning_seed", self.first_tuning_seed, 0)
-        rc._check_int("study.n_tuning_seeds", self.n_tuning_seeds, 1)
+        rc.check_int("study.first_eval_seed", self.first_eval_seed, 0)
+        rc.check_int("study.n_eval_seeds", self.n_eval_seeds, 1)
+        rc.check_int("study.first_tuning_seed", self.first_tuning_seed, 0)
+        rc.check_int("study.n_tuning_seeds", self.n_tuning_seeds, 1)
         eval_seeds, tuning_seeds = set(self.eval_seeds), set(self.tuning_seeds)
         if eval_seeds & tuning_seeds:
             raise ValueError(f"study tuning seeds overlap the evaluation seeds: {sorted(eval_seeds & tuning_seeds)}")
-        rc._check_int("study.steps", self.steps, 1)
-        rc._check_int("study.baseline_epochs", self.baseline_epochs, 1)
-        rc._check_int("study.n_test_examples", self.n_test_examples, 1)
+        rc.check_int("study.steps", self.steps, 1)
+        rc.check_int("study.baseline_epochs", self.baseline_epochs, 1)
+        rc.check_int("study.n_test_examples", self.n_test_examples, 1)
         self.hypergradient_lrs = tuple(self.hypergradient_lrs)
         if not self.hypergradient_lrs:
             raise ValueError("study.hypergradient_lrs must not be empty")
         for i, beta in enumerate(self.hypergradient_lrs):
-            rc._check_float(f"study.hypergradient_lrs[{i}]", beta, 0.0, math.inf, high_open=True)
-        rc._check_int("study.timing_steps", self.timing_steps, 8)
+            rc.check_float(f"study.hypergradient_lrs[{i}]", beta, 0.0, math.inf, high_open=True)
+        rc.check_int("study.timing_steps", self.timing_steps, 8)
 
     @property
     def eval_seeds(self) -> list[int]:

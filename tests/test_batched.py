@@ -8,13 +8,16 @@ legitimate. So the trajectories are compared over the first 200 steps, at 1e-9 r
 series (actions, grid indices, exploration) must match exactly.
 
 DRAW_CHUNK is made small here so that the chunked pre-drawing of random numbers crosses chunk
-boundaries (and the start of learning) inside the compared steps. The whole file runs in about 20 s
+boundaries (and the start of learning) inside the compared steps. The whole file runs in about 25 s
 on two CPU cores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -143,8 +146,109 @@ def test_rl_scheduled_ablation_options_match_reference_runs(variant: str, featur
         assert_series_close(reference, member)
 
 
+POLICY_SEEDS = [0, 1, 3]
+
+
+@pytest.fixture(scope="module")
+def trained_policies() -> list[dict]:
+    """Policy weights after a short reference run (150 steps: 87 DQN updates) for each of POLICY_SEEDS,
+    in reverse order. Replayed greedily for 200 steps, they mix keep and increase actions."""
+    config = Config(dtype="float64", schedule=ScheduleConfig(steps=150))
+    return [run.policy_state for run in reference_runs(rlr_core.train_rl_scheduled, config, POLICY_SEEDS)][::-1]
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_rl_scheduled_from_initial_policies_matches_reference_runs(frozen: bool, trained_policies: list[dict],
+                                                                   small_draw_chunk: None) -> None:
+    """Each member starts from its own trained policy (another seed's, so the policies follow the
+    members, not the seeds); frozen replays it greedily, else the agent learns on from it."""
+    config = Config(dtype="float64", schedule=ScheduleConfig(steps=STEPS))
+    seeds, policies = POLICY_SEEDS, trained_policies
+    batched = rlr_batched.train_rl_scheduled(config, seeds, initial_policies=policies, frozen=frozen)
+    references = [rlr_core.train_rl_scheduled(dataclasses.replace(config, seed=seed), initial_policy=policy,
+                                              frozen=frozen) for seed, policy in zip(seeds, policies)]
+    for reference, member, policy in zip(references, batched, policies):
+        assert_series_close(reference, member)
+        assert member.method == ("rl_described_frozen" if frozen else "rl_described")
+        for name, weights in reference.policy_state.items():
+            torch.testing.assert_close(member.policy_state[name], weights, rtol=RTOL, atol=1e-15)
+            assert torch.equal(weights, policy[name]) == frozen  # a frozen agent does not learn
+        if frozen:
+            assert not member.series["explored"].any() and (member.series["epsilon"] == 0).all()
+    assert any(len(np.unique(member.series["action"])) > 1 for member in batched)  # the greedy choice varies
+
+
+def adam_hd(beta: float) -> Callable[[Any, float], torch.optim.Optimizer]:
+    return lambda params, lr: rlr_core.AdamHD(params, lr, hypergradient_lr=beta)
+
+
+def plateau(options: dict) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.ReduceLROnPlateau]:
+    return lambda optimizer: torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **options)
+
+
+def test_adam_hd_with_one_beta_per_member_matches_reference_runs() -> None:
+    """Betas from no effect (0) through lr growth (1e-5 .. 1e-3) to lr driven to 0 within a few steps
+    (1e-2: the clamp, then lr stays 0 because the last direction is zero); seed 0 with three betas."""
+    config, seeds, betas = Config(dtype="float64"), [0, 0, 0, 1, 2, 3], [0.0, 1e-5, 1e-3, 1e-4, 1e-2, 3e-4]
+    batched = rlr_batched.train_full_batch(config, seeds, 1e-3, STEPS, "adam_hd", hypergradient_lr=betas)
+    for member, seed, beta in zip(batched, seeds, betas):
+        reference = rlr_core.train_full_batch(dataclasses.replace(config, seed=seed), 1e-3, STEPS, "adam_hd",
+                                              make_optimizer=adam_hd(beta))
+        assert_series_close(reference, member)
+        assert (member.series["lr"][1:] != 1e-3).all() == (beta > 0)
+    assert (batched[4].series["lr"][-100:] == 0).all()
+
+
+def test_a_member_with_beta_zero_is_plain_adam_bit_for_bit_beside_adapting_ones() -> None:
+    config = Config()
+    plain = rlr_batched.train_full_batch(config, [4, 5], 1e-3, 60)
+    mixed = rlr_batched.train_full_batch(config, [4, 5], 1e-3, 60, hypergradient_lr=[0.0, 1e-4])
+    for name in ("loss", "lr"):
+        np.testing.assert_array_equal(mixed[0].series[name], plain[0].series[name])
+    assert not np.array_equal(mixed[1].series["lr"], plain[1].series["lr"])
+
+
+@pytest.mark.parametrize("lr, options", [
+    (1e-2, {"factor": 0.5, "patience": 2, "threshold": 0.01}),
+    (1e-2, {"factor": 0.3, "patience": 1, "threshold": 0.02, "cooldown": 3, "min_lr": 5e-4}),
+    (3e-3, {"factor": 0.5, "patience": 0, "threshold": 1e-4, "threshold_mode": "abs", "eps": 1e-4})])
+def test_reduce_lr_on_plateau_matches_torch_per_member(lr: float, options: dict) -> None:
+    """Against torch's ReduceLROnPlateau in the reference loop: the same lr at every step (the rules are
+    discrete) and losses within 1e-9. Reductions happen inside the 200 steps (cooldown, min_lr and the
+    eps cut-off included), at different steps for different members."""
+    config, seeds = Config(dtype="float64"), [0, 1, 2]
+    batched = rlr_batched.train_full_batch(config, seeds, lr, STEPS, "plateau", plateau=options)
+    for member, reference in zip(batched, reference_runs(rlr_core.train_full_batch, config, seeds, lr, STEPS,
+                                                         "plateau", make_scheduler=plateau(options))):
+        np.testing.assert_array_equal(member.series["lr"], reference.series["lr"])
+        assert_series_close(reference, member)
+    assert all(len(np.unique(member.series["lr"])) > 1 for member in batched)
+    assert len({int(np.argmax(member.series["lr"] < lr)) for member in batched}) > 1
+
+
+def test_adam_hd_and_reduce_lr_on_plateau_together_match_reference_runs() -> None:
+    """AdamHD as the optimiser and ReduceLROnPlateau as the scheduler: Adam-HD moves the lr inside the
+    step, the plateau rule then cuts it after the loss."""
+    config, seeds, betas = Config(dtype="float64"), [0, 1], [1e-4, 1e-3]
+    options = {"factor": 0.5, "patience": 2, "threshold": 0.01}
+    batched = rlr_batched.train_full_batch(config, seeds, 3e-3, STEPS, "hd_plateau", hypergradient_lr=betas,
+                                           plateau=options)
+    for member, seed, beta in zip(batched, seeds, betas):
+        reference = rlr_core.train_full_batch(dataclasses.replace(config, seed=seed), 3e-3, STEPS, "hd_plateau",
+                                              make_scheduler=plateau(options), make_optimizer=adam_hd(beta))
+        assert_series_close(reference, member)
+
+
+def test_plateau_defaults_are_torchs() -> None:
+    signature = inspect.signature(torch.optim.lr_scheduler.ReduceLROnPlateau)
+    torch_defaults = {name: parameter.default for name, parameter in signature.parameters.items()
+                      if name != "optimizer"}
+    assert rlr_batched.PLATEAU_DEFAULTS == torch_defaults
+
+
 def test_state_reward_and_lr_move_match_the_reference_functions() -> None:
-    """loss_states, loss_rewards and next_lrs against rlr_core.loss_state, loss_reward and next_lr."""
+    """loss_states, next_lrs and rlr_core.loss_reward on tensors against rlr_core.loss_state, next_lr and
+    loss_reward on floats."""
     generator = torch.Generator().manual_seed(3)
     loss = torch.rand(6, dtype=torch.float64, generator=generator) * 10.0 ** -torch.randint(0, 30, (6,), generator=generator)
     previous = torch.rand(6, dtype=torch.float64, generator=generator)
@@ -158,7 +262,7 @@ def test_state_reward_and_lr_move_match_the_reference_functions() -> None:
         moves = torch.tensor(lr_factors, dtype=torch.float64) if lr_factors else torch.tensor(schedule.index_shifts)
         states = rlr_batched.loss_states(loss, previous, lr, schedule, torch.float64)
         first_states = rlr_batched.loss_states(loss, None, lr, schedule, torch.float64)
-        rewards = rlr_batched.loss_rewards(previous, loss, features)
+        rewards = rlr_core.loss_reward(previous, loss, features)
         new_index, new_lr = rlr_batched.next_lrs(lr_index, lr, action, schedule, grid,
                                                  torch.tensor(np.log(schedule.lr_grid)), moves)
         for k in range(6):
@@ -352,6 +456,42 @@ def test_results_carry_each_members_config_seed_and_trained_model() -> None:
 def test_bad_learning_rate_tables_are_refused(lr, steps) -> None:
     with pytest.raises(ValueError):
         rlr_batched.train_full_batch(Config(), [0, 1], lr, steps)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"initial_policies": [{}]}, ValueError, "initial_policies must hold one state_dict per run"),
+    ({"initial_policies": {"0.weight": torch.zeros(1)}}, TypeError, "initial_policies must be a sequence"),
+    ({"initial_policies": [{}, None]}, TypeError, r"initial_policies\[1\]"),
+    ({"initial_policies": [{}, {}]}, ValueError, r"initial_policies\[0\] does not fit"),
+    ({"frozen": 1}, TypeError, "frozen must be a bool")])
+def test_bad_agent_options_are_refused_naming_the_parameter(options: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        rlr_batched.train_rl_scheduled(Config(schedule=ScheduleConfig(steps=5)), [0, 1], **options)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"hypergradient_lr": [1e-4, 1e-4, 1e-4]}, ValueError, "hypergradient_lr must be one number or one per"),
+    ({"hypergradient_lr": -1e-4}, ValueError, "hypergradient_lr must be a finite number"),
+    ({"hypergradient_lr": [1e-4, -1.0]}, ValueError, r"hypergradient_lr\[1\]"),
+    ({"hypergradient_lr": [1e-4, math.nan]}, ValueError, r"hypergradient_lr\[1\]"),
+    ({"hypergradient_lr": "1e-4"}, TypeError, "hypergradient_lr"),
+    ({"plateau": {"patiance": 3}}, TypeError, "patiance"),
+    ({"plateau": [("factor", 0.5)]}, TypeError, "plateau must be a dict"),
+    ({"plateau": {"mode": "max"}}, ValueError, "plateau\\['mode'\\]"),
+    ({"plateau": {"factor": 1.0}}, ValueError, "plateau\\['factor'\\]"),
+    ({"plateau": {"patience": 2.5}}, TypeError, "plateau\\['patience'\\]"),
+    ({"plateau": {"threshold_mode": "relative"}}, ValueError, "threshold_mode"),
+    ({"plateau": {}, "lr": np.full(10, 1e-3)}, ValueError, "lr must be one number"),
+    ({"hypergradient_lr": 1e-4, "lr": np.full((2, 10), 1e-3)}, ValueError, "lr must be one number")])
+def test_bad_adaptive_lr_options_are_refused_naming_the_parameter(options: dict, error: type, match: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_work(*args, **kwargs):
+        raise AssertionError("the options must be checked before any work")
+
+    monkeypatch.setattr(rlr_batched, "stack_members", no_work)
+    options = {"lr": 1e-3, **options}
+    with pytest.raises(error, match=match):
+        rlr_batched.train_full_batch(Config(), [0, 1], steps=10, **options)
 
 
 def test_seeds_must_not_be_empty() -> None:
