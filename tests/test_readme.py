@@ -46,3 +46,20 @@ def test_readme_training_loop_example_runs_verbatim_and_changes_the_lr():
     assert scheduler.last_epoch == 201, "one step(L_0) plus one per training step"
     assert scheduler.get_last_lr()[0] in grid
     assert len(scheduler.agent.replay) == 200, "every transition was stored"
+
+
+def test_readme_quotes_the_committed_benchmark_and_transfer_results():
+    """The many-seed numbers in the README are those of the committed notebooks 04 and 05."""
+    section = readme_section("What we found")
+    benchmark = json.loads((ROOT / "results" / "benchmark_summary.json").read_text())
+    for row in benchmark["verdict"]:
+        if row["against"].startswith("original baseline") and row["agent"] in ("DQN as described", "DQN as coded (original)"):
+            quoted = f"{row['ratio']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}], {row['seeds_reaching_2']}/{row['seeds']}"
+            assert quoted in section, f"README lacks {row['budget']} / {row['agent']} / {row['metric']}: {quoted}"
+    for row in benchmark["summaries"]["same optimiser steps"]:
+        if not row["method"].startswith("constant lr"):
+            assert f"{row['geometric mean']:.2e} [{row['gm CI low']:.2e}, {row['gm CI high']:.2e}]" in section, row["method"]
+    transfer = json.loads((ROOT / "results" / "transfer_summary.json").read_text())
+    for task, methods in transfer["test_mse"].items():
+        for method, row in methods.items():
+            assert f"{row['geometric mean']:.2e} [{row['gm CI low']:.2e}, {row['gm CI high']:.2e}]" in section, (task, method)
