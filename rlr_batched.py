@@ -1,7 +1,10 @@
 """Vectorised engine: K independent runs of the RLR experiment at once, in one process.
 
-rlr_core is the readable reference (one run at a time). This module is the one deliberate second
-implementation (DESIGN.md), written for speed and held to the reference by tests/test_batched.py. Every
+rlr_engine holds the readable reference loops (one run at a time). This module is the one deliberate
+second implementation, written for speed and held to the reference by tests/test_batched.py. It
+re-implements only what must differ for speed (batched forward/backward, batched Adam); the rules
+(state, reward, lr move, TD targets, the as-coded rows) are rlr_core's functions, called here with a
+leading run axis. Every
 tensor has a leading run axis K: K MaclaurinNets (batched matmuls with hand-derived gradients), K Adam
 states with one learning rate per run, K DQN agents (batched Q-networks) with K replay memories. The step
 loop has no Python loop over runs and no .item() (no host sync on a GPU).
@@ -13,9 +16,9 @@ reference draws them, because a CPU generator gives the same numbers in bulk as 
 float64 a member follows its reference run to ~1e-12 at first; the runs are chaotic, so rounding-level
 differences (another summation order) grow past 1e-9 after roughly 600-2000 steps. That is expected.
 
-    results = train_rl_scheduled(Config(), seeds=range(32))      # list of 32 rlr_core.RunResult
+    results = train_rl_scheduled(Config(), seeds=range(32))      # list of 32 rlr_results.RunResult
 
-Results are rlr_core.RunResult, one per seed, with the reference's method names and series. A member
+Results are rlr_results.RunResult, one per seed, with the reference's method names and series. A member
 whose loss (or, for the agent, Q-values) goes non-finite keeps computing inside its own slice of every
 tensor, harmlessly (no op mixes runs), and its series are cut at diverged_at as the reference's are.
 wall_seconds is the batch's loop time divided by K: the amortised cost of one run.
@@ -36,7 +39,9 @@ import torch
 from torch import nn
 
 import rlr_core
-from rlr_core import Config, DQNConfig, RunResult, ScheduleConfig, loss_reward, progress_bar, safe_log
+from rlr_core import DQNConfig
+from rlr_engine import Config, check_run, hypergradient_step, progress_bar
+from rlr_results import RunResult
 
 DRAW_CHUNK = 250
 """steps (or epochs) of random numbers pre-drawn per member at a time"""
@@ -209,9 +214,9 @@ class BatchedAdam:
 
 
 class BatchedAdamHD(BatchedAdam):
-    """rlr_core.AdamHD (Adam with hypergradient descent on its lr) for K runs, one beta per run.
+    """rlr_engine.AdamHD (Adam with hypergradient descent on its lr) for K runs, one beta per run.
 
-    Before each step, lr <- max(0, lr + beta <g_t, u_{t-1}>) per run, where u_{t-1} is the previous
+    Before each step, lr <- max(0, lr + beta <g_t, u_{t-1}>) per run (rlr_engine.hypergradient_step), where u_{t-1} is the previous
     Adam direction m_hat / (sqrt(v_hat) + eps). BatchedAdam's per-run-lr path already holds it, negated,
     in unit_step, so the hypergradient costs one product and a sum per block. The reference gets u as
     (parameter change) / lr (in float32 that difference loses digits; the unit step does not) and sets
@@ -234,8 +239,8 @@ class BatchedAdamHD(BatchedAdam):
         if self.last_lr is not None:
             torch.mul(grad, self.unit_step, out=self.grad_times_unit_step)
             grad_dot_direction = -sum(block.sum(dim=1) for block in self.product_rows)  # <g_t, u_{t-1}>
-            hypergradient = torch.where(self.last_lr > 0, grad_dot_direction.double(), 0.0)
-            lr = (lr + self.hypergradient_lr * hypergradient).clamp_min_(0.0)
+            grad_dot_direction = torch.where(self.last_lr > 0, grad_dot_direction.double(), 0.0)
+            lr = hypergradient_step(lr, self.hypergradient_lr, grad_dot_direction)
         super().step(grad, lr)
         self.last_lr = lr
         return lr
@@ -257,7 +262,7 @@ def member_configs(config: Config, seeds: Sequence[int]) -> list[Config]:
 def stack_members(configs: list[Config]) -> tuple[list[rlr_core.RunSeeds], torch.dtype, torch.device,
                                                   torch.Tensor, torch.Tensor, StackedMLP]:
     """Seeds, dtype, device, inputs [K, n, points], targets [K, n, coefficients] and the K MaclaurinNets."""
-    prepared = [rlr_core.prepare_run(member) for member in configs]
+    prepared = [check_run(member) for member in configs]
     run_seeds = [seeds for seeds, _, _ in prepared]
     _, dtype, device = prepared[0]
     task = configs[0].task
@@ -341,101 +346,126 @@ def draw_agent_randomness(generators: Sequence[torch.Generator], first_step: int
 
 
 # ---------------------------------------------------------------------------------------------------
-# The scheduler's state and lr move, and the DQN update, for K agents (rlr_core.safe_log and
-# rlr_core.loss_reward take tensors of losses themselves)
+# K DQN agents: DQNAgent's act / remember / learn with a leading run axis. The rules (td_targets,
+# as_coded_rows) are rlr_core's; what differs is the batched network, its hand-derived gradient and Adam.
 # ---------------------------------------------------------------------------------------------------
-
-
-def loss_states(loss: torch.Tensor, previous_loss: torch.Tensor | None, lr: torch.Tensor,
-                schedule: ScheduleConfig, dtype: torch.dtype) -> torch.Tensor:
-    """rlr_core.loss_state for K runs [K, state_dim]: (L, L - L_prev), or with features='log'
-    (log L, log L - log L_prev, lr position). Computed in float64 and then cast, as the reference."""
-    loss = loss.double()
-    if schedule.features == "raw":
-        difference = torch.zeros_like(loss) if previous_loss is None else loss - previous_loss.double()
-        return torch.stack([loss, difference], dim=1).to(dtype)
-    log_loss = safe_log(loss)
-    log_difference = torch.zeros_like(loss) if previous_loss is None else log_loss - safe_log(previous_loss)
-    return torch.stack([log_loss, log_difference, lr_positions(lr, schedule)], dim=1).to(dtype)
-
-
-def lr_positions(lr: torch.Tensor, schedule: ScheduleConfig) -> torch.Tensor:
-    """rlr_core.lr_position for K learning rates: 0 at the grid's lowest lr, 1 at its highest (log scale)."""
-    low, high = math.log(schedule.lr_grid[0]), math.log(schedule.lr_grid[-1])
-    return torch.zeros_like(lr) if high == low else (lr.log() - low) / (high - low)
-
-
-def next_lrs(lr_index: torch.Tensor, lr: torch.Tensor, action: torch.Tensor, schedule: ScheduleConfig,
-             lr_grid: torch.Tensor, log_lr_grid: torch.Tensor, moves: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """rlr_core.next_lr for K runs: shift the grid index by moves[action] (the original), or with
-    schedule.lr_factors multiply the lr by moves[action], clip it to the grid's range and report the
-    nearest grid index."""
-    if not schedule.lr_factors:
-        lr_index = (lr_index + moves[action]).clamp_(0, len(schedule.lr_grid) - 1)
-        return lr_index, lr_grid[lr_index]
-    lr = (lr * moves[action]).clamp_(schedule.lr_grid[0], schedule.lr_grid[-1])
-    return (log_lr_grid - lr.log().unsqueeze(1)).abs().argmin(dim=1), lr
-
 
 # Replay memory: one tensor [K, capacity, 2 * state_dim + 2]; a row is (state, action, next_state,
 # reward), the field order of rlr_core.Transition. Every member pushes every step, so the position
 # and the size are shared.
 
 
-def replay_fields(state_dim: int) -> tuple[slice, int, slice, int]:
-    """Where state, action, next state and reward sit in a replay row."""
-    return slice(0, state_dim), state_dim, slice(state_dim + 1, 2 * state_dim + 1), 2 * state_dim + 1
-
-
-def as_coded_rows(samples: torch.Tensor, batch_size: int, n_actions: int, state_dim: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The rows the original's update trained on (rlr_core.assemble_as_coded_batch), for K agents.
-
-    samples: the first 4 sampled transitions [K, 4, row]. Row i is built from field i (S, A, S2, R):
-    element 0 as the state, int(element 1) as the action, element 2 as the next state, element 3 as the
-    reward, scalars repeated to fill a state. The remaining batch_size - 4 rows are all zeros and
-    identical, so they appear once, weighted (batch_size - 4) / batch_size in the mean Huber loss.
-    Returns states [K, 5, state_dim], actions [K, 5], next states, rewards [K, 5], row weights [5].
-    """
-    state, action, next_state, reward = replay_fields(state_dim)
-    k = samples.shape[0]
-    fields = torch.stack([samples[..., state], samples[..., action, None].expand(-1, -1, state_dim),
-                          samples[..., next_state], samples[..., reward, None].expand(-1, -1, state_dim),
-                          samples.new_zeros(k, 4, state_dim)], dim=1)  # [K, field (+ zero row), sample, dim]
-    # int() truncates; the reference clips to a valid action (a diverged run's NaN becomes action 0 here).
-    actions = fields[:, :, 1, 0].trunc().nan_to_num_(0.0).clamp_(0, n_actions - 1).long()
-    row_weights = samples.new_tensor([1.0] * 4 + [batch_size - 4.0]) / batch_size
-    return fields[:, :, 0], actions, fields[:, :, 2], fields[:, :, 3, 0], row_weights
+def replay_fields(samples: torch.Tensor, state_dim: int) -> rlr_core.Transition:
+    """The fields of replay rows [..., row] as a Transition (the action as a float, as stored)."""
+    return rlr_core.Transition(samples[..., :state_dim], samples[..., state_dim],
+                               samples[..., state_dim + 1:2 * state_dim + 1], samples[..., 2 * state_dim + 1])
 
 
 def training_rows(samples: torch.Tensor, dqn: DQNConfig, n_actions: int, state_dim: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float | torch.Tensor]:
-    """States, actions, next states, rewards and row weights one update trains on, from the sampled
-    transitions [K, rows, row]: the samples themselves ('described') or the original's rows ('as_coded')."""
-    if dqn.variant == "as_coded":
-        return as_coded_rows(samples[:, :4], dqn.batch_size, n_actions, state_dim)
-    state, action, next_state, reward = replay_fields(state_dim)
-    return (samples[..., state], samples[..., action].long(), samples[..., next_state], samples[..., reward],
-            1.0 / dqn.batch_size)
+                  ) -> tuple[rlr_core.Transition, float | torch.Tensor]:
+    """The rows one update trains on, from the sampled transitions [K, rows, row], and each row's weight
+    in the mean Huber loss: the samples themselves ('described'), or the original's rows ('as_coded',
+    rlr_core.as_coded_rows). The as-coded batch's other batch_size - 4 rows are all zeros and identical,
+    so they appear once, weighted (batch_size - 4) / batch_size (the same loss up to rounding)."""
+    batch = replay_fields(samples, state_dim)
+    if dqn.variant == "described":
+        return batch._replace(action=batch.action.long()), 1.0 / dqn.batch_size
+    rows = rlr_core.as_coded_rows(batch, n_actions)
+    with_zero_row = rlr_core.Transition(*(torch.cat([values, torch.zeros_like(values[:, :1])], dim=1)
+                                          for values in rows))
+    row_weights = samples.new_tensor([1.0] * 4 + [dqn.batch_size - 4.0]) / dqn.batch_size
+    return with_zero_row, row_weights
 
 
-def dqn_update(policy: StackedMLP, target: StackedMLP, optimizer: BatchedAdam, states: torch.Tensor,
-               actions: torch.Tensor, next_states: torch.Tensor, rewards: torch.Tensor,
+def dqn_update(policy: StackedMLP, target: StackedMLP, optimizer: BatchedAdam, batch: rlr_core.Transition,
                row_weights: float | torch.Tensor, dqn: DQNConfig) -> None:
-    """DQNAgent.learn for K agents: Huber loss on r + gamma max Q_target(s'), Adam, soft update.
+    """DQNAgent.learn for K agents: Huber loss on rlr_core.td_targets, Adam, soft update.
 
     row_weights: each row's weight in the mean (1 / batch_size for the described update).
     """
-    q_values, layer_inputs = policy.forward(states)
-    next_q_max = target.forward(next_states)[0].amax(dim=2)
-    td_targets = rewards + dqn.gamma * next_q_max
-    q_taken = q_values.gather(2, actions.unsqueeze(2)).squeeze(2)
+    q_values, layer_inputs = policy.forward(batch.state)
+    targets = rlr_core.td_targets(batch.reward, target.forward(batch.next_state)[0], dqn.gamma)
+    q_taken = q_values.gather(2, batch.action.unsqueeze(2)).squeeze(2)
     # smooth_l1_loss (beta 1) backward: clamp(q - target, -1, 1) times each row's weight in the mean
-    grad_q_taken = (q_taken - td_targets).clamp_(-1.0, 1.0).mul_(row_weights)
-    grad_q_values = torch.zeros_like(q_values).scatter_(2, actions.unsqueeze(2), grad_q_taken.unsqueeze(2))
+    grad_q_taken = (q_taken - targets).clamp_(-1.0, 1.0).mul_(row_weights)
+    grad_q_values = torch.zeros_like(q_values).scatter_(2, batch.action.unsqueeze(2), grad_q_taken.unsqueeze(2))
     optimizer.step(policy.backward(layer_inputs, grad_q_values), dqn.lr)
     target.params.lerp_(policy.params, dqn.tau)  # soft update, as rlr_core.soft_update
+
+
+class BatchedDQN:
+    """K DQNAgents, one per run seed, built by rlr_core.DQNAgent (same initial weights and random
+    stream) and then stacked. act / remember / learn as DQNAgent's, for all K at once; the random
+    decisions are pre-drawn per chunk of steps in the reference's order (draw_agent_randomness)."""
+
+    def __init__(self, run_seeds: Sequence[rlr_core.RunSeeds], config: Config, dtype: torch.dtype,
+                 device: torch.device, initial_policies: Sequence[dict] | None, frozen: bool) -> None:
+        schedule, dqn = config.schedule, config.dqn
+        self.dqn, self.frozen, self.n_runs = dqn, frozen, len(run_seeds)
+        self.state_dim, self.n_actions = schedule.state_dim, schedule.n_actions
+        agents = [rlr_core.DQNAgent(self.state_dim, self.n_actions, dqn, seeds.agent, dtype, device)
+                  for seeds in run_seeds]
+        for k, agent in enumerate(agents if initial_policies is not None else []):
+            try:
+                agent.policy_net.load_state_dict(initial_policies[k])
+                agent.target_net.load_state_dict(initial_policies[k])
+            except RuntimeError as error:  # missing or unexpected keys, wrong shapes
+                raise ValueError(f"initial_policies[{k}] does not fit the Q-network (state_dim={self.state_dim}, "
+                                 f"n_actions={self.n_actions}, hidden_size={dqn.hidden_size}): {error}") from error
+        self.policy = StackedMLP([agent.policy_net for agent in agents], dtype, device)
+        self.target = StackedMLP([agent.target_net for agent in agents], dtype, device)
+        self.generators = [agent.generator for agent in agents]  # fresh: nothing drawn yet
+        self.optimizer = BatchedAdam(self.policy.params)
+        self.replay = torch.zeros(self.n_runs, dqn.replay_capacity, 2 * self.state_dim + 2, dtype=dtype,
+                                  device=device)
+        self.n_sample_rows = dqn.batch_size if dqn.variant == "described" else 4
+        self.explored: list[torch.Tensor] = []  # per chunk [C, K], on the CPU
+        self.steps = config.schedule.steps
+
+    @torch.no_grad()
+    def act(self, states: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Epsilon-greedy actions [K] on states [K, state_dim] (greedy when frozen), and the Q-values."""
+        chunk_step = step % DRAW_CHUNK
+        if not self.frozen and chunk_step == 0:  # a frozen agent's draws are never used
+            self.explore, self.random_action, self.replay_rows = draw_agent_randomness(
+                self.generators, step, min(DRAW_CHUNK, self.steps - step), self.dqn, self.n_actions,
+                self.n_sample_rows, states.device)
+            self.explored.append(self.explore.cpu())
+        q_values = self.policy.forward(states.unsqueeze(1))[0].squeeze(1)
+        action = q_values.argmax(dim=1)
+        if not self.frozen:
+            action = torch.where(self.explore[chunk_step], self.random_action[chunk_step], action)
+        return action, q_values
+
+    def remember(self, states: torch.Tensor, actions: torch.Tensor, next_states: torch.Tensor,
+                 rewards: torch.Tensor, step: int) -> None:
+        """Push (s_t, a_t, s_{t+1}, r_t) of every run; the memory is a ring, all runs at one position."""
+        dtype = self.replay.dtype
+        self.replay[:, step % self.dqn.replay_capacity] = torch.cat(
+            [states, actions.unsqueeze(1).to(dtype), next_states, rewards.unsqueeze(1).to(dtype)], dim=1)
+
+    @torch.no_grad()
+    def learn(self, step: int) -> None:
+        """One DQN update of every agent once the memory holds learning_starts transitions."""
+        if min(step + 1, self.dqn.replay_capacity) < self.dqn.learning_starts:
+            return
+        rows = self.replay_rows[step % DRAW_CHUNK].view(-1)
+        replay_by_row = self.replay.view(-1, self.replay.shape[-1])
+        samples = replay_by_row.index_select(0, rows).view(self.n_runs, -1, self.replay.shape[-1])
+        dqn_update(self.policy, self.target, self.optimizer,
+                   *training_rows(samples, self.dqn, self.n_actions, self.state_dim), self.dqn)
+
+    def explored_series(self, steps: int) -> np.ndarray:
+        """[steps, K]: whether each step's action was random."""
+        if self.frozen:
+            return np.zeros((steps, self.n_runs), dtype=bool)
+        return torch.cat(self.explored).numpy()
+
+    def policy_states(self) -> list[dict]:
+        """Each agent's final policy weights (CPU), as DQNAgent.policy_weights."""
+        networks = self.policy.to_modules(lambda: rlr_core.QNetwork(self.state_dim, self.n_actions,
+                                                                     self.dqn.hidden_size))
+        return [{name: tensor.cpu() for name, tensor in network.state_dict().items()} for network in networks]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -444,7 +474,7 @@ def dqn_update(policy: StackedMLP, target: StackedMLP, optimizer: BatchedAdam, s
 
 
 def train_baseline(config: Config, seeds: Sequence[int], progress: bool = False) -> list[RunResult]:
-    """rlr_core.train_baseline for every seed: mini-batch Adam, a fresh permutation per run and epoch."""
+    """rlr_engine.train_baseline for every seed: mini-batch Adam, a fresh permutation per run and epoch."""
     configs = member_configs(config, seeds)
     run_seeds, dtype, device, inputs, targets, net = stack_members(configs)
     n_runs, n_examples = inputs.shape[:2]
@@ -498,7 +528,7 @@ def lr_schedule(make_scheduler: Callable[[torch.optim.Optimizer], object], lr: f
                 steps: int) -> np.ndarray:
     """The learning rate each step uses under a torch.optim.lr_scheduler, as an array [steps].
 
-    Lets the batched train_full_batch run what rlr_core.train_full_batch(make_scheduler=...) runs, for
+    Lets the batched train_full_batch run what rlr_engine.train_full_batch(make_scheduler=...) runs, for
     schedules that do not look at the loss (ReduceLROnPlateau does: it has no fixed array).
     """
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
@@ -527,68 +557,35 @@ def hypergradient_lrs(hypergradient_lr: float | Sequence[float], n_runs: int) ->
     return np.array([check(f"hypergradient_lr[{k}]", beta) for k, beta in enumerate(hypergradient_lr)])
 
 
-PLATEAU_DEFAULTS = {"mode": "min", "factor": 0.1, "patience": 10, "threshold": 1e-4, "threshold_mode": "rel",
-                    "cooldown": 0, "min_lr": 0.0, "eps": 1e-8}
-"""torch.optim.lr_scheduler.ReduceLROnPlateau's options and their defaults (tests compare with torch's)"""
+class PlateauPerRun:
+    """torch.optim.lr_scheduler.ReduceLROnPlateau for K runs, each stepped with its own loss.
 
-
-def plateau_options(plateau: dict) -> dict:
-    """ReduceLROnPlateau's options: torch's defaults updated by `plateau`, each checked (naming it)."""
-    if not isinstance(plateau, dict):
-        raise TypeError(f"plateau must be a dict of ReduceLROnPlateau options or None, "
-                        f"got {type(plateau).__name__}")
-    unknown = sorted(set(plateau) - set(PLATEAU_DEFAULTS))
-    if unknown:
-        raise TypeError(f"plateau has unknown option(s) {unknown}; ReduceLROnPlateau's are "
-                        f"{sorted(PLATEAU_DEFAULTS)}")
-    options = {**PLATEAU_DEFAULTS, **plateau}
-    if options["mode"] != "min":
-        raise ValueError(f"plateau['mode'] must be 'min' (the monitored metric is the loss), "
-                         f"got {options['mode']!r}")
-    if options["threshold_mode"] not in ("rel", "abs"):
-        raise ValueError(f"plateau['threshold_mode'] must be 'rel' or 'abs', got {options['threshold_mode']!r}")
-    rlr_core.check_float("plateau['factor']", options["factor"], 0.0, 1.0, low_open=False, high_open=True)
-    for name in ("threshold", "min_lr", "eps"):
-        rlr_core.check_float(f"plateau[{name!r}]", options[name], 0.0, math.inf, low_open=False,
-                              high_open=True)
-    for name in ("patience", "cooldown"):
-        rlr_core.check_int(f"plateau[{name!r}]", options[name], 0)
-    return options
-
-
-class BatchedReduceLROnPlateau:
-    """torch.optim.lr_scheduler.ReduceLROnPlateau (mode 'min') for K runs, stepped with each run's loss.
-
-    Hand-written because torch's keeps best, num_bad_epochs and cooldown_counter as Python numbers of one
-    run; here each is a tensor [K], so every run reduces its own lr, with no loop over runs and no host
-    sync. The rules and their order are those of torch's step(metrics) and _reduce_lr.
+    torch's scheduler keeps best, num_bad_epochs and cooldown_counter as Python numbers of one run, so
+    rather than rewrite its rules for a run axis, each run gets its own torch scheduler on a stand-in
+    optimiser whose lr is written before and read after every step. This costs a loop over runs and
+    one host sync per step (the losses as Python floats, as the reference's loss.item()), negligible
+    beside a step for the K of the study. torch validates the options (unknown ones raise TypeError).
     """
 
-    def __init__(self, n_runs: int, device: torch.device, options: dict) -> None:
-        self.options = plateau_options(options)
-        self.best = torch.full((n_runs,), math.inf, dtype=torch.float64, device=device)
-        self.num_bad_epochs = torch.zeros(n_runs, dtype=torch.long, device=device)
-        self.cooldown_counter = torch.zeros(n_runs, dtype=torch.long, device=device)
+    def __init__(self, lrs: Sequence[float], options: dict) -> None:
+        if not isinstance(options, dict):
+            raise TypeError(f"plateau must be a dict of ReduceLROnPlateau options or None, "
+                            f"got {type(options).__name__}")
+        self.stand_ins = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr) for lr in lrs]
+        try:
+            self.schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(stand_in, **options)
+                               for stand_in in self.stand_ins]
+        except (TypeError, ValueError) as error:  # say which parameter the message is about
+            raise type(error)(f"plateau: {error}") from error
 
-    @torch.no_grad()
     def step(self, loss: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """Take each run's loss [K] into account; return the lr [K] each run uses from now on."""
-        options, loss = self.options, loss.double()
-        if options["threshold_mode"] == "rel":
-            is_better = loss < self.best * (1.0 - options["threshold"])
-        else:
-            is_better = loss < self.best - options["threshold"]
-        self.best = torch.where(is_better, loss, self.best)
-        self.num_bad_epochs.add_(1).masked_fill_(is_better, 0)
-        in_cooldown = self.cooldown_counter > 0
-        self.cooldown_counter.sub_(in_cooldown.long())
-        self.num_bad_epochs.masked_fill_(in_cooldown, 0)  # bad epochs in cooldown are ignored
-        reduce = self.num_bad_epochs > options["patience"]
-        reduced_lr = (lr * options["factor"]).clamp_min(options["min_lr"])
-        lr = torch.where(reduce & (lr - reduced_lr > options["eps"]), reduced_lr, lr)
-        self.cooldown_counter.masked_fill_(reduce, options["cooldown"])
-        self.num_bad_epochs.masked_fill_(reduce, 0)
-        return lr
+        for stand_in, scheduler, run_loss, run_lr in zip(self.stand_ins, self.schedulers, loss.tolist(),
+                                                          lr.tolist()):
+            stand_in.param_groups[0]["lr"] = run_lr
+            scheduler.step(run_loss)
+        return torch.tensor([stand_in.param_groups[0]["lr"] for stand_in in self.stand_ins],
+                            dtype=torch.float64, device=lr.device)
 
 
 def train_full_batch(config: Config, seeds: Sequence[int],
@@ -596,27 +593,26 @@ def train_full_batch(config: Config, seeds: Sequence[int],
                      method: str = "constant_full_batch", progress: bool = False, *,
                      hypergradient_lr: float | Sequence[float] = 0.0,
                      plateau: dict | None = None) -> list[RunResult]:
-    """rlr_core.train_full_batch for every seed: full-batch Adam under a given learning-rate schedule.
+    """rlr_engine.train_full_batch for every seed: full-batch Adam under a given learning-rate schedule.
 
     lr: one number (then steps is required), a schedule [steps] shared by all runs, or one schedule per
     run [K, steps] (a learning-rate sweep is one call). Logs loss and lr per step, as the reference.
     Two rules that move the lr from what the run sees, each starting from lr (then one number):
     hypergradient_lr: Adam-HD's beta, one number or one per run (a beta x seed sweep is one call), as
-    rlr_core.AdamHD; 0 (the default) is plain Adam. plateau: ReduceLROnPlateau's options (dict),
+    rlr_engine.AdamHD; 0 (the default) is plain Adam. plateau: ReduceLROnPlateau's options (dict),
     stepped with each run's full-data loss after every step, as the reference with
     make_scheduler=ReduceLROnPlateau. Both together: Adam-HD moves the lr, the plateau rule cuts it.
     """
     configs = member_configs(config, seeds)
     n_runs = len(configs)
     betas = hypergradient_lrs(hypergradient_lr, n_runs)
-    options = plateau_options(plateau) if plateau is not None else None
-    adapts_lr = betas.any() or options is not None
+    adapts_lr = betas.any() or plateau is not None
     if adapts_lr and np.ndim(lr.cpu() if isinstance(lr, torch.Tensor) else lr) != 0:
         raise ValueError("with hypergradient_lr or plateau, lr must be one number: every run's starting lr")
     lrs = lr_table(lr, n_runs, steps)
     steps = lrs.shape[1]
+    scheduler = PlateauPerRun(lrs[:, 0], plateau) if plateau is not None else None  # torch checks the options
     _, dtype, device, inputs, targets, net = stack_members(configs)
-    scheduler = BatchedReduceLROnPlateau(n_runs, device, options) if options is not None else None
     lrs_by_step = torch.from_numpy(lrs.T.copy()).to(device)  # [steps, K], float64 like the reference's lr
     if betas.any():
         optimizer = BatchedAdamHD(net.params, net.rows_of, torch.from_numpy(betas).to(device))
@@ -643,134 +639,92 @@ def train_full_batch(config: Config, seeds: Sequence[int],
                               net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)))
 
 
+def check_initial_policies(initial_policies: Sequence[dict] | None, n_runs: int) -> None:
+    """None, or one policy_net state_dict per run."""
+    if initial_policies is None:
+        return
+    if isinstance(initial_policies, dict) or not hasattr(initial_policies, "__len__"):
+        raise TypeError(f"initial_policies must be a sequence of policy_net state_dicts (one per run), "
+                        f"got {type(initial_policies).__name__}")
+    if len(initial_policies) != n_runs:
+        raise ValueError(f"initial_policies must hold one state_dict per run ({n_runs}), got {len(initial_policies)}")
+    for k, state in enumerate(initial_policies):
+        if not isinstance(state, dict):
+            raise TypeError(f"initial_policies[{k}] must be a policy_net state_dict, got {type(state).__name__}")
+
+
 def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = False,
                        initial_policies: Sequence[dict] | None = None, frozen: bool = False) -> list[RunResult]:
-    """rlr_core.train_rl_scheduled for every seed: K agents each steering their own full-batch Adam.
+    """rlr_engine.train_rl_scheduled for every seed: K agents each steering their own full-batch Adam.
 
-    Per step, as RLRScheduler + DQNAgent (SPEC.md): act epsilon-greedily on s_t, move the lr, Adam step
-    on L_t, L_{t+1}, remember (s_t, a_t, s_{t+1}, r_t), one DQN update once the memory holds
-    learning_starts transitions. With dqn.variant 'as_coded' the acting state has its difference zeroed
-    and the update trains on the original code's scrambled rows (as_coded_rows). The ablation options
-    schedule.features ('log') and schedule.lr_factors work as in the reference.
+    Per step, as RLRScheduler + DQNAgent (docs/original.md): act epsilon-greedily on s_t, move the lr,
+    Adam step on L_t, L_{t+1}, remember (s_t, a_t, s_{t+1}, r_t), one DQN update once the memory holds
+    learning_starts transitions; state, reward and lr move are rlr_core's rules. The options of the
+    reference work here too (variant 'as_coded', features 'log', lr_factors).
     initial_policies: one policy_net state_dict per run (e.g. RunResult.policy_state of an earlier call),
     loaded into its policy and target networks, as the reference's initial_policy. frozen: greedy
     actions (epsilon 0), no replay, no updates, method f"rl_{variant}_frozen", as the reference's.
     Each result's policy_state holds its policy network's final weights.
     """
     configs = member_configs(config, seeds)
-    n_runs = len(configs)
     if not isinstance(frozen, bool):
         raise TypeError(f"frozen must be a bool, got {type(frozen).__name__}")
-    if initial_policies is not None:
-        if isinstance(initial_policies, dict) or not hasattr(initial_policies, "__len__"):
-            raise TypeError(f"initial_policies must be a sequence of policy_net state_dicts (one per run), "
-                            f"got {type(initial_policies).__name__}")
-        if len(initial_policies) != n_runs:
-            raise ValueError(f"initial_policies must hold one state_dict per run ({n_runs}), "
-                             f"got {len(initial_policies)}")
-        for k, state in enumerate(initial_policies):
-            if not isinstance(state, dict):
-                raise TypeError(f"initial_policies[{k}] must be a policy_net state_dict, "
-                                f"got {type(state).__name__}")
+    check_initial_policies(initial_policies, len(configs))
     run_seeds, dtype, device, inputs, targets, net = stack_members(configs)
-    schedule, dqn, steps = config.schedule, config.dqn, config.schedule.steps
-    state_dim, n_actions, described = schedule.state_dim, schedule.n_actions, dqn.variant == "described"
-    if not described and dqn.batch_size < 4:
-        raise ValueError("the as_coded update reads 4 sampled transitions: dqn.batch_size must be >= 4")
-    agents = [rlr_core.DQNAgent(state_dim, n_actions, dqn, seeds.agent, dtype, device) for seeds in run_seeds]
-    for k, agent in enumerate(agents if initial_policies is not None else []):
-        try:
-            agent.policy_net.load_state_dict(initial_policies[k])
-            agent.target_net.load_state_dict(initial_policies[k])
-        except RuntimeError as error:  # missing or unexpected keys, wrong shapes
-            raise ValueError(f"initial_policies[{k}] does not fit the Q-network (state_dim={state_dim}, "
-                             f"n_actions={n_actions}, hidden_size={dqn.hidden_size}): {error}") from error
-    policy = StackedMLP([agent.policy_net for agent in agents], dtype, device)
-    target = StackedMLP([agent.target_net for agent in agents], dtype, device)
-    generators = [agent.generator for agent in agents]  # fresh: nothing drawn yet
-    del agents
-    q_optimizer, optimizer = BatchedAdam(policy.params), BatchedAdam(net.params, net.rows_of)
-    row_width = 2 * state_dim + 2
-    replay = torch.zeros(n_runs, dqn.replay_capacity, row_width, dtype=dtype, device=device)
-    replay_by_row = replay.view(-1, row_width)
-    lr_grid = torch.tensor(schedule.lr_grid, dtype=torch.float64, device=device)
-    log_lr_grid = torch.tensor(np.log(schedule.lr_grid), dtype=torch.float64, device=device)  # as next_lr
-    moves = (torch.tensor(schedule.lr_factors, dtype=torch.float64, device=device) if schedule.lr_factors
-             else torch.tensor(schedule.index_shifts, device=device))  # per action: lr factor or index shift
-    lr_index = torch.full((n_runs,), schedule.start_index, device=device)
-    lr = lr_grid[lr_index]
-    n_sample_rows = dqn.batch_size if described else 4
-    logged = {"loss": torch.empty(steps, n_runs, dtype=dtype, device=device),
-              "lr": torch.empty(steps, n_runs, dtype=torch.float64, device=device),
-              "lr_index": torch.empty(steps, n_runs, dtype=torch.long, device=device),
-              "action": torch.empty(steps, n_runs, dtype=torch.long, device=device),
-              "q_values": torch.empty(steps, n_runs, n_actions, dtype=dtype, device=device)}
-    explored = []  # per chunk [C, K], on the CPU: the explore decisions are known in advance
+    schedule, variant, steps = config.schedule, config.dqn.variant, config.schedule.steps
+    agents = BatchedDQN(run_seeds, config, dtype, device, initial_policies, frozen)
+    optimizer = BatchedAdam(net.params, net.rows_of)
+    lr_index = torch.full((len(configs),), schedule.start_index, device=device)
+    lr = rlr_core.action_tables(schedule.lr_grid, schedule.index_shifts, schedule.lr_factors, device)[0][lr_index]
+    logged = {"loss": torch.empty(steps, len(configs), dtype=dtype, device=device),
+              "lr": torch.empty(steps, len(configs), dtype=torch.float64, device=device),
+              "lr_index": torch.empty(steps, len(configs), dtype=torch.long, device=device),
+              "action": torch.empty(steps, len(configs), dtype=torch.long, device=device),
+              "q_values": torch.empty(steps, len(configs), agents.n_actions, dtype=dtype, device=device)}
 
-    def acting(state: torch.Tensor) -> torch.Tensor:
-        """The state the policy acts on: s_t, or for 'as_coded' s_t with its difference zeroed."""
-        if described:
-            return state
-        state = state.clone()
-        state[:, 1] = 0.0
-        return state
+    def state_of(loss: torch.Tensor, previous_loss: torch.Tensor | None, lr: torch.Tensor) -> torch.Tensor:
+        return rlr_core.loss_state(loss, previous_loss, rlr_core.lr_position(lr, schedule), schedule.features, dtype)
 
     started = time.perf_counter()
-    with torch.no_grad(), progress_bar(steps, f"agent ({dqn.variant}) x{n_runs}", progress) as bar:
+    with torch.no_grad(), progress_bar(steps, f"agent ({variant}) x{len(configs)}", progress) as bar:
         loss = mse_loss_and_grad(net, inputs, targets)  # L_0 and its gradient
         initial_loss = loss.clone()
-        acting_state = acting(loss_states(loss, None, lr, schedule, dtype))  # s_0
+        state = rlr_core.acting_state(state_of(loss, None, lr), variant)  # s_0
         for step in range(steps):
-            if not frozen and step % DRAW_CHUNK == 0:  # a frozen agent's draws are never used
-                explore, random_action, replay_rows = draw_agent_randomness(
-                    generators, step, min(DRAW_CHUNK, steps - step), dqn, n_actions, n_sample_rows, device)
-                explored.append(explore.cpu())
-            chunk_step = step % DRAW_CHUNK
-            # act: epsilon-greedy (greedy when frozen) on the acting state, then move the lr
-            q_values = policy.forward(acting_state.unsqueeze(1))[0].squeeze(1)
-            action = q_values.argmax(dim=1)
+            action, logged["q_values"][step] = agents.act(state, step)
+            lr_index, lr = rlr_core.next_lr(lr_index, lr, action, schedule)
+            logged["action"][step], logged["lr_index"][step], logged["lr"][step] = action, lr_index, lr
+            optimizer.step(net.grad, lr)  # Adam step on L_t, then L_{t+1} and its gradient (for the next step)
+            next_loss = logged["loss"][step] = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
+            next_state = state_of(next_loss, loss, lr)
             if not frozen:
-                action = torch.where(explore[chunk_step], random_action[chunk_step], action)
-            lr_index, lr = next_lrs(lr_index, lr, action, schedule, lr_grid, log_lr_grid, moves)
-            logged["q_values"][step] = q_values
-            logged["action"][step] = action
-            logged["lr_index"][step] = lr_index
-            logged["lr"][step] = lr
-            # Adam step on L_t, then L_{t+1} (and its gradient, for the next step)
-            optimizer.step(net.grad, lr)
-            next_loss = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
-            logged["loss"][step] = next_loss
-            next_state = loss_states(next_loss, loss, lr, schedule, dtype)
-            if not frozen:
-                # remember (s_t, a_t, s_{t+1}, r_t); the memory is a ring, every run at the same position
-                reward = loss_reward(loss, next_loss, schedule.features)
-                replay[:, step % dqn.replay_capacity] = torch.cat(
-                    [acting_state, action.unsqueeze(1).to(dtype), next_state, reward.unsqueeze(1).to(dtype)],
-                    dim=1)
-                if min(step + 1, dqn.replay_capacity) >= max(dqn.learning_starts, 1):
-                    rows = replay_rows[chunk_step].view(-1)
-                    samples = replay_by_row.index_select(0, rows).view(n_runs, -1, row_width)
-                    dqn_update(policy, target, q_optimizer, *training_rows(samples, dqn, n_actions, state_dim),
-                               dqn)
-            loss, acting_state = next_loss, acting(next_state)
+                agents.remember(state, action, next_state, rlr_core.loss_reward(loss, next_loss, schedule.features),
+                                step)
+                agents.learn(step)
+            loss, state = next_loss, rlr_core.acting_state(next_state, variant)
             bar.update()
     wall_seconds = time.perf_counter() - started
+    return agent_results(config, configs, logged, initial_loss, agents, net, wall_seconds)
+
+
+def agent_results(config: Config, configs: list[Config], logged: dict[str, torch.Tensor],
+                  initial_loss: torch.Tensor, agents: BatchedDQN, net: StackedMLP,
+                  wall_seconds: float) -> list[RunResult]:
+    """The logged tensors [steps, K, ...] as the reference's series, one RunResult per member, cut where
+    the reference stops: at a non-finite L_{t+1} or acting Q-values, and at step 0 for a non-finite L_0."""
+    schedule, dqn, steps = config.schedule, config.dqn, config.schedule.steps
     series = {name: values.cpu().numpy() for name, values in logged.items()}
     series["loss"] = series["loss"].astype(np.float64)
     series["q_values"] = series["q_values"].astype(np.float64)
     losses_before = np.concatenate([initial_loss.cpu().double().numpy()[None], series["loss"][:-1]])
-    series["reward"] = loss_reward(torch.from_numpy(losses_before), torch.from_numpy(series["loss"]),
-                                   schedule.features).numpy()  # in float64, as the reference's series
-    epsilons = np.array([0.0 if frozen else rlr_core.epsilon_at(step, dqn) for step in range(steps)])
-    series["epsilon"] = np.broadcast_to(epsilons[:, None], (steps, n_runs))
-    series["explored"] = np.zeros((steps, n_runs), dtype=bool) if frozen else torch.cat(explored).numpy()
-    # The reference stops at a non-finite L_{t+1} or acting Q-values, and at step 0 for a non-finite L_0.
+    series["reward"] = rlr_core.loss_reward(torch.from_numpy(losses_before), torch.from_numpy(series["loss"]),
+                                            schedule.features).numpy()  # in float64, as the reference's series
+    epsilons = np.array([0.0 if agents.frozen else rlr_core.epsilon_at(step, dqn) for step in range(steps)])
+    series["epsilon"] = np.broadcast_to(epsilons[:, None], (steps, len(configs)))
+    series["explored"] = agents.explored_series(steps)
     bad = ~np.isfinite(series["loss"]) | ~np.isfinite(series["q_values"]).all(axis=2)
     bad[0] |= ~np.isfinite(losses_before[0])
     order = ("loss", "lr", "reward", "epsilon", "action", "lr_index", "q_values", "explored")
-    policy_networks = policy.to_modules(lambda: rlr_core.QNetwork(state_dim, n_actions, dqn.hidden_size))
-    policy_states = [{name: tensor.cpu() for name, tensor in network.state_dict().items()}
-                     for network in policy_networks]
-    method = f"rl_{dqn.variant}" + ("_frozen" if frozen else "")
+    method = f"rl_{dqn.variant}" + ("_frozen" if agents.frozen else "")
     return per_member_results(method, configs, {name: series[name] for name in order}, bad, wall_seconds,
-                              net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)), policy_states)
+                              net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)), agents.policy_states())

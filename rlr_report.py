@@ -1,7 +1,8 @@
-"""Figures, tables and plain-text readings of runs, shared by the notebooks.
+"""Figures, tables, statistics over seeds and plain-text readings of runs, shared by the notebooks.
 
 Notebooks call these so that no plotting or summarising code is copied between them. Every number a
-reading prints is computed here from the run's own series, never typed in.
+reading prints is computed here from the run's own series, never typed in. The study layer
+(rlr_study) produces the runs and tables; this module only reads them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rlr_core import Config, PolynomialData, RunResult, sample_points, TaskConfig
+from scipy.stats import gmean
+
+from rlr_core import PolynomialData, TaskConfig, sample_points
+from rlr_engine import Config
+from rlr_results import RunResult
 
 ACTION_NAMES = ("decrease", "keep", "increase")
 
@@ -214,8 +219,9 @@ def baseline_optimiser_steps(config: Config) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def geometric_mean(values: np.ndarray) -> float:
-    return float(np.exp(np.mean(np.log(values))))
+def geometric_mean(values: Sequence[float]) -> float:
+    """exp(mean(log values)): the centre of MSEs that span decades (scipy.stats.gmean)."""
+    return float(gmean(np.asarray(values, dtype=float)))
 
 
 def bootstrap_interval(values: Sequence[float], statistic: str = "geometric_mean", confidence: float = 0.95,
@@ -267,29 +273,102 @@ def claim_ratio(table: pd.DataFrame, metric: str, baseline: str, agent: str) -> 
             "seeds_reaching_2": int((ratios >= 2).sum())}
 
 
-def study_summary(table: pd.DataFrame, metric: str, baseline: str, tuned: str) -> pd.DataFrame:
-    """Per method: geometric mean and median of a metric over seeds with 95% CIs, diverged runs, and the
-    paired win rates against the original baseline and against the tuned constant lr."""
+def wilson_interval(wins: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a win rate wins / n (scipy.stats.binomtest)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(int(wins), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def holm_adjusted(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control over m pre-registered tests).
+
+    Hand-written because neither scipy nor numpy ships Holm's method (statsmodels does, a large extra
+    dependency for five lines): sort ascending, multiply the i-th smallest by (m - i), take running
+    maxima, cap at 1. tests/test_study.py checks it against the definition by brute force.
+    """
+    p_values = np.asarray(p_values, dtype=float)
+    order = np.argsort(p_values, kind="stable")
+    scaled = (len(p_values) - np.arange(len(p_values))) * p_values[order]
+    adjusted = np.empty_like(p_values)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted
+
+
+def paired_comparison(table: pd.DataFrame, metric: str, reference: str, method: str) -> dict:
+    """method against reference, paired by seed: the geometric-mean ratio reference / method (> 1: the
+    method is better) with its 95% bootstrap CI, wins with a Wilson CI, and a two-sided Wilcoxon
+    signed-rank test of log(reference) - log(method) (scipy.stats.wilcoxon)."""
+    from scipy.stats import wilcoxon
+
+    ratios = paired_ratio(table, metric, reference, method).to_numpy()
+    low, high = bootstrap_interval(ratios, "geometric_mean")
+    wins = int((ratios > 1).sum())
+    win_low, win_high = wilson_interval(wins, len(ratios))
+    log_ratios = np.log(ratios)
+    p_value = float(wilcoxon(log_ratios).pvalue) if np.any(log_ratios != 0) else 1.0
+    return {"ratio": geometric_mean(ratios), "ci_low": low, "ci_high": high, "seeds": len(ratios),
+            "wins": wins, "win_rate": wins / len(ratios), "win_ci_low": win_low, "win_ci_high": win_high,
+            "seeds_reaching_2": int((ratios >= 2).sum()), "p_value": p_value}
+
+
+def preregistered_tests(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str]],
+                        metrics: Sequence[str]) -> pd.DataFrame:
+    """Every pre-registered (budget, method, reference) comparison on every metric, with Holm-adjusted
+    p-values over the whole family (all comparisons x metrics) and whether each holds at 5%.
+    Diverged runs are left out of their pairs."""
     finished = table[table["diverged_at"].isna()]
-    summary = summarise_over_seeds(finished, metric)
+    rows = [{"budget": budget, "method": method, "against": reference, "metric": metric,
+             **paired_comparison(finished[finished["budget"] == budget], metric, reference, method)}
+            for budget, method, reference in comparisons for metric in metrics]
+    tests = pd.DataFrame(rows)
+    tests["p_holm"] = holm_adjusted(tests["p_value"])
+    tests["significant"] = tests["p_holm"] < 0.05
+    return tests
+
+
+def summary_with_win_rates(table: pd.DataFrame, metric: str, references: dict[str, str]) -> pd.DataFrame:
+    """Per method: seeds (runs), of them diverged, geometric mean and median of a metric over the runs
+    that finished, with 95% CIs, and the paired win rate against each reference method
+    (references: column label -> method; column f"wins vs {label}"). A method whose every run diverged
+    keeps a row (NaN statistics)."""
+    finished = table[table["diverged_at"].isna() & np.isfinite(table[metric].astype(float))]
+    methods = list(table["method"].unique())
+    summary = summarise_over_seeds(finished, metric).reindex(methods)
+    summary["seeds"] = table.groupby("method", sort=False)["seed"].count()  # runs, diverged ones included
     summary.insert(1, "diverged", table.groupby("method", sort=False)["diverged_at"].count())
-    summary["wins vs baseline"] = [paired_win_rate(finished, metric, baseline, m) for m in summary.index]
-    summary["wins vs tuned constant"] = [paired_win_rate(finished, metric, tuned, m) for m in summary.index]
+    finished_methods = set(finished["method"])
+    for label, reference in references.items():
+        summary[f"wins vs {label}"] = [paired_win_rate(finished, metric, reference, method)
+                                       if {reference, method} <= finished_methods else float("nan")
+                                       for method in methods]
     return summary
 
 
-def plot_intervals(summary: pd.DataFrame, title: str, xlabel: str) -> plt.Figure:
-    """Dot-and-interval chart: geometric mean over seeds with its 95% bootstrap CI, one row per method."""
-    ordered = summary.sort_values("geometric mean")
-    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(ordered) + 1.2))
-    y = np.arange(len(ordered))
-    errors = [ordered["geometric mean"] - ordered["gm CI low"], ordered["gm CI high"] - ordered["geometric mean"]]
-    ax.errorbar(ordered["geometric mean"], y, xerr=errors, fmt="o", ms=4, capsize=3,
-                label="geometric mean over seeds, 95% bootstrap CI")
-    ax.set_yticks(y, ordered.index, fontsize=8)
-    ax.set(xscale="log", xlabel=f"{xlabel} (log scale)", title=title)
-    ax.grid(True, axis="x", which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+def plot_intervals(summary: pd.DataFrame, title: str, xlabel: str = "test MSE") -> plt.Figure:
+    """Dot-and-interval chart: geometric mean over seeds with its 95% bootstrap CI, one row per method,
+    best first; a summary indexed by (panel, method), e.g. task x method, gets one panel per task."""
+    if summary.index.nlevels == 1:
+        panels = {"": summary}
+    else:
+        panels = {panel: summary.loc[panel] for panel in dict.fromkeys(summary.index.get_level_values(0))}
+    rows = sum(len(part) for part in panels.values())
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.0 + 0.32 * rows + 0.5 * len(panels)), squeeze=False)
+    for ax, (panel, part) in zip(axes[:, 0], panels.items()):
+        ordered = part.sort_values("geometric mean")
+        y = np.arange(len(ordered))
+        errors = [ordered["geometric mean"] - ordered["gm CI low"], ordered["gm CI high"] - ordered["geometric mean"]]
+        ax.errorbar(ordered["geometric mean"], y, xerr=errors, fmt="o", ms=4, capsize=3,
+                    label="geometric mean over seeds, 95% bootstrap CI")
+        ax.set_yticks(y, ordered.index, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_title(panel, fontsize=9)
+        ax.grid(True, axis="x", which="major", alpha=0.3)
+    axes[-1, 0].set_xlabel(f"{xlabel} (log scale)")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -305,3 +384,30 @@ def plot_lr_trajectories(groups: dict[str, Sequence[RunResult]], title: str) -> 
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def plot_training_returns(histories: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Return of each training episode (a new task each), one panel per agent: does training improve?"""
+    fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.6), squeeze=False)
+    for ax, (label, history) in zip(axes[0], histories.items()):
+        ax.plot(history["episode"], history["return"], ".", ms=4, label="episode return")
+        window = max(1, len(history) // 10)
+        ax.plot(history["episode"], history["return"].rolling(window, min_periods=1).mean(),
+                label=f"rolling mean ({window} episodes)")
+        ax.set(xlabel="training episode (a new task each)", ylabel="return (sum of rewards)", title=label)
+        ax.title.set_fontsize(9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def divergence_report(results: Sequence[RunResult]) -> pd.DataFrame:
+    """One row per run: method, seed, diverged_at (<NA> if it finished), n_logged.
+
+    Diverged runs stop early, so a table of final losses alone would hide them; print this beside it.
+    """
+    rows = [(result.method, result.seed, result.diverged_at, len(result.series["loss"])) for result in results]
+    table = pd.DataFrame(rows, columns=["method", "seed", "diverged_at", "n_logged"])
+    table["diverged_at"] = table["diverged_at"].astype("Int64")
+    return table

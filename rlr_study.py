@@ -1,7 +1,9 @@
-"""Runs over many seeds and methods: the layer the notebooks call for multi-seed work.
+"""The study: runs over many seeds and methods, the protocol (seeds, tuning, budgets) and its tables.
 
-One seed runs the readable reference loop of rlr_core (the faithful single run); several seeds run the
-batched engine rlr_batched in one process (the same runs, member by member: tests/test_batched.py).
+One seed runs the readable reference loop of rlr_engine (the faithful single run); several seeds run
+the batched engine rlr_batched in one process (the same runs up to rounding: tests/test_batched.py).
+Two studies live here: the many-seed benchmark of notebook 04 and the transfer study of notebook 05.
+Statistics, figures and readings are rlr_report's.
 """
 
 from __future__ import annotations
@@ -10,13 +12,20 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import gmean
 
 import rlr_batched
 import rlr_core as rc
-from rlr_core import Config, RunResult
+import rlr_engine as engine
+import rlr_report as report
+from rlr_engine import Config
+from rlr_env import LRControlEnv, train_agent_on_env
+from rlr_results import RunResult
 
 MODES = ("baseline", "full_batch", "agent")
 
@@ -32,7 +41,7 @@ def train_seeds(mode: str, config: Config, seeds: Sequence[int], progress: bool 
                 **options) -> list[RunResult]:
     """Train one run per seed: mode 'baseline', 'full_batch' (options lr, steps, method) or 'agent'.
 
-    config.seed is replaced by each seed. One seed: rlr_core's loop; several: rlr_batched in one go.
+    config.seed is replaced by each seed. One seed: rlr_engine's loop; several: rlr_batched in one go.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -40,12 +49,12 @@ def train_seeds(mode: str, config: Config, seeds: Sequence[int], progress: bool 
     if not seeds:
         raise ValueError("seeds must not be empty")
     if len(seeds) == 1:
-        single = rc.Config.from_dict({**config.to_dict(), "seed": seeds[0]})
+        single = Config.from_dict({**config.to_dict(), "seed": seeds[0]})
         if mode == "baseline":
-            return [rc.train_baseline(single, progress=progress)]
+            return [engine.train_baseline(single, progress=progress)]
         if mode == "full_batch":
-            return [rc.train_full_batch(single, progress=progress, **options)]
-        return [rc.train_rl_scheduled(single, progress=progress)]
+            return [engine.train_full_batch(single, progress=progress, **options)]
+        return [engine.train_rl_scheduled(single, progress=progress)]
     if mode == "baseline":
         return rlr_batched.train_baseline(config, seeds, progress=progress)
     if mode == "full_batch":
@@ -134,8 +143,7 @@ def study_config(config: Config, study: StudyConfig) -> Config:
 
 def geometric_mean_of(results: Sequence[RunResult], statistic: str = "median_last_100") -> float:
     """Geometric mean over runs of a summary statistic (diverged runs count as +inf: never chosen)."""
-    values = np.array([r.summary()[statistic] if r.diverged_at is None else np.inf for r in results])
-    return float(np.exp(np.mean(np.log(values))))
+    return float(gmean([r.summary()[statistic] if r.diverged_at is None else np.inf for r in results]))
 
 
 def tune_constant_lr(config: Config, study: StudyConfig, progress: bool = False) -> tuple[float, pd.DataFrame]:
@@ -182,10 +190,10 @@ def seconds_per_unit(config: Config, study: StudyConfig) -> dict[str, float]:
     timed on the readable reference loops: what one run costs a user, the agent's overhead included."""
     short = with_overrides(config, {"schedule": {"steps": study.timing_steps},
                                     "baseline": {"epochs": max(1, study.timing_steps // 8)}})
-    timers = {"agent_step": (lambda: rc.train_rl_scheduled(short), study.timing_steps),
-              "full_batch_step": (lambda: rc.train_full_batch(short, config.baseline.lr, study.timing_steps),
+    timers = {"agent_step": (lambda: engine.train_rl_scheduled(short), study.timing_steps),
+              "full_batch_step": (lambda: engine.train_full_batch(short, config.baseline.lr, study.timing_steps),
                                   study.timing_steps),
-              "baseline_epoch": (lambda: rc.train_baseline(short), short.baseline.epochs)}
+              "baseline_epoch": (lambda: engine.train_baseline(short), short.baseline.epochs)}
     for run, _ in timers.values():  # warm-up: the first optimiser steps of a process pay one-off imports
         run()
     return {name: min(run().wall_seconds for _ in range(2)) / units for name, (run, units) in timers.items()}
@@ -269,8 +277,6 @@ def run_baselines(config: Config, study: StudyConfig, epochs: int, progress: boo
 def claim_table(table: pd.DataFrame, baseline: str, tuned: str, agents: Sequence[str]) -> pd.DataFrame:
     """The original's ratio (reference MSE / agent MSE, paired by seed) per budget, agent, reference and
     metric, with its 95% CI and the number of seeds reaching 2. Diverged runs are left out."""
-    from rlr_report import claim_ratio
-
     finished = table[table["diverged_at"].isna()]
     rows = []
     for budget, part in finished.groupby("budget", sort=False):
@@ -278,5 +284,128 @@ def claim_table(table: pd.DataFrame, baseline: str, tuned: str, agents: Sequence
             for reference in (baseline, tuned):
                 for metric in ("train_final", "test_mse"):
                     rows.append({"budget": budget, "agent": agent, "against": reference, "metric": metric,
-                                 **claim_ratio(part, metric, reference, agent)})
+                                 **report.claim_ratio(part, metric, reference, agent)})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The transfer study (notebook 05): train one agent over many short episodes on a family of training tasks,
+# freeze it, and evaluate it on held-out tasks against the tuned constant lr and cosine annealing.
+# ---------------------------------------------------------------------------------------------------
+
+HELD_OUT_TASKS: dict[str, dict] = {
+    "same task, new seeds": {},
+    "degree 3 polynomials": {"coeff_scale": (1.0, 0.5, 0.2, 0.1)},
+    "degree 6 polynomials": {"coeff_scale": (1.0, 0.5, 0.2, 0.1, 0.05, 0.025, 0.0125)},
+    "wider, deeper net (64, 32, 16)": {"hidden_sizes": (64, 32, 16)},
+}
+"""Held-out tasks: label -> overrides of the training TaskConfig (the first is the training task itself,
+evaluated on new data seeds and initialisations)."""
+
+TRANSFER_AGENTS: dict[str, dict] = {
+    "scale-free DQN (log features, x0.5/x1/x2)": {"features": "log", "lr_factors": (0.5, 1.0, 2.0)},
+    "DQN as described (raw features)": {},
+}
+"""The agents trained for transfer: label -> overrides of the ScheduleConfig (the DQN stays 'described')."""
+
+TUNED_CONSTANT, COSINE = "tuned constant lr", "cosine annealing"
+"""Method labels of the two references in the transfer tables."""
+
+
+def held_out_tasks(task: rc.TaskConfig) -> dict[str, rc.TaskConfig]:
+    """The held-out TaskConfigs of HELD_OUT_TASKS, each a copy of the training task with its overrides."""
+    return {label: rc.TaskConfig(**{**asdict(task), **overrides}) for label, overrides in HELD_OUT_TASKS.items()}
+
+
+def transfer_seeds(first_training_seed: int, n_training_episodes: int, first_eval_seed: int,
+                   n_eval_seeds: int) -> tuple[list[int], list[int]]:
+    """Training seeds (one new task per episode) and evaluation seeds; ValueError if they overlap, so no
+    evaluation task is ever seen in training."""
+    rc.check_int("first_training_seed", first_training_seed, 0)
+    rc.check_int("n_training_episodes", n_training_episodes, 1)
+    rc.check_int("first_eval_seed", first_eval_seed, 0)
+    rc.check_int("n_eval_seeds", n_eval_seeds, 1)
+    training = [first_training_seed + i for i in range(n_training_episodes)]
+    evaluation = [first_eval_seed + i for i in range(n_eval_seeds)]
+    overlap = sorted(set(training) & set(evaluation))
+    if overlap:
+        raise ValueError(f"training seeds overlap the evaluation seeds: {overlap[:5]}"
+                         f"{'...' if len(overlap) > 5 else ''} (move first_training_seed or first_eval_seed)")
+    return training, evaluation
+
+
+def train_agent_on_tasks(config: Config, training_seeds: Sequence[int], agent_seed: int = 0,
+                         progress: bool = False) -> tuple[rc.DQNAgent, pd.DataFrame]:
+    """Train one DQN agent over one episode of config.schedule.steps steps per training seed, in order.
+
+    Episode i is LRControlEnv.reset(seed=training_seeds[i]): that seed's data set and initial weights, a
+    fresh Adam, the lr back at the start. The agent (its replay memory, epsilon decay and Q-network)
+    carries over from episode to episode. An episode that diverges ends early; the rest of its steps run
+    on a new initialisation of the same data (the environment's own reset), so every episode costs the
+    same number of steps. Returns the agent (still in training mode) and one row per episode: seed,
+    return of the seeded episode (log L_0 - log L_T for log features) and whether it diverged.
+    """
+    engine.check_run(config)
+    seeds = [int(seed) for seed in training_seeds]
+    if not seeds:
+        raise ValueError("training_seeds must not be empty")
+    env = LRControlEnv.from_config(config)
+    agent = rc.DQNAgent(config.schedule.state_dim, config.schedule.n_actions, config.dqn, agent_seed,
+                        rc.DTYPES[config.dtype], config.device)
+    rows = []
+    with engine.progress_bar(len(seeds), f"training episodes ({config.schedule.features} features)", progress) as bar:
+        for seed in seeds:
+            history = train_agent_on_env(env, agent, config.schedule.steps, seed)
+            rows.append({"episode": len(rows), "seed": seed, "return": history["episode_returns"][0],
+                         "diverged": history["episode_terminated"][0],
+                         "epsilon_at_end": agent.epsilon()})
+            bar.update()
+    return agent, pd.DataFrame(rows)
+
+
+def evaluate_frozen_agent(config: Config, agent: rc.DQNAgent, seeds: Sequence[int],
+                          progress: bool = False) -> list[RunResult]:
+    """The agent's greedy policy, frozen (no exploration, replay or learning), steering Adam on each seed
+    for config.schedule.steps steps (batched engine); the agent itself is left unchanged."""
+    seeds = [int(seed) for seed in seeds]
+    return rlr_batched.train_rl_scheduled(config, seeds, progress=progress,
+                                          initial_policies=[agent.policy_weights()] * len(seeds), frozen=True)
+
+
+def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],
+                               agents: dict[str, tuple[Config, rc.DQNAgent]], tuned_lr: float,
+                               seeds: Sequence[int], progress: bool = False) -> dict[str, dict[str, list[RunResult]]]:
+    """task label -> method label -> one run per seed: the tuned constant lr, cosine annealing from it
+    (T_max = the run length) and every frozen agent, all config.schedule.steps full-batch Adam steps on
+    the same data and initial weights of each seed. agents: label -> (the config it was trained with, agent).
+    """
+    steps = config.schedule.steps
+    cosine = rlr_batched.lr_schedule(standard_schedules(tuned_lr, steps)[COSINE][1], tuned_lr, steps)
+    runs: dict[str, dict[str, list[RunResult]]] = {}
+    for task_label, task in tasks.items():
+        task_config = with_overrides(config, {"task": asdict(task)})
+        runs[task_label] = {
+            TUNED_CONSTANT: rlr_batched.train_full_batch(task_config, seeds, tuned_lr, steps, "tuned_constant",
+                                                         progress),
+            COSINE: rlr_batched.train_full_batch(task_config, seeds, cosine, steps, "cosine", progress)}
+        for agent_label, (agent_config, agent) in agents.items():
+            agent_task_config = with_overrides(agent_config, {"task": asdict(task),
+                                                                        "schedule": {"steps": steps}})
+            runs[task_label][agent_label] = evaluate_frozen_agent(agent_task_config, agent, seeds, progress)
+    return runs
+
+
+def transfer_table(runs: dict[str, dict[str, list[RunResult]]], n_test_examples: int) -> pd.DataFrame:
+    """One row per task x method x seed: training MSE (final, median of last 100), test MSE on held-out
+    polynomials of the same task (test_mse), divergence and cost."""
+    setup = StudyConfig(n_test_examples=n_test_examples)
+    tables = [tidy_table(methods, task, setup) for task, methods in runs.items()]
+    return pd.concat(tables, ignore_index=True).rename(columns={"budget": "task"})
+
+
+def transfer_summary(table: pd.DataFrame, metric: str = "test_mse") -> pd.DataFrame:
+    """Per task and method: geometric mean and median over seeds with 95% bootstrap CIs, diverged runs
+    (left out of the statistics) and paired win rates against the tuned constant lr and cosine annealing."""
+    references = {TUNED_CONSTANT: TUNED_CONSTANT, COSINE: COSINE}
+    return pd.concat({task: report.summary_with_win_rates(part, metric, references)
+                      for task, part in table.groupby("task", sort=False)}, names=["task"])

@@ -236,8 +236,8 @@ def run_point(notebook: str, point: Point, accepted: list[str]) -> dict:
 
 
 def _write_point_marker(point: Point, outcome: dict, attempts: int, notebook: Path) -> None:
-    import rlr_core as rc
-    rc.atomic_write_text(point.folder / POINT_FILE, json.dumps(rc.json_ready({
+    import rlr_results as results_io
+    results_io.atomic_write_text(point.folder / POINT_FILE, json.dumps(results_io.json_ready({
         "key": point.key, "notebook": str(notebook), "parameters": point.parameters,
         "attempts": attempts, **{k: v for k, v in outcome.items() if k != "ok"}}), indent=1))
 
@@ -265,12 +265,12 @@ def gather_table(points: Sequence[Point], path: Path) -> int:
     """Write the tidy table of every finished point's runs (atomic CSV); returns its number of rows."""
     import pandas as pd
 
-    import rlr_core as rc
+    import rlr_results as results_io
     rows = [row for point in points for row in point_rows(point)]
     table = pd.DataFrame(rows)
     if "diverged_at" in table:
         table["diverged_at"] = table["diverged_at"].astype("Int64")
-    rc.save_table_csv(table, path)
+    results_io.save_table_csv(table, path)
     return len(rows)
 
 
@@ -311,7 +311,7 @@ def run_sweep(spec: SweepSpec, output_root: Path = DEFAULT_OUTPUT_ROOT, retries:
     import ray
     from tqdm.auto import tqdm
 
-    import rlr_core as rc
+    import rlr_results as results_io
     start = time.perf_counter()
     notebook = spec.notebook.resolve()
     accepted = list(papermill.inspect_notebook(str(notebook)))
@@ -352,7 +352,7 @@ def run_sweep(spec: SweepSpec, output_root: Path = DEFAULT_OUTPUT_ROOT, retries:
     report.n_rows = gather_table(finished, report.table_path)
     report.wall_seconds = time.perf_counter() - start
     failed = {id(point): error for point, error in report.failed}
-    rc.atomic_write_text(sweep_folder / "sweep.json", json.dumps(rc.json_ready({
+    results_io.atomic_write_text(sweep_folder / "sweep.json", json.dumps(results_io.json_ready({
         "notebook": str(spec.notebook), "name": spec.name, "wall_seconds": report.wall_seconds,
         "counts": {"done": len(report.done), "skipped": len(report.skipped), "failed": len(report.failed)},
         "points": [{"folder": point.folder.name, "parameters": point.parameters, "key": point.key,
@@ -361,7 +361,7 @@ def run_sweep(spec: SweepSpec, output_root: Path = DEFAULT_OUTPUT_ROOT, retries:
                     **({"error": failed[id(point)], "attempts": attempts_of_failed[id(point)],
                         "partial_notebook": str(point.notebook_path)}
                        if id(point) in failed else {})} for point in points],
-        "versions": rc.package_versions()}), indent=1))
+        "versions": results_io.package_versions()}), indent=1))
     return report
 
 

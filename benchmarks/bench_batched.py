@@ -35,27 +35,29 @@ from torch.func import functional_call, grad, stack_module_state, vmap  # noqa: 
 
 import rlr_batched  # noqa: E402
 import rlr_core as rc  # noqa: E402
+import rlr_engine as engine  # noqa: E402
+import rlr_results as results_io  # noqa: E402
 
 RUN_TYPES = ("rl_described", "rl_as_coded", "baseline_minibatch")
 
 
-def make_config(run_type: str, steps: int) -> tuple[rc.Config, int]:
+def make_config(run_type: str, steps: int) -> tuple[engine.Config, int]:
     """The config of a short run, and how many optimiser steps (seed-steps per seed) it takes."""
     if run_type == "baseline_minibatch":
-        batches_per_epoch = math.ceil(rc.TaskConfig().n_examples / rc.BaselineConfig().batch_size)
+        batches_per_epoch = math.ceil(rc.TaskConfig().n_examples / engine.BaselineConfig().batch_size)
         epochs = math.ceil(steps / batches_per_epoch)
-        return rc.Config(baseline=rc.BaselineConfig(epochs=epochs)), epochs * batches_per_epoch
+        return engine.Config(baseline=engine.BaselineConfig(epochs=epochs)), epochs * batches_per_epoch
     variant = run_type.removeprefix("rl_")
-    return rc.Config(schedule=rc.ScheduleConfig(steps=steps), dqn=rc.DQNConfig(variant=variant)), steps
+    return engine.Config(schedule=rc.ScheduleConfig(steps=steps), dqn=rc.DQNConfig(variant=variant)), steps
 
 
-def reference_seconds(run_type: str, config: rc.Config, seeds: list[int]) -> float:
+def reference_seconds(run_type: str, config: engine.Config, seeds: list[int]) -> float:
     """Loop seconds of rlr_core's single runs, summed over seeds."""
-    train = rc.train_baseline if run_type == "baseline_minibatch" else rc.train_rl_scheduled
+    train = engine.train_baseline if run_type == "baseline_minibatch" else engine.train_rl_scheduled
     return sum(train(dataclasses.replace(config, seed=seed)).wall_seconds for seed in seeds)
 
 
-def batched_seconds(run_type: str, config: rc.Config, seeds: list[int]) -> tuple[float, float]:
+def batched_seconds(run_type: str, config: engine.Config, seeds: list[int]) -> tuple[float, float]:
     """(loop seconds, whole-call seconds with setup) of one rlr_batched call over all seeds."""
     train = rlr_batched.train_baseline if run_type == "baseline_minibatch" else rlr_batched.train_rl_scheduled
     started = time.perf_counter()
@@ -156,10 +158,10 @@ def main() -> None:
                   for row in kernel_rows]
     table = "\n".join(lines)
     print(table)
-    rc.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_batched.json",
+    results_io.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_batched.json",
                          json.dumps({"rows": rows, "forward_backward": kernel_rows, "table_markdown": table,
                                      "args": vars(args), "load_average": load,
-                                     "versions": rc.package_versions()}, indent=1))
+                                     "versions": results_io.package_versions()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import nbformat  # noqa: E402
 import papermill  # noqa: E402
 import ray  # noqa: E402
 
-import rlr_core as rc  # noqa: E402
+import rlr_results as results_io  # noqa: E402
 import sweep  # noqa: E402
 
 NOTEBOOK = ROOT / "notebooks" / "02_rlr_agent.ipynb"
@@ -98,10 +98,10 @@ def main() -> None:
         "tiny_point_script_seconds": tiny_script,
         "ray_overhead_seconds": tiny.wall_seconds - tiny_papermill,
         "papermill_overhead_seconds": tiny_papermill - tiny_script,
-        "versions": {**rc.package_versions(), "ray": ray.__version__, "papermill": papermill.__version__},
+        "versions": {**results_io.package_versions(), "ray": ray.__version__, "papermill": papermill.__version__},
     }
-    rc.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_sweep.json",
-                         json.dumps(rc.json_ready(measured), indent=1))
+    results_io.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_sweep.json",
+                         json.dumps(results_io.json_ready(measured), indent=1))
     print(f"| what | seconds |\n|---|---|\n"
           f"| {args.points} points x {args.steps} steps, one after another (papermill) | {sum(sequential):.1f} |\n"
           f"| same points, sweep on {args.workers} Ray workers (Ray already started) | {report.wall_seconds:.1f} |\n"

@@ -19,20 +19,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import rlr_core as rc  # noqa: E402
+import rlr_results as results_io  # noqa: E402
 
 ONE_RUN = """
 import json, sys
+import torch
 import rlr_core as rc
+import rlr_engine as engine
 mode, threads, epochs, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-config = rc.Config(num_threads=threads, baseline=rc.BaselineConfig(epochs=epochs),
-                   schedule=rc.ScheduleConfig(steps=steps))
+torch.set_num_threads(threads)  # an entry point's job: the library never sets it
+config = engine.Config(baseline=engine.BaselineConfig(epochs=epochs), schedule=rc.ScheduleConfig(steps=steps))
 if mode == "baseline":
-    result, units = rc.train_baseline(config), epochs
+    result, units = engine.train_baseline(config), epochs
 elif mode == "full_batch":
-    result, units = rc.train_full_batch(config, 1e-3, steps), steps
+    result, units = engine.train_full_batch(config, 1e-3, steps), steps
 else:
-    result, units = rc.train_rl_scheduled(config), steps
+    result, units = engine.train_rl_scheduled(config), steps
 print(json.dumps({"seconds": result.wall_seconds, "units": units}))
 """
 
@@ -64,8 +66,8 @@ def main() -> None:
         print(f"| {row['run']} (per {row['unit']}) | {row['ms_per_unit_1_thread']:.3f} | "
               f"{row['ms_per_unit_2_threads']:.3f} | {row['speedup_of_1_thread']:.2f}x | "
               f"{row['projected_full_run_seconds_1_thread']:.0f} s |")
-    rc.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_threads.json",
-                         json.dumps({"rows": rows, "args": vars(args), "versions": rc.package_versions()},
+    results_io.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_threads.json",
+                         json.dumps({"rows": rows, "args": vars(args), "versions": results_io.package_versions()},
                                     indent=1))
 
 

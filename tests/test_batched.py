@@ -6,6 +6,7 @@ loss), and the runs are chaotic (Adam's late loss spikes amplify any difference)
 differences grow to 1e-9 after roughly 600-2000 steps and to 1e-3 after a few thousand, which is
 legitimate. So the trajectories are compared over the first 200 steps, at 1e-9 relative. Discrete
 series (actions, grid indices, exploration) must match exactly.
+The float32 runs (the default dtype) have their own section: 200 steps at float32 tolerances.
 
 DRAW_CHUNK is made small here so that the chunked pre-drawing of random numbers crosses chunk
 boundaries (and the start of learning) inside the compared steps. The whole file runs in about 25 s
@@ -15,7 +16,6 @@ on two CPU cores.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from typing import Any, Callable
 
@@ -26,7 +26,10 @@ from torch.nn import functional as F
 
 import rlr_batched
 import rlr_core
-from rlr_core import BaselineConfig, Config, DQNConfig, ScheduleConfig, Transition
+import rlr_engine as engine
+import rlr_results as results_io
+from rlr_core import DQNConfig, ScheduleConfig, Transition
+from rlr_engine import BaselineConfig, Config
 
 SEEDS = [0, 1, 2, 3]
 STEPS = 200
@@ -38,11 +41,11 @@ def small_draw_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rlr_batched, "DRAW_CHUNK", 48)
 
 
-def reference_runs(train, config: Config, seeds: list[int], *args, **kwargs) -> list[rlr_core.RunResult]:
+def reference_runs(train, config: Config, seeds: list[int], *args, **kwargs) -> list[results_io.RunResult]:
     return [train(dataclasses.replace(config, seed=seed), *args, **kwargs) for seed in seeds]
 
 
-def assert_series_close(reference: rlr_core.RunResult, batched: rlr_core.RunResult, rtol: float = RTOL) -> None:
+def assert_series_close(reference: results_io.RunResult, batched: results_io.RunResult, rtol: float = RTOL) -> None:
     """Same method, config, divergence and series keys; integer series equal, float series within rtol.
 
     Every float value is held to rtol relative to itself, except rewards: a reward is the difference of
@@ -72,7 +75,7 @@ def test_baseline_matches_reference_runs(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(rlr_batched, "DRAW_CHUNK", 7)  # the shuffles are drawn per epoch: cross chunks
     config = Config(dtype="float64", baseline=BaselineConfig(epochs=25))  # 25 epochs = 200 steps
     batched = rlr_batched.train_baseline(config, SEEDS)
-    for reference, member in zip(reference_runs(rlr_core.train_baseline, config, SEEDS), batched):
+    for reference, member in zip(reference_runs(engine.train_baseline, config, SEEDS), batched):
         assert_series_close(reference, member)
 
 
@@ -80,14 +83,14 @@ def test_baseline_with_a_partial_last_batch_and_one_hidden_layer_matches_referen
     task = rlr_core.TaskConfig(n_examples=100, hidden_sizes=(8,))
     config = Config(dtype="float64", task=task, baseline=BaselineConfig(batch_size=48, epochs=6))
     batched = rlr_batched.train_baseline(config, [3, 4])
-    for reference, member in zip(reference_runs(rlr_core.train_baseline, config, [3, 4]), batched):
+    for reference, member in zip(reference_runs(engine.train_baseline, config, [3, 4]), batched):
         assert_series_close(reference, member)
 
 
 def test_constant_full_batch_matches_reference_runs() -> None:
     config = Config(dtype="float64")
     batched = rlr_batched.train_full_batch(config, SEEDS, lr=1e-3, steps=STEPS)
-    for reference, member in zip(reference_runs(rlr_core.train_full_batch, config, SEEDS, 1e-3, STEPS), batched):
+    for reference, member in zip(reference_runs(engine.train_full_batch, config, SEEDS, 1e-3, STEPS), batched):
         assert_series_close(reference, member)
 
 
@@ -99,7 +102,7 @@ def test_lr_schedule_matches_reference_with_torch_scheduler() -> None:
 
     lrs = rlr_batched.lr_schedule(make_scheduler, 3e-3, 120)
     batched = rlr_batched.train_full_batch(config, SEEDS[:2], lrs, method="cosine")
-    references = reference_runs(rlr_core.train_full_batch, config, SEEDS[:2], 3e-3, 120, method="cosine",
+    references = reference_runs(engine.train_full_batch, config, SEEDS[:2], 3e-3, 120, method="cosine",
                                 make_scheduler=make_scheduler)
     for reference, member in zip(references, batched):
         assert_series_close(reference, member)
@@ -110,14 +113,14 @@ def test_one_learning_rate_per_member_matches_reference_runs() -> None:
     config, lrs = Config(dtype="float64"), [3e-4, 1e-3, 3e-3]
     batched = rlr_batched.train_full_batch(config, [5, 5, 6], np.array(lrs)[:, None].repeat(100, axis=1))
     for member, seed, lr in zip(batched, [5, 5, 6], lrs):
-        assert_series_close(rlr_core.train_full_batch(dataclasses.replace(config, seed=seed), lr, 100), member)
+        assert_series_close(engine.train_full_batch(dataclasses.replace(config, seed=seed), lr, 100), member)
 
 
 @pytest.mark.parametrize("variant", rlr_core.DQN_VARIANTS)
 def test_rl_scheduled_matches_reference_runs(variant: str, small_draw_chunk: None) -> None:
     config = Config(dtype="float64", schedule=ScheduleConfig(steps=STEPS), dqn=DQNConfig(variant=variant))
     batched = rlr_batched.train_rl_scheduled(config, SEEDS)
-    for reference, member in zip(reference_runs(rlr_core.train_rl_scheduled, config, SEEDS), batched):
+    for reference, member in zip(reference_runs(engine.train_rl_scheduled, config, SEEDS), batched):
         assert_series_close(reference, member)
         assert member.series["explored"].any() and not member.series["explored"].all()
 
@@ -129,7 +132,7 @@ def test_rl_scheduled_with_a_wrapping_memory_and_five_actions_matches_reference_
     dqn = DQNConfig(variant=variant, replay_capacity=40, learning_starts=8, batch_size=16, hidden_size=16)
     config = Config(dtype="float64", schedule=ScheduleConfig(steps=150, index_shifts=(-2, -1, 0, 1, 2)), dqn=dqn)
     batched = rlr_batched.train_rl_scheduled(config, [8, 9])
-    for reference, member in zip(reference_runs(rlr_core.train_rl_scheduled, config, [8, 9]), batched):
+    for reference, member in zip(reference_runs(engine.train_rl_scheduled, config, [8, 9]), batched):
         assert_series_close(reference, member)
 
 
@@ -142,7 +145,7 @@ def test_rl_scheduled_ablation_options_match_reference_runs(variant: str, featur
     schedule = ScheduleConfig(steps=150, features=features, lr_factors=lr_factors)
     config = Config(dtype="float64", schedule=schedule, dqn=DQNConfig(variant=variant))
     batched = rlr_batched.train_rl_scheduled(config, [1, 2])
-    for reference, member in zip(reference_runs(rlr_core.train_rl_scheduled, config, [1, 2]), batched):
+    for reference, member in zip(reference_runs(engine.train_rl_scheduled, config, [1, 2]), batched):
         assert_series_close(reference, member)
 
 
@@ -154,7 +157,7 @@ def trained_policies() -> list[dict]:
     """Policy weights after a short reference run (150 steps: 87 DQN updates) for each of POLICY_SEEDS,
     in reverse order. Replayed greedily for 200 steps, they mix keep and increase actions."""
     config = Config(dtype="float64", schedule=ScheduleConfig(steps=150))
-    return [run.policy_state for run in reference_runs(rlr_core.train_rl_scheduled, config, POLICY_SEEDS)][::-1]
+    return [run.policy_state for run in reference_runs(engine.train_rl_scheduled, config, POLICY_SEEDS)][::-1]
 
 
 @pytest.mark.parametrize("frozen", [True, False])
@@ -165,7 +168,7 @@ def test_rl_scheduled_from_initial_policies_matches_reference_runs(frozen: bool,
     config = Config(dtype="float64", schedule=ScheduleConfig(steps=STEPS))
     seeds, policies = POLICY_SEEDS, trained_policies
     batched = rlr_batched.train_rl_scheduled(config, seeds, initial_policies=policies, frozen=frozen)
-    references = [rlr_core.train_rl_scheduled(dataclasses.replace(config, seed=seed), initial_policy=policy,
+    references = [engine.train_rl_scheduled(dataclasses.replace(config, seed=seed), initial_policy=policy,
                                               frozen=frozen) for seed, policy in zip(seeds, policies)]
     for reference, member, policy in zip(references, batched, policies):
         assert_series_close(reference, member)
@@ -179,7 +182,7 @@ def test_rl_scheduled_from_initial_policies_matches_reference_runs(frozen: bool,
 
 
 def adam_hd(beta: float) -> Callable[[Any, float], torch.optim.Optimizer]:
-    return lambda params, lr: rlr_core.AdamHD(params, lr, hypergradient_lr=beta)
+    return lambda params, lr: engine.AdamHD(params, lr, hypergradient_lr=beta)
 
 
 def plateau(options: dict) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.ReduceLROnPlateau]:
@@ -192,7 +195,7 @@ def test_adam_hd_with_one_beta_per_member_matches_reference_runs() -> None:
     config, seeds, betas = Config(dtype="float64"), [0, 0, 0, 1, 2, 3], [0.0, 1e-5, 1e-3, 1e-4, 1e-2, 3e-4]
     batched = rlr_batched.train_full_batch(config, seeds, 1e-3, STEPS, "adam_hd", hypergradient_lr=betas)
     for member, seed, beta in zip(batched, seeds, betas):
-        reference = rlr_core.train_full_batch(dataclasses.replace(config, seed=seed), 1e-3, STEPS, "adam_hd",
+        reference = engine.train_full_batch(dataclasses.replace(config, seed=seed), 1e-3, STEPS, "adam_hd",
                                               make_optimizer=adam_hd(beta))
         assert_series_close(reference, member)
         assert (member.series["lr"][1:] != 1e-3).all() == (beta > 0)
@@ -218,7 +221,7 @@ def test_reduce_lr_on_plateau_matches_torch_per_member(lr: float, options: dict)
     eps cut-off included), at different steps for different members."""
     config, seeds = Config(dtype="float64"), [0, 1, 2]
     batched = rlr_batched.train_full_batch(config, seeds, lr, STEPS, "plateau", plateau=options)
-    for member, reference in zip(batched, reference_runs(rlr_core.train_full_batch, config, seeds, lr, STEPS,
+    for member, reference in zip(batched, reference_runs(engine.train_full_batch, config, seeds, lr, STEPS,
                                                          "plateau", make_scheduler=plateau(options))):
         np.testing.assert_array_equal(member.series["lr"], reference.series["lr"])
         assert_series_close(reference, member)
@@ -234,21 +237,14 @@ def test_adam_hd_and_reduce_lr_on_plateau_together_match_reference_runs() -> Non
     batched = rlr_batched.train_full_batch(config, seeds, 3e-3, STEPS, "hd_plateau", hypergradient_lr=betas,
                                            plateau=options)
     for member, seed, beta in zip(batched, seeds, betas):
-        reference = rlr_core.train_full_batch(dataclasses.replace(config, seed=seed), 3e-3, STEPS, "hd_plateau",
+        reference = engine.train_full_batch(dataclasses.replace(config, seed=seed), 3e-3, STEPS, "hd_plateau",
                                               make_scheduler=plateau(options), make_optimizer=adam_hd(beta))
         assert_series_close(reference, member)
 
 
-def test_plateau_defaults_are_torchs() -> None:
-    signature = inspect.signature(torch.optim.lr_scheduler.ReduceLROnPlateau)
-    torch_defaults = {name: parameter.default for name, parameter in signature.parameters.items()
-                      if name != "optimizer"}
-    assert rlr_batched.PLATEAU_DEFAULTS == torch_defaults
-
-
-def test_state_reward_and_lr_move_match_the_reference_functions() -> None:
-    """loss_states, next_lrs and rlr_core.loss_reward on tensors against rlr_core.loss_state, next_lr and
-    loss_reward on floats."""
+def test_rules_on_a_run_axis_equal_the_rules_applied_run_by_run() -> None:
+    """rlr_core's state, reward and lr move take a leading run axis (the batched engine's use); each row
+    equals the same function applied to that run's numbers alone (the reference loop's use)."""
     generator = torch.Generator().manual_seed(3)
     loss = torch.rand(6, dtype=torch.float64, generator=generator) * 10.0 ** -torch.randint(0, 30, (6,), generator=generator)
     previous = torch.rand(6, dtype=torch.float64, generator=generator)
@@ -259,22 +255,21 @@ def test_state_reward_and_lr_move_match_the_reference_functions() -> None:
         grid = torch.tensor(schedule.lr_grid, dtype=torch.float64)
         lr_index = torch.tensor([0, 3, 6, 11, 11, 5])
         lr = grid[lr_index] * (1.3 if lr_factors else 1.0)
-        moves = torch.tensor(lr_factors, dtype=torch.float64) if lr_factors else torch.tensor(schedule.index_shifts)
-        states = rlr_batched.loss_states(loss, previous, lr, schedule, torch.float64)
-        first_states = rlr_batched.loss_states(loss, None, lr, schedule, torch.float64)
+        positions = rlr_core.lr_position(lr, schedule)
+        states = rlr_core.loss_state(loss, previous, positions, features, torch.float64)
+        first_states = rlr_core.loss_state(loss, None, positions, features, torch.float64)
         rewards = rlr_core.loss_reward(previous, loss, features)
-        new_index, new_lr = rlr_batched.next_lrs(lr_index, lr, action, schedule, grid,
-                                                 torch.tensor(np.log(schedule.lr_grid)), moves)
+        new_index, new_lr = rlr_core.next_lr(lr_index, lr, action, schedule)
         for k in range(6):
-            position = rlr_core.lr_position(float(lr[k]), schedule)
-            expected = rlr_core.loss_state(float(loss[k]), float(previous[k]), torch.float64, features, position)
-            torch.testing.assert_close(states[k], expected, rtol=1e-14, atol=1e-14)
-            expected = rlr_core.loss_state(float(loss[k]), None, torch.float64, features, position)
-            torch.testing.assert_close(first_states[k], expected, rtol=1e-14, atol=1e-14)
-            assert float(rewards[k]) == pytest.approx(rlr_core.loss_reward(float(previous[k]), float(loss[k]),
-                                                                           features), rel=1e-14, abs=1e-300)
+            position = float(rlr_core.lr_position(float(lr[k]), schedule))
+            assert position == float(positions[k])
+            expected = rlr_core.loss_state(float(loss[k]), float(previous[k]), position, features, torch.float64)
+            torch.testing.assert_close(states[k], expected, rtol=0, atol=0)
+            expected = rlr_core.loss_state(float(loss[k]), None, position, features, torch.float64)
+            torch.testing.assert_close(first_states[k], expected, rtol=0, atol=0)
+            assert float(rewards[k]) == float(rlr_core.loss_reward(float(previous[k]), float(loss[k]), features))
             expected_index, expected_lr = rlr_core.next_lr(int(lr_index[k]), float(lr[k]), int(action[k]), schedule)
-            assert (int(new_index[k]), float(new_lr[k])) == (expected_index, pytest.approx(expected_lr, rel=1e-15))
+            assert (int(new_index[k]), float(new_lr[k])) == (int(expected_index), float(expected_lr))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,23 +376,92 @@ def test_dqn_update_matches_agent_learn(variant: str) -> None:
             torch.testing.assert_close(actual, flat_parameters(module), rtol=1e-11, atol=1e-14)
 
 
-def test_as_coded_rows_are_the_reference_scrambled_batch() -> None:
-    """as_coded_rows + its weights give the same rows, with the same weight in the mean, as
-    rlr_core.assemble_as_coded_batch (whose rows 4..63 are all zero)."""
+def test_as_coded_training_rows_are_the_reference_scrambled_batch() -> None:
+    """The engine's as-coded rows (rlr_core.as_coded_rows on a run axis, plus one zero row weighted
+    60/64) are the rows of rlr_core.assemble_as_coded_batch, whose rows 4..63 are all zero."""
     agents = filled_agents("as_coded", 2)
     replay = stacked_replay(agents)
     indices = torch.tensor([[5, 17, 3, 60, 2, 9], [0, 1, 2, 3, 4, 5]])
     samples = torch.stack([replay[k, indices[k]] for k in range(2)])
-    states, actions, next_states, rewards, row_weights = rlr_batched.as_coded_rows(samples[:, :4], 64, 3, 2)
+    rows, row_weights = rlr_batched.training_rows(samples[:, :4], agents[0].config, 3, 2)
     torch.testing.assert_close(row_weights, torch.tensor([1, 1, 1, 1, 60], dtype=torch.float64) / 64)
     for k, agent in enumerate(agents):
         memory = agent.replay
         batch = Transition(memory.states[indices[k]], memory.actions[indices[k]], memory.next_states[indices[k]],
                            memory.rewards[indices[k]])
         expected = rlr_core.assemble_as_coded_batch(batch, 3)
-        for actual_field, expected_field in zip((states, actions, next_states, rewards), expected):
+        assert expected.state.shape == (6, 2)  # padded to the sampled batch's size
+        for actual_field, expected_field in zip(rows, expected):
             torch.testing.assert_close(actual_field[k, :4], expected_field[:4], rtol=0, atol=0)
             assert (expected_field[4:] == 0).all() and (actual_field[k, 4] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# float32 (the default dtype, the one the study runs in), K = 2
+# ---------------------------------------------------------------------------------------------------
+
+STEPS_32 = 200
+"""Past learning_starts (64): 137 DQN updates of each agent are part of what is compared."""
+FLOAT32_TOLERANCES = {"loss": 3e-6, "q_values": 5e-6, "reward": 3e-5, "model": 3e-6, "policy": 1e-5}
+"""Losses: relative to themselves. Q-values, rewards and the final weights of the model and of the
+policy network: absolute, as a fraction of the largest magnitude of that quantity (a reward is a
+difference of nearly equal losses, and Q-values and weights cross zero). Measured maxima over 200
+steps, seeds 0 and 1: losses 3.3e-7 (agent runs and full-batch Adam alike), Q-values 4.8e-7,
+rewards 3.4e-6, model weights 2.8e-7, policy weights 8.5e-7; each bound is about 10x that."""
+
+
+def assert_float32_close(reference: np.ndarray, batched: np.ndarray, name: str, tolerance_of: str) -> None:
+    reference, batched = np.asarray(reference, dtype=np.float64), np.asarray(batched, dtype=np.float64)
+    assert batched.shape == reference.shape, name
+    tolerance = FLOAT32_TOLERANCES[tolerance_of]
+    if tolerance_of == "loss":
+        np.testing.assert_allclose(batched, reference, rtol=tolerance, atol=0, err_msg=name)
+    else:
+        np.testing.assert_allclose(batched, reference, rtol=0, atol=tolerance * np.abs(reference).max(),
+                                   err_msg=name)
+
+
+def test_float32_full_batch_matches_reference_runs() -> None:
+    """Same runs up to float32 rounding (the batched engine's hand-derived matmuls sum in another order);
+    the runs are chaotic, so the difference grows with steps; over 200 steps it stays below 3.3e-7
+    relative (held to 3e-6). The lr series are the same numbers."""
+    config = Config()
+    assert config.dtype == "float32"
+    batched = rlr_batched.train_full_batch(config, [0, 1], lr=1e-3, steps=STEPS_32)
+    for reference, member in zip(reference_runs(engine.train_full_batch, config, [0, 1], 1e-3, STEPS_32), batched):
+        assert member.diverged_at is None and reference.diverged_at is None
+        np.testing.assert_array_equal(member.series["lr"], reference.series["lr"])
+        assert_float32_close(reference.series["loss"], member.series["loss"], "loss", "loss")
+
+
+def test_float32_rl_scheduled_matches_reference_runs() -> None:
+    """The DQN agent as described, float32, seeds 0 and 1: the same runs up to float32 rounding. The
+    runs are chaotic, so the difference grows with steps; over 200 steps it stays below 3.3e-7 relative
+    on the losses (tolerances: FLOAT32_TOLERANCES), and the discrete series (actions, lr indices,
+    exploration) and the lr and epsilon series are identical.
+
+    Beyond that horizon the rounding differences grow until an agent picks another action, after which
+    the runs part: measured once over 2000-3000 steps, the first differing action came at step 1171
+    (seed 0) and 979 (seed 1) in this K = 2 batch, and at steps 649-1714 for seeds 0-7 in a batch of 8
+    (seed 7: none within 3000 steps); the loss difference reaches 1e-5 to 1e-3 before that (by step
+    500 on some seeds). So float32 runs are compared over 200 steps only.
+    """
+    config = Config(schedule=ScheduleConfig(steps=STEPS_32))
+    assert config.dtype == "float32" and config.dqn.variant == "described"
+    batched = rlr_batched.train_rl_scheduled(config, [0, 1])
+    for reference, member in zip(reference_runs(engine.train_rl_scheduled, config, [0, 1]), batched):
+        assert member.diverged_at is None and reference.diverged_at is None
+        assert list(member.series) == list(reference.series)
+        for name in ("action", "lr_index", "explored", "lr", "epsilon"):
+            np.testing.assert_array_equal(member.series[name], reference.series[name], err_msg=name)
+        assert not reference.series["explored"].all() and len(set(reference.series["action"])) == 3
+        for name in ("loss", "q_values", "reward"):
+            assert_float32_close(reference.series[name], member.series[name], name, name)
+        for label, expected, actual in (("model", reference.model.state_dict(), member.model.state_dict()),
+                                        ("policy", reference.policy_state, member.policy_state)):
+            assert list(actual) == list(expected), label
+            for key in expected:
+                assert_float32_close(expected[key].numpy(), actual[key].cpu().numpy(), f"{label}.{key}", label)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -426,7 +490,7 @@ def test_a_diverging_member_is_cut_like_the_reference_and_leaves_the_others_alon
     def jump_at_step_5(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0 if t < 5 else 1e203)
 
-    reference = rlr_core.train_full_batch(config, 1e-3, steps, make_scheduler=jump_at_step_5)
+    reference = engine.train_full_batch(config, 1e-3, steps, make_scheduler=jump_at_step_5)
     assert reference.diverged_at == 5
     assert_series_close(reference, diverged[0])
     well_behaved = rlr_batched.train_full_batch(config, [0, 1], calm)
@@ -477,10 +541,8 @@ def test_bad_agent_options_are_refused_naming_the_parameter(options: dict, error
     ({"hypergradient_lr": "1e-4"}, TypeError, "hypergradient_lr"),
     ({"plateau": {"patiance": 3}}, TypeError, "patiance"),
     ({"plateau": [("factor", 0.5)]}, TypeError, "plateau must be a dict"),
-    ({"plateau": {"mode": "max"}}, ValueError, "plateau\\['mode'\\]"),
-    ({"plateau": {"factor": 1.0}}, ValueError, "plateau\\['factor'\\]"),
-    ({"plateau": {"patience": 2.5}}, TypeError, "plateau\\['patience'\\]"),
-    ({"plateau": {"threshold_mode": "relative"}}, ValueError, "threshold_mode"),
+    ({"plateau": {"factor": 1.0}}, ValueError, "plateau: Factor should be < 1.0"),
+    ({"plateau": {"threshold_mode": "relative"}}, ValueError, "plateau: threshold mode relative is unknown"),
     ({"plateau": {}, "lr": np.full(10, 1e-3)}, ValueError, "lr must be one number"),
     ({"hypergradient_lr": 1e-4, "lr": np.full((2, 10), 1e-3)}, ValueError, "lr must be one number")])
 def test_bad_adaptive_lr_options_are_refused_naming_the_parameter(options: dict, error: type, match: str,

@@ -17,16 +17,14 @@ import torch
 from torch import nn
 
 import rlr_core
+import rlr_engine
 from rlr_core import (
-    BaselineConfig,
-    Config,
     DQNAgent,
     DQNConfig,
     MaclaurinNet,
     QNetwork,
     ReplayMemory,
     RLRScheduler,
-    RunResult,
     ScheduleConfig,
     TaskConfig,
     Transition,
@@ -34,16 +32,13 @@ from rlr_core import (
     derive_seeds,
     epsilon_at,
     full_batch_loss,
-    load_result,
     make_adam,
     make_model,
     make_polynomial_dataset,
-    save_result,
     soft_update,
-    train_baseline,
-    train_full_batch,
-    train_rl_scheduled,
 )
+from rlr_engine import BaselineConfig, Config, train_baseline, train_full_batch, train_rl_scheduled
+from rlr_results import RunResult, load_result, save_result
 
 GRID = 10.0 ** np.linspace(-5.0, -2.0, 12)  # the original's grid, written out independently
 SHIFTS = (-1, 0, 1)
@@ -84,7 +79,7 @@ def hand_index_path(actions, start: int = 6, n: int = 12) -> list[int]:
 
 
 def as_coded_rows_by_hand(S, A, S2, R, n_rows: int, n_actions: int = 3):
-    """SPEC.md's table, written out row by row with numpy and Python int() (truncation)."""
+    """docs/original.md's table, written out row by row with numpy and Python int() (truncation)."""
     states, next_states = np.zeros((n_rows, 2)), np.zeros((n_rows, 2))
     actions, rewards = np.zeros(n_rows, dtype=np.int64), np.zeros(n_rows)
 
@@ -415,7 +410,7 @@ def test_learn_waits_until_memory_holds_learning_starts_transitions():
 
 
 # ---------------------------------------------------------------------------------------------------
-# The as-coded batch (SPEC.md's table)
+# The as-coded batch (docs/original.md's table)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -602,7 +597,7 @@ def recorded_agent_run():
         return optimizer
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rlr_core, "make_adam", recording_make_adam)
+        patch.setattr(rlr_engine, "make_adam", recording_make_adam)
         result = train_rl_scheduled(config)
     model_optimizers = [(o, seen) for o, seen in optimizers
                         if tuple(o.param_groups[0]["params"][0].shape) == (32, 20)]

@@ -19,7 +19,7 @@ import numpy as np
 import papermill
 import pytest
 
-import rlr_core as rc
+import rlr_results as results_io
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -65,14 +65,14 @@ def test_notebooks_execute_top_to_bottom_under_nbval(executed):
 
 def test_notebooks_write_results_with_the_injected_parameters(executed):
     results = executed["results"]
-    baselines = rc.load_results(results / "baseline_minibatch.json")
+    baselines = results_io.load_results(results / "baseline_minibatch.json")
     assert [run.seed for run in baselines] == SEEDS
     assert all(len(run.series["loss"]) == SMALL_PARAMETERS["01_baseline"]["epochs"] for run in baselines)
     assert baselines[0].config["baseline"]["epochs"] == SMALL_PARAMETERS["01_baseline"]["epochs"]
-    full_batch = rc.load_results(results / "baseline_full_batch.json")
+    full_batch = results_io.load_results(results / "baseline_full_batch.json")
     assert all(len(run.series["loss"]) == SMALL_PARAMETERS["01_baseline"]["full_batch_steps"] for run in full_batch)
     for name in ("rl_described", "rl_as_coded"):
-        agents = rc.load_results(results / f"{name}.json")
+        agents = results_io.load_results(results / f"{name}.json")
         assert [run.seed for run in agents] == SEEDS
         assert all(len(run.series["loss"]) == SMALL_PARAMETERS["02_rlr_agent"]["steps"] for run in agents)
         assert agents[0].config["dqn"]["variant"] == name.removeprefix("rl_")
@@ -84,7 +84,7 @@ def test_notebooks_write_results_with_the_injected_parameters(executed):
 def test_comparison_ratios_are_recomputed_from_the_saved_runs(executed):
     """Geometric mean over seeds of baseline/agent final MSE, recomputed here from the saved curves."""
     results = executed["results"]
-    final = {name: np.array([run.series["loss"][-1] for run in rc.load_results(results / f"{name}.json")])
+    final = {name: np.array([run.series["loss"][-1] for run in results_io.load_results(results / f"{name}.json")])
              for name in ("baseline_minibatch", "baseline_full_batch", "rl_described", "rl_as_coded")}
     ratios = json.loads((results / "comparison.json").read_text())["ratios"]
 

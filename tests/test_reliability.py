@@ -2,9 +2,10 @@
 
 Determinism: the same Config (seed included) gives bit-identical histories on CPU, in fresh processes,
 on the same machine with the same package versions. What breaks it:
-- the thread count: Config.num_threads is applied with torch.set_num_threads, and a different count
-  changes the order of floating-point sums inside matmul (even the default 256 x 20 task differs in the
-  last bits between 1 and 2 threads). It is part of the config, so it is recorded in every result.
+- the thread count: entry points (notebooks, scripts) set it with torch.set_num_threads (the library
+  never does), and a different count changes the order of floating-point sums inside matmul (even the
+  default 256 x 20 task differs in the last bits between 1 and 2 threads). Every result records it
+  (versions["torch_threads"]).
 - another CPU or library build: oneDNN/MKL pick kernels by instruction set (AVX2, AVX-512, ARM), and
   another torch or numpy version may change kernels; bit-identity holds on one machine and one
   environment (the versions are in every result's "versions").
@@ -34,13 +35,38 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import rlr_core
+import rlr_engine as engine
+import rlr_results as results_io
 from rlr_core import (
-    BaselineConfig, Config, DQNAgent, DQNConfig, QNetwork, ReplayMemory, RLRScheduler, RunResult,
-    ScheduleConfig, TaskConfig, atomic_write, atomic_write_text, divergence_report, load_result,
-    make_polynomial_dataset, original_lr_grid, save_arrays_npz, save_checkpoint, save_result,
-    save_table_csv, soft_update, train_baseline, train_full_batch, train_rl_scheduled,
+    DQNAgent,
+    DQNConfig,
+    QNetwork,
+    ReplayMemory,
+    RLRScheduler,
+    ScheduleConfig,
+    TaskConfig,
+    make_polynomial_dataset,
+    original_lr_grid,
+    soft_update,
 )
+from rlr_engine import (
+    BaselineConfig,
+    Config,
+    save_checkpoint,
+    train_baseline,
+    train_full_batch,
+    train_rl_scheduled,
+)
+from rlr_results import (
+    RunResult,
+    atomic_write,
+    atomic_write_text,
+    load_result,
+    save_arrays_npz,
+    save_result,
+    save_table_csv,
+)
+from rlr_report import divergence_report
 
 REPO = Path(__file__).resolve().parents[1]
 PROPERTY = settings(max_examples=50, deadline=None)
@@ -77,16 +103,20 @@ def same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 DETERMINISM_SCRIPT = """
 import dataclasses, sys
+import torch
 import rlr_core as rc
+import rlr_engine as engine
+import rlr_results as results_io
+torch.set_num_threads(1)
 arrays = {}
 for seed in (3, 4):
-    config = rc.Config(seed=seed, baseline=rc.BaselineConfig(epochs=4), schedule=rc.ScheduleConfig(steps=100))
+    config = engine.Config(seed=seed, baseline=engine.BaselineConfig(epochs=4), schedule=rc.ScheduleConfig(steps=100))
     as_coded = dataclasses.replace(config, dqn=rc.DQNConfig(variant="as_coded"))
-    for result in (rc.train_rl_scheduled(config), rc.train_rl_scheduled(as_coded),
-                   rc.train_baseline(config), rc.train_full_batch(config, 1e-3, 50)):
+    for result in (engine.train_rl_scheduled(config), engine.train_rl_scheduled(as_coded),
+                   engine.train_baseline(config), engine.train_full_batch(config, 1e-3, 50)):
         for name, values in result.series.items():
             arrays[f"seed{seed}__{result.method}__{name}"] = values
-rc.save_arrays_npz(sys.argv[1], **arrays)
+results_io.save_arrays_npz(sys.argv[1], **arrays)
 """
 
 
@@ -252,7 +282,12 @@ BAD_INPUTS = [  # (case, what to call, error, message start: the field and what 
     ("device not a string", lambda: Config(device=0), TypeError, r"device must be a string"),
     ("dtype unknown", lambda: Config(dtype="float16"), ValueError, r"dtype must be one of \('float32', 'float64'\)"),
     ("dtype not a string", lambda: Config(dtype=torch.float32), ValueError, r"dtype must be one of"),
-    ("num_threads zero", lambda: Config(num_threads=0), ValueError, r"num_threads must be >= 1"),
+    ("unknown field", lambda: Config.from_dict({**Config().to_dict(), "num_thread": 1}), ValueError,
+     r"unknown config field\(s\) \['num_thread'\]"),
+    ("unknown nested field", lambda: Config.from_dict({**Config().to_dict(), "dqn": {"gama": 0.9}}), ValueError,
+     r"unknown config field\(s\) \['dqn.gama'\]"),
+    ("as-coded batch below 4", lambda: DQNConfig(variant="as_coded", batch_size=3), ValueError,
+     r"dqn.batch_size must be >= 4 for variant 'as_coded', got 3"),
     ("task not a TaskConfig", lambda: Config(task={"n_examples": 3}), TypeError, r"task must be a TaskConfig"),
     ("n_examples zero", lambda: TaskConfig(n_examples=0), ValueError, r"task\.n_examples must be >= 1"),
     ("n_points one", lambda: TaskConfig(n_points=1), ValueError, r"task\.n_points must be >= 2"),
@@ -372,7 +407,7 @@ def test_every_config_field_refuses_a_wrong_type_or_nan_naming_the_field(prefix,
 def test_a_config_changed_after_construction_is_checked_before_the_run_starts(monkeypatch):
     config = Config(schedule=ScheduleConfig(steps=10))
     config.dqn.tau = 5.0  # dataclasses do not re-validate on assignment
-    monkeypatch.setattr(rlr_core, "make_polynomial_dataset", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(engine, "make_polynomial_dataset", lambda *a, **k: pytest.fail("work started"))
     for train in (train_rl_scheduled, train_baseline, lambda c: train_full_batch(c, 1e-3, 10)):
         with pytest.raises(ValueError, match=r"^dqn\.tau must be a finite number in \(0\.0, 1\.0\]"):
             train(config)
@@ -383,7 +418,7 @@ def test_valid_edge_values_are_accepted():
     DQNConfig(gamma=0.0, tau=1.0, epsilon_start=1.0, epsilon_end=0.0, replay_capacity=64, learning_starts=64)
     ScheduleConfig(lr_grid=(0.5,), start_index=0, index_shifts=(-1, 1), steps=1)
     TaskConfig(n_examples=1, n_points=2, coeff_scale=[1.0], hidden_sizes=[1])
-    Config(seed=0, num_threads=1, dtype="float64")
+    Config(seed=0, dtype="float64")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,7 +445,7 @@ def test_writer_that_fails_at_the_rename_leaves_the_old_file_and_no_temp_file(ki
     def broken_replace(source, target):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(rlr_core.os, "replace", broken_replace)
+    monkeypatch.setattr(results_io.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk gone"):
         WRITERS[kind](path, 2)
     assert path.read_bytes() == before
@@ -433,10 +468,11 @@ def test_writer_that_fails_half_way_leaves_the_old_file_and_no_temp_file(tmp_pat
 KILLED_WRITER_SCRIPT = """
 import os, signal, sys
 import numpy as np
-import rlr_core as rc
+import rlr_engine as engine
+import rlr_results as results_io
 os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # die after writing, before the rename
-result = rc.RunResult("constant_full_batch", rc.Config(seed=2).to_dict(), {"loss": np.ones(100_000)}, 1.0)
-rc.save_result(result, sys.argv[1])
+result = results_io.RunResult("constant_full_batch", engine.Config(seed=2).to_dict(), {"loss": np.ones(100_000)}, 1.0)
+results_io.save_result(result, sys.argv[1])
 """
 
 
@@ -499,7 +535,7 @@ class Interrupted(Exception):
 
 def interrupt_at_call(monkeypatch, call: int) -> None:
     """Make the call-th full_batch_loss raise, as a Ctrl-C or a lost machine would stop the run."""
-    real_loss, calls = rlr_core.full_batch_loss, [0]
+    real_loss, calls = engine.full_batch_loss, [0]
 
     def loss_until_interrupted(model, data):
         calls[0] += 1
@@ -507,7 +543,7 @@ def interrupt_at_call(monkeypatch, call: int) -> None:
             raise Interrupted
         return real_loss(model, data)
 
-    monkeypatch.setattr(rlr_core, "full_batch_loss", loss_until_interrupted)
+    monkeypatch.setattr(engine, "full_batch_loss", loss_until_interrupted)
 
 
 @pytest.mark.parametrize("variant, schedule", [
@@ -575,9 +611,12 @@ def test_checkpoint_of_another_run_is_refused_unless_resume_is_false(tmp_path):
 
 KILLED_RUN_SCRIPT = """
 import sys
+import torch
 import rlr_core as rc
-config = rc.Config(seed=5, schedule=rc.ScheduleConfig(steps=800))
-rc.train_rl_scheduled(config, checkpoint_path=sys.argv[1], checkpoint_every=50)
+import rlr_engine as engine
+torch.set_num_threads(1)
+config = engine.Config(seed=5, schedule=rc.ScheduleConfig(steps=800))
+engine.train_rl_scheduled(config, checkpoint_path=sys.argv[1], checkpoint_every=50)
 """
 
 
@@ -690,20 +729,35 @@ def test_soft_update_with_tau_1_copies_and_with_tau_to_0_keeps(seed, tiny_tau):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_progress_bar_is_quiet_and_off_by_default(capsys):
-    train_full_batch(Config(), 1e-3, 1000, progress=True)
-    shown = capsys.readouterr().err
-    assert "1000/1000" in shown
-    assert shown.count("\r") <= 3  # tqdm's default (every 0.1 s) would refresh about ten times here
-    train_full_batch(Config(), 1e-3, 1000)
-    assert capsys.readouterr().err == ""
+def test_progress_bar_refreshes_at_most_every_2_s_on_stderr_and_only_when_enabled(capsys):
+    """The bar's settings, read off the tqdm object (no timing involved): mininterval 2 s instead of
+    tqdm's 0.1 s, disabled unless enabled, starting at initial; it writes to stderr, never stdout."""
+    bar = engine.progress_bar(40, "steps", enabled=True, initial=5)
+    assert (bar.disable, bar.mininterval, bar.total, bar.desc, bar.n) == (False, 2.0, 40, "steps", 5)
+    bar.update(35)
+    bar.close()
+    shown = capsys.readouterr()
+    assert shown.out == "" and "steps" in shown.err and "40/40" in shown.err
+    bar = engine.progress_bar(40, "steps", enabled=False)
+    assert bar.disable is True
+    bar.update(40)
+    bar.close()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_training_loops_show_their_bar_only_on_request(capsys):
+    train_full_batch(Config(), 1e-3, 30)  # progress off by default: nothing at all on stderr (or stdout)
+    assert capsys.readouterr() == ("", "")
+    train_full_batch(Config(), 1e-3, 30, progress=True)
+    shown = capsys.readouterr()
+    assert shown.out == "" and "30/30" in shown.err
 
 
 def test_atomic_writes_get_the_usual_file_mode_not_mkstemps_0600(tmp_path):
     import stat
     mask = os.umask(0o022)
     try:
-        path = rlr_core.atomic_write_text(tmp_path / "result.json", "{}")
+        path = results_io.atomic_write_text(tmp_path / "result.json", "{}")
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644

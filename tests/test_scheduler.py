@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 import rlr_core as rc
+import rlr_engine as engine
+import rlr_results as results_io
 
 GRID = 10.0 ** np.linspace(-5.0, -2.0, 12)  # the original's grid, written out independently
 
@@ -239,14 +241,14 @@ def plain_content(value) -> bool:
 
 
 def test_save_agent_round_trips_the_policy_in_a_plain_file(tmp_path, trained_agent):
-    path = rc.save_agent(trained_agent, tmp_path / "agent.pt")
+    path = results_io.save_agent(trained_agent, tmp_path / "agent.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.pt"], "no temp file left behind"
     content = torch.load(path, weights_only=True)
     assert plain_content(content)
     assert content["config"] == json.loads(json.dumps(content["config"])), "config is a plain dict"
     assert (content["state_dim"], content["n_actions"]) == (2, 3)
 
-    loaded = rc.load_agent(path, seed=1)
+    loaded = results_io.load_agent(path, seed=1)
     assert loaded.config == trained_agent.config and loaded.steps_done == trained_agent.steps_done == 31
     for name in ("policy_net", "target_net"):
         for key, tensor in getattr(trained_agent, name).state_dict().items():
@@ -256,14 +258,14 @@ def test_save_agent_round_trips_the_policy_in_a_plain_file(tmp_path, trained_age
         assert torch.equal(loaded.policy_net(states).argmax(1), trained_agent.policy_net(states).argmax(1))
     assert len(loaded.replay) == 0, "the replay memory is not part of the file"
 
-    rc.save_agent(loaded, path)  # overwrite in place
+    results_io.save_agent(loaded, path)  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.pt"]
 
 
 def test_loaded_agent_drives_a_frozen_scheduler(tmp_path, trained_agent):
-    path = rc.save_agent(trained_agent, tmp_path / "agent.pt")
+    path = results_io.save_agent(trained_agent, tmp_path / "agent.pt")
     _, optimizer, loss_fn = make_problem(model_seed=1)
-    scheduler = rc.RLRScheduler(optimizer, agent=rc.load_agent(path)).eval()
+    scheduler = rc.RLRScheduler(optimizer, agent=results_io.load_agent(path)).eval()
     scheduler.step(loss_fn().item())
     run_steps(scheduler, optimizer, loss_fn, 10)
     assert len(scheduler.agent.replay) == 0 and scheduler.get_last_lr()[0] in rc.ScheduleConfig().lr_grid
@@ -273,30 +275,30 @@ def test_load_agent_rejects_files_that_are_not_agents(tmp_path, trained_agent):
     random_bytes = tmp_path / "random.pt"
     random_bytes.write_bytes(np.random.default_rng(0).bytes(4096))
     as_json = tmp_path / "agent.json"
-    as_json.write_text(json.dumps({"format": rc.AGENT_FILE_FORMAT, "state_dim": 2}))
+    as_json.write_text(json.dumps({"format": results_io.AGENT_FILE_FORMAT, "state_dim": 2}))
     a_tensor = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), a_tensor)
     a_model = tmp_path / "model.pt"
     torch.save(trained_agent.policy_net.state_dict(), a_model)
     with_code = tmp_path / "pickled.pt"
-    torch.save({"format": rc.AGENT_FILE_FORMAT, "config": trained_agent.config}, with_code)  # a dataclass
+    torch.save({"format": results_io.AGENT_FILE_FORMAT, "config": trained_agent.config}, with_code)  # a dataclass
     for path, message in ((random_bytes, "not a file written by save_agent"),
                           (as_json, "not a file written by save_agent"),
                           (a_tensor, "not a file written by save_agent .it holds a Tensor"),
                           (a_model, "not a file written by save_agent .it holds a dict with keys"),
                           (with_code, "not a file written by save_agent .torch.load failed")):
         with pytest.raises(ValueError, match=message):
-            rc.load_agent(path)
+            results_io.load_agent(path)
     with pytest.raises(FileNotFoundError):
-        rc.load_agent(tmp_path / "missing.pt")
+        results_io.load_agent(tmp_path / "missing.pt")
 
 
 def test_load_agent_rejects_other_shapes_and_broken_content(tmp_path, trained_agent):
-    path = rc.save_agent(trained_agent, tmp_path / "agent.pt")
+    path = results_io.save_agent(trained_agent, tmp_path / "agent.pt")
     with pytest.raises(ValueError, match="the agent has state_dim=2, expected state_dim=4"):
-        rc.load_agent(path, state_dim=4)
+        results_io.load_agent(path, state_dim=4)
     with pytest.raises(ValueError, match="the agent has n_actions=3, expected n_actions=5"):
-        rc.load_agent(path, n_actions=5)
+        results_io.load_agent(path, n_actions=5)
     good = torch.load(path, weights_only=True)
 
     def broken(drop: str | None = None, **changes):
@@ -305,19 +307,19 @@ def test_load_agent_rejects_other_shapes_and_broken_content(tmp_path, trained_ag
         return target
 
     with pytest.raises(ValueError, match=r"policy_net.0.weight has shape \(16, 3\), expected \(16, 2\)"):
-        rc.load_agent(broken(policy_net={**good["policy_net"], "0.weight": torch.zeros(16, 3)}))
+        results_io.load_agent(broken(policy_net={**good["policy_net"], "0.weight": torch.zeros(16, 3)}))
     with pytest.raises(ValueError, match=r"policy_net.4.weight has shape \(3, 16\), expected \(4, 16\)"):
-        rc.load_agent(broken(n_actions=4))
+        results_io.load_agent(broken(n_actions=4))
     with pytest.raises(ValueError, match="target_net holds tensors"):
-        rc.load_agent(broken(target_net={"weight": torch.zeros(2)}))
+        results_io.load_agent(broken(target_net={"weight": torch.zeros(2)}))
     with pytest.raises(ValueError, match="non-finite weights"):
-        rc.load_agent(broken(policy_net={**good["policy_net"], "2.bias": torch.full((16,), math.nan)}))
+        results_io.load_agent(broken(policy_net={**good["policy_net"], "2.bias": torch.full((16,), math.nan)}))
     with pytest.raises(ValueError, match="config is invalid.*dqn.gamma"):
-        rc.load_agent(broken(config={**good["config"], "gamma": 2.0}))
+        results_io.load_agent(broken(config={**good["config"], "gamma": 2.0}))
     with pytest.raises(ValueError, match="format_version 99"):
-        rc.load_agent(broken(format_version=99))
+        results_io.load_agent(broken(format_version=99))
     with pytest.raises(ValueError, match=r"lacks \['steps_done'\]"):
-        rc.load_agent(broken(drop="steps_done"))
+        results_io.load_agent(broken(drop="steps_done"))
 
 
 # --- ablation options of the study: scale-free features and multiplicative actions -------------------
@@ -326,10 +328,10 @@ def test_load_agent_rejects_other_shapes_and_broken_content(tmp_path, trained_ag
 def test_log_features_state_and_reward_match_hand_computation():
     schedule = rc.ScheduleConfig(features="log")
     assert schedule.state_dim == 3
-    state = rc.loss_state(2e-6, 4e-6, torch.float64, "log", rc.lr_position(1e-4, schedule))
+    state = rc.loss_state(2e-6, 4e-6, rc.lr_position(1e-4, schedule), "log", torch.float64)
     assert state.tolist() == pytest.approx([math.log(2e-6), math.log(2e-6) - math.log(4e-6), 1 / 3])
     assert rc.loss_reward(4e-6, 2e-6, "log") == pytest.approx(math.log(2))
-    assert rc.loss_state(2e-6, None, torch.float64, "log")[1] == 0.0
+    assert rc.loss_state(2e-6, None, 0.0, "log", torch.float64)[1] == 0.0
 
 
 def test_multiplicative_actions_clip_to_the_grid_range_and_log_the_nearest_index():
@@ -343,8 +345,8 @@ def test_multiplicative_actions_clip_to_the_grid_range_and_log_the_nearest_index
 
 
 def test_log_feature_run_rewards_are_log_loss_decreases():
-    config = rc.Config(dtype="float64", schedule=rc.ScheduleConfig(steps=60, features="log", lr_factors=(0.5, 1.0, 2.0)))
-    result = rc.train_rl_scheduled(config)
+    config = engine.Config(dtype="float64", schedule=rc.ScheduleConfig(steps=60, features="log", lr_factors=(0.5, 1.0, 2.0)))
+    result = engine.train_rl_scheduled(config)
     losses = result.series["loss"]
     assert np.allclose(result.series["reward"][1:], np.log(losses[:-1]) - np.log(losses[1:]), rtol=1e-12)
     ratios = result.series["lr"][1:] / result.series["lr"][:-1]

@@ -9,6 +9,8 @@ import scipy.stats
 import torch
 
 import rlr_core as rc
+import rlr_engine as engine
+import rlr_results as results_io
 import rlr_report as report
 
 
@@ -26,7 +28,7 @@ def test_adam_hd_with_zero_hypergradient_lr_is_plain_adam():
     torch.manual_seed(0)
     weights = torch.randn(5, dtype=torch.float64)
     hd_param, adam_param = weights.clone().requires_grad_(), weights.clone().requires_grad_()
-    hd, adam = rc.AdamHD([hd_param], lr=1e-2, hypergradient_lr=0.0), torch.optim.Adam([adam_param], lr=1e-2)
+    hd, adam = engine.AdamHD([hd_param], lr=1e-2, hypergradient_lr=0.0), torch.optim.Adam([adam_param], lr=1e-2)
     for _ in range(20):
         for param, optimizer in ((hd_param, hd), (adam_param, adam)):
             optimizer.zero_grad()
@@ -39,7 +41,7 @@ def test_adam_hd_moves_the_lr_by_the_hypergradient():
     """lr_2 = lr_1 + beta * <g_2, u_1> with u_1 Adam's first direction, all in numpy."""
     start = np.array([1.0, -2.0, 0.5])
     param = torch.tensor(start, requires_grad=True)
-    optimizer = rc.AdamHD([param], lr=0.1, hypergradient_lr=0.01)
+    optimizer = engine.AdamHD([param], lr=0.1, hypergradient_lr=0.01)
     gradients = []
     for _ in range(2):
         optimizer.zero_grad()
@@ -53,8 +55,8 @@ def test_adam_hd_moves_the_lr_by_the_hypergradient():
 
 
 def test_train_full_batch_records_the_lr_adam_hd_used():
-    config = rc.Config(schedule=rc.ScheduleConfig(steps=10))
-    result = rc.train_full_batch(config, 1e-3, 50, make_optimizer=lambda p, lr: rc.AdamHD(p, lr, hypergradient_lr=1e-3))
+    config = engine.Config(schedule=rc.ScheduleConfig(steps=10))
+    result = engine.train_full_batch(config, 1e-3, 50, make_optimizer=lambda p, lr: engine.AdamHD(p, lr, hypergradient_lr=1e-3))
     assert result.series["lr"][0] == 1e-3  # first step: no previous direction yet
     assert len(np.unique(result.series["lr"])) > 10
 
@@ -101,11 +103,11 @@ def test_study_refuses_tuning_seeds_that_overlap_the_evaluation_seeds():
 
 def test_tuned_constant_lr_is_the_argmin_of_the_tuning_scores_computed_independently():
     setup = study.StudyConfig(n_eval_seeds=2, first_tuning_seed=50, n_tuning_seeds=2, steps=40)
-    config = study.study_config(rc.Config(schedule=rc.ScheduleConfig(lr_grid=(1e-4, 1e-3, 1e-2), start_index=1)), setup)
+    config = study.study_config(engine.Config(schedule=rc.ScheduleConfig(lr_grid=(1e-4, 1e-3, 1e-2), start_index=1)), setup)
     lr, table = study.tune_constant_lr(config, setup)
     scores = []
     for grid_lr in config.schedule.lr_grid:  # the reference loop, one run at a time
-        medians = [rc.train_full_batch(rc.Config.from_dict({**config.to_dict(), "seed": s}), grid_lr, 40).summary()["median_last_100"]
+        medians = [engine.train_full_batch(engine.Config.from_dict({**config.to_dict(), "seed": s}), grid_lr, 40).summary()["median_last_100"]
                    for s in setup.tuning_seeds]
         scores.append(float(np.exp(np.mean(np.log(medians)))))
     assert table.iloc[:, 1].to_numpy() == pytest.approx(scores, rel=1e-4)
@@ -119,8 +121,8 @@ def test_wall_clock_budget_converts_the_agents_time_into_steps_and_epochs():
 
 
 def test_test_mse_is_the_trained_networks_error_on_held_out_polynomials():
-    config = rc.Config(seed=3, schedule=rc.ScheduleConfig(steps=30))
-    run = rc.train_full_batch(config, 1e-3, 30)
+    config = engine.Config(seed=3, schedule=rc.ScheduleConfig(steps=30))
+    run = engine.train_full_batch(config, 1e-3, 30)
     held_out = rc.make_polynomial_dataset(config.task, rc.derive_seeds(3).test, 64)
     training = rc.make_polynomial_dataset(config.task, rc.derive_seeds(3).data)
     assert not torch.equal(held_out.targets[:5], training.targets[:5])
@@ -145,5 +147,5 @@ def test_claim_table_gives_one_row_per_budget_agent_reference_and_metric():
 
 
 def test_json_ready_replaces_non_finite_numbers_and_numpy_scalars():
-    ready = rc.json_ready({"a": np.float64("nan"), "b": [np.int64(3), float("inf"), 1.5], "c": (np.bool_(True),)})
+    ready = results_io.json_ready({"a": np.float64("nan"), "b": [np.int64(3), float("inf"), 1.5], "c": (np.bool_(True),)})
     assert ready == {"a": None, "b": [3, None, 1.5], "c": [True]}

@@ -11,7 +11,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-import rlr_core as rc
+import rlr_results as results_io
 import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_sweep_writes_every_point_and_a_table_of_every_run(first_sweep):
         assert executed.metadata["papermill"]["parameters"]["results_dir"] == str(point / "results")
         assert (point / "figures" / "02_described_vs_as_coded.png").is_file()
         for name in ["rl_described", "rl_as_coded"]:
-            runs = rc.load_results(point / "results" / f"{name}.json")
+            runs = results_io.load_results(point / "results" / f"{name}.json")
             assert [run.seed for run in runs] == [0, 1]
             assert all(len(run.series["loss"]) == marker["parameters"]["steps"] for run in runs)
             expected_rows += [(point.name, name, run.seed, float(run.series["loss"][-1])) for run in runs]

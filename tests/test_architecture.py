@@ -1,0 +1,127 @@
+"""The shape of the code: layers import downward only, library code has no global side effects, no
+library function is long, and RLRScheduler is a real torch LRScheduler."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import rlr_core as rc
+import rlr_engine as engine
+import rlr_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LAYERS = {
+    "rlr_core": 1,
+    "rlr_results": 2, "rlr_engine": 2, "rlr_batched": 2,
+    "rlr_env": 3,
+    "rlr_report": 4, "rlr_study": 4,
+    "sweep": 5,
+}
+"""Each library module's layer (README, Layout); entry points (notebooks, benchmarks, sweep) are 5."""
+
+WITHIN_LAYER = {("rlr_engine", "rlr_results"), ("rlr_batched", "rlr_engine"), ("rlr_batched", "rlr_results"),
+                ("rlr_study", "rlr_report")}
+"""The allowed imports inside one layer (the other direction would be a cycle)."""
+
+
+def project_imports(module: str) -> set[str]:
+    """The rlr_* / sweep modules a module imports anywhere in its file (also inside functions)."""
+    tree = ast.parse((ROOT / f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return {name for name in names if name in LAYERS}
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_imports_point_down_the_layers(module: str) -> None:
+    for imported in project_imports(module):
+        assert (LAYERS[imported] < LAYERS[module]
+                or (module, imported) in WITHIN_LAYER), f"{module} (layer {LAYERS[module]}) imports {imported}"
+
+
+def test_every_top_level_module_has_a_layer() -> None:
+    modules = {path.stem for path in ROOT.glob("*.py")}
+    assert modules == set(LAYERS), "a new module needs a layer here and in the README's Layout"
+
+
+def test_readme_layout_names_every_module() -> None:
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    for module in LAYERS:
+        assert f"{module}.py" in layout, module
+
+
+@pytest.mark.parametrize("module", sorted(set(LAYERS) - {"sweep"}))
+def test_no_library_function_is_longer_than_60_lines(module: str) -> None:
+    tree = ast.parse((ROOT / f"{module}.py").read_text())
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60]
+    assert not long, f"{module}: {long}"
+
+
+def test_building_models_agents_schedulers_and_runs_leaves_global_torch_state_alone() -> None:
+    """The library never reseeds the caller's RNG or changes torch's thread count (entry points do)."""
+    torch.manual_seed(1234)
+    threads = torch.get_num_threads()
+    rng_before = torch.get_rng_state()
+    model = rc.make_model(rc.TaskConfig(), seed=7)
+    agent = rc.DQNAgent(2, 3, seed=5)
+    scheduler = rc.RLRScheduler(torch.optim.Adam(model.parameters()), seed=3)
+    scheduler.step(1.0)
+    env = rlr_env.LRControlEnv(schedule=rc.ScheduleConfig(steps=3))
+    env.reset(seed=0)
+    env.step(1)
+    config = engine.Config(schedule=rc.ScheduleConfig(steps=5), baseline=engine.BaselineConfig(epochs=1))
+    engine.train_rl_scheduled(config)
+    engine.train_baseline(config)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert torch.get_num_threads() == threads
+    # The seeded weights are still those that torch.manual_seed(seed) followed by construction gives.
+    torch.manual_seed(5)
+    expected = rc.QNetwork(2, 3)
+    assert all(torch.equal(a, b) for a, b in zip(agent.policy_net.state_dict().values(),
+                                                 expected.state_dict().values()))
+    assert agent.replay.size == 0
+
+
+def test_rlr_scheduler_initialises_what_torch_schedulers_have() -> None:
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.5)
+    scheduler = rc.RLRScheduler(optimizer, seed=0, lr_grid=[1e-3, 1e-2, 1e-1])
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+    assert scheduler.base_lrs == [1e-2, 1e-2]
+    assert [group["initial_lr"] for group in optimizer.param_groups] == [1e-2, 1e-2]
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-2, 1e-2]
+    assert scheduler.last_epoch == 0 and scheduler.get_last_lr() == [1e-2, 1e-2]
+    for loss in (1.0, 0.9, 0.7):
+        scheduler.step(loss)
+    assert scheduler.last_epoch == 3
+    assert scheduler.get_last_lr() == [group["lr"] for group in optimizer.param_groups]
+    assert scheduler.get_lr() == scheduler.get_last_lr()
+    state = scheduler.state_dict()
+    other = rc.RLRScheduler(torch.optim.SGD(model.parameters(), lr=0.5), seed=9, lr_grid=[1e-3, 1e-2, 1e-1])
+    other.load_state_dict(state)
+    assert other.last_epoch == 3 and other.base_lrs == [1e-2, 1e-2]
+    assert other.get_last_lr()[0] == scheduler.get_last_lr()[0]
+
+
+def test_rlr_scheduler_refuses_an_agent_and_a_seed_together() -> None:
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="either agent= .* or seed="):
+        rc.RLRScheduler(optimizer, agent=rc.DQNAgent(2, 3), seed=1)
+    rc.RLRScheduler(optimizer, agent=rc.DQNAgent(2, 3))  # the agent alone is fine
+
+
+def test_rlr_scheduler_refuses_a_state_saved_with_another_grid() -> None:
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    state = rc.RLRScheduler(optimizer, lr_grid=[1e-3, 1e-2]).state_dict()
+    with pytest.raises(ValueError, match="saved with schedule"):
+        rc.RLRScheduler(optimizer, lr_grid=[1e-3, 1e-1]).load_state_dict(state)
