@@ -20,11 +20,18 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest
 
-# Executes every notebook in order, in place, at its default (full, original) parameters.
+# Executes every notebook in order, in place, at its default (full, original) parameters, then writes the
+# README's generated blocks from the results. Results record the git commit and whether the tree was
+# clean: committed results must come from one run on a clean tree, so a dirty tree gets a loud warning.
 reproduce: venv
+	@if [ -n "$$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then \
+		echo "!!!!!!!! WARNING: uncommitted changes: the results will record git_dirty=true and the tests"; \
+		echo "!!!!!!!! that check the committed results will fail. Commit first, then make reproduce."; \
+	fi
 	cd notebooks && for notebook in $(NOTEBOOKS); do \
 		$(PY) -m papermill --cwd . $$notebook.ipynb $$notebook.ipynb || exit 1; \
 	done
+	$(PY) readme.py
 
 clean-venv:
 	rm -rf $(VENV)

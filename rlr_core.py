@@ -223,6 +223,8 @@ class RunSeeds(NamedTuple):
     agent: int
     test: int
     """held-out test polynomials, same distribution as the training data"""
+    validation: int
+    """held-out validation polynomials (for tuning), same distribution, independent of the test set"""
 
 
 def derive_seeds(seed: int) -> RunSeeds:

@@ -59,10 +59,10 @@ def draw_curve(ax: plt.Axes, runs: Sequence[RunResult], name: str, label: str, *
 
 
 def plot_loss_history(runs: Sequence[RunResult], title: str = "Adam loss history",
-                      xlabel: str = "epoch") -> plt.Figure:
+                      xlabel: str = "epoch", label: str = "mini-batch Adam, lr 1e-3") -> plt.Figure:
     """The original's figure 1: full-data MSE per epoch (or step), log-log."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    draw_curve(ax, runs, "loss", runs[0].method, lw=0.8)
+    draw_curve(ax, runs, "loss", label, lw=0.8)
     ax.set(xscale="log", yscale="log", xlabel=f"{xlabel} (log scale)", ylabel="full-data MSE (log scale)",
            title=title)
     ax.legend()
@@ -373,17 +373,53 @@ def plot_intervals(summary: pd.DataFrame, title: str, xlabel: str = "test MSE") 
     return fig
 
 
-def plot_lr_trajectories(groups: dict[str, Sequence[RunResult]], title: str) -> plt.Figure:
-    """Learning rate per step, median over seeds with IQR band, for agents and schedules (log-log)."""
+def plot_lr_trajectories(schedules: dict[str, Sequence[RunResult]], agents: dict[str, Sequence[RunResult]],
+                         title: str, lr_range: tuple[float, float]) -> plt.Figure:
+    """Learning rate per step, median over seeds with IQR band (log-log): schedules dashed, agents
+    solid, the y axis clipped to lr_range (a schedule that decays to 0 would otherwise stretch it)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, runs in groups.items():
-        draw_curve(ax, runs, "lr", label, lw=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="optimiser step (log scale)",
+    for label, runs in schedules.items():
+        draw_curve(ax, runs, "lr", f"{label} (schedule)", lw=1.0, ls="--")
+    for label, runs in agents.items():
+        draw_curve(ax, runs, "lr", f"{label} (agent)", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="optimiser step (log scale)", ylim=lr_range,
            ylabel="learning rate (log scale)", title=title)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
+
+
+def formatted(table: pd.DataFrame, formats: dict[str, str]) -> pd.DataFrame:
+    """A copy of table with some columns as formatted strings (format spec per column, e.g. '.3e', '.0%').
+
+    Unlike pandas' Styler, the result shows as a plain table in HTML and in text (papermill, nbconvert,
+    code hosts), not as '<Styler at 0x...>'. NaN shows as '-'."""
+    shown = table.copy()
+    for column, spec in formats.items():
+        if column in shown:
+            shown[column] = [("-" if pd.isna(value) else format(value, spec)) for value in shown[column]]
+    return shown
+
+
+def least_squares_mse(data: PolynomialData, task: TaskConfig) -> float:
+    """MSE of the coefficients that a linear least-squares fit (numpy.linalg.lstsq, float64) recovers
+    from the data's values: the task's own limit (the map from 20 noise-free values to 5 coefficients is
+    linear and exactly determined), to compare with a network's MSE."""
+    x = sample_points(task).numpy()
+    powers = x[:, None] ** np.arange(task.n_coefficients)[None, :]
+    inputs, targets = data.inputs.double().cpu().numpy(), data.targets.double().cpu().numpy()
+    coefficients, *_ = np.linalg.lstsq(powers, inputs.T, rcond=None)
+    return float(np.mean((coefficients.T - targets) ** 2))
+
+
+def least_squares_reading(least_squares: float, network: float) -> str:
+    """One sentence on what the network's MSE means beside the task's own limit."""
+    return (f"A linear least-squares fit recovers the coefficients from the same inputs with an MSE of "
+            f"{least_squares:.1e}, {network / least_squares:.0e} times below the baseline network's final "
+            f"training MSE ({network:.2e}): the inverse problem is linear and exactly determined, so an MSE of "
+            f"this size measures how closely a ReLU network imitates one fixed linear map, not how hard the "
+            f"polynomials are to recover.")
 
 
 def plot_training_returns(histories: dict[str, pd.DataFrame]) -> plt.Figure:
@@ -411,3 +447,139 @@ def divergence_report(results: Sequence[RunResult]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["method", "seed", "diverged_at", "n_logged"])
     table["diverged_at"] = table["diverged_at"].astype("Int64")
     return table
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generated readings and markdown tables of the studies: every number in them comes from the results.
+# ---------------------------------------------------------------------------------------------------
+
+METRIC_WORDS = {"train_median_last_100": "training MSE (median of the last 100)", "train_final": "final training MSE",
+                "test_mse": "test MSE"}
+"""How each metric column is named in prose."""
+
+
+def interval(value: float, low: float, high: float, spec: str = ".2f") -> str:
+    """'value [low, high]' with one format spec."""
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+def outcome(row: dict | pd.Series) -> str:
+    """A pre-registered comparison's result in words: better or worse when the Holm-adjusted test says
+    so at 5%, else no significant difference."""
+    if not row["significant"]:
+        return "no significant difference"
+    return "better" if row["ratio"] > 1 else "worse"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A pandas DataFrame (already formatted as strings where needed) as a GitHub markdown table."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(str(value) for value in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def claims_markdown(claims: pd.DataFrame) -> str:
+    """The pre-registered comparisons as a markdown table: ratio reference / agent with its CI, wins with
+    a Wilson CI, the Holm-adjusted p-value and the outcome (primary metrics only)."""
+    rows = [{"budget": row["budget"], "agent": row["method"], "against": row["against"],
+             "metric": METRIC_WORDS[row["metric"]], "ratio [95% CI]": interval(row["ratio"], row["ci_low"], row["ci_high"]),
+             "wins [95% CI]": f"{row['wins']}/{row['seeds']} [{row['win_ci_low']:.0%}, {row['win_ci_high']:.0%}]",
+             "Holm p": f"{row['p_holm']:.3g}", "agent is": outcome(row)}
+            for _, row in claims[claims["primary"]].iterrows()]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def summary_markdown(summary: pd.DataFrame, metric: str, references: Sequence[str]) -> str:
+    """Per method (best first): geometric mean of the metric over seeds with its 95% CI, diverged runs,
+    and the win rates against the references (summary_with_win_rates' columns)."""
+    ordered = summary.sort_values("geometric mean")
+    rows = [{"method": method, f"{METRIC_WORDS[metric]}, geometric mean [95% CI]":
+             interval(row["geometric mean"], row["gm CI low"], row["gm CI high"], ".2e"),
+             "diverged": f"{int(row['diverged'])}/{int(row['seeds'])}",
+             **{f"wins vs {label}": ("-" if pd.isna(row[f"wins vs {label}"]) else f"{row[f'wins vs {label}']:.0%}")
+                for label in references}}
+            for method, row in ordered.iterrows()]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def benchmark_reading(claims: pd.DataFrame, summary: pd.DataFrame, agents: Sequence[str], tuned: str,
+                      baseline: str) -> str:
+    """The verdict in sentences, from the pre-registered tests (primary metrics) and the test-MSE summary
+    at the same optimiser steps (summary_with_win_rates)."""
+    primary = claims[claims["primary"]]
+    ordered = summary.sort_values("geometric mean")
+    best, tuned_row = ordered.index[0], summary.loc[tuned]
+    lines = [f"At the same optimiser steps the lowest test MSE (geometric mean over seeds) is that of **{best}** "
+             f"({interval(*ordered.iloc[0][['geometric mean', 'gm CI low', 'gm CI high']], '.2e')}); the tuned "
+             f"constant lr reaches {interval(*tuned_row[['geometric mean', 'gm CI low', 'gm CI high']], '.2e')}."]
+    for agent in agents:
+        rows = primary[(primary["method"] == agent) & (primary["against"] == tuned)]
+        better = rows[rows["significant"] & (rows["ratio"] > 1)]
+        worse = rows[rows["significant"] & (rows["ratio"] < 1)]
+        lines.append(f"**{agent}** against the tuned constant lr, over {len(rows)} pre-registered comparisons "
+                     f"(budgets x metrics): significantly better in {len(better)}, significantly worse in "
+                     f"{len(worse)}, no significant difference in {len(rows) - len(better) - len(worse)}.")
+    claim = primary[(primary["against"] == baseline) & (primary["ratio"] >= 2) & primary["significant"]
+                    & (primary["ci_low"] > 1)]
+    against_baseline = primary[primary["against"] == baseline]
+    if claim.empty:
+        lines.append(f"The original's claim, \"two times more accurate\" than the original baseline, is supported "
+                     f"(ratio at least 2 and significantly above 1) in none of the {len(against_baseline)} "
+                     "pre-registered comparisons with that baseline.")
+    else:
+        where = "; ".join(f"{row['method']}, {row['budget']}, {METRIC_WORDS[row['metric']]}: "
+                          f"{interval(row['ratio'], row['ci_low'], row['ci_high'])}" for _, row in claim.iterrows())
+        lines.append(f"The original's claim, \"two times more accurate\" than the original baseline (ratio at least 2, "
+                     f"significantly above 1), is supported in {len(claim)} of the {len(against_baseline)} "
+                     f"pre-registered comparisons with that baseline: {where}.")
+    return "\n\n".join(lines)
+
+
+def tuning_markdown(chosen: dict[str, dict], edges: dict[str, dict[str, str]], budget: int) -> str:
+    """Per family: the chosen configuration and whether each value is inside the configurations tried."""
+    rows = [{"family": name, "configurations": budget,
+             "chosen": ", ".join(f"{key} = {value:.3g}" for key, value in params.items()),
+             "chosen value within the values tried": ", ".join(f"{key}: {where}" for key, where in edges[name].items())}
+            for name, params in chosen.items()]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def transfer_reading(summary: pd.DataFrame, runs: dict[str, dict[str, Sequence[RunResult]]],
+                     agents: Sequence[str], reference: str) -> str:
+    """Per task: each frozen agent's geometric-mean test MSE relative to the reference, its win rate,
+    and where it leaves the learning rate (median over seeds of the last step's lr)."""
+    lines = []
+    for task in dict.fromkeys(summary.index.get_level_values("task")):
+        part = summary.loc[task]
+        best = part["geometric mean"].idxmin()
+        parts = []
+        for agent in agents:
+            row = part.loc[agent]
+            final_lr = float(np.median([run.series["lr"][-1] for run in runs[task][agent]]))
+            parts.append(f"{agent}: {row['geometric mean'] / part.loc[reference, 'geometric mean']:.2f}x the "
+                         f"{reference}'s test MSE, wins {row[f'wins vs {reference}']:.0%} of seeds, median final "
+                         f"lr {final_lr:.1e}")
+        lines.append(f"- **{task}**: lowest test MSE {best}. " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def training_reading(histories: dict[str, pd.DataFrame], window: int = 10) -> str:
+    """Did each agent maximise its own objective? Mean episode return, first vs last `window` episodes."""
+    return "\n".join(f"- **{label}**: mean return of the first {min(window, len(history))} episodes "
+                     f"{history['return'].head(window).mean():.3g}, of the last {min(window, len(history))} "
+                     f"{history['return'].tail(window).mean():.3g}; {int(history['diverged'].sum())} of "
+                     f"{len(history)} episodes diverged." for label, history in histories.items())
+
+
+def reference_agreement(reference: RunResult, batched: RunResult) -> str:
+    """Where one seed's reference-loop run and its batched-engine run part ways: the first step with
+    another action and the final training MSEs (same seed, same data, same weights, other rounding)."""
+    steps = min(len(reference.series["action"]), len(batched.series["action"]))
+    differs = np.flatnonzero(reference.series["action"][:steps] != batched.series["action"][:steps])
+    first = f"choose the same action at every one of the {steps} steps" if differs.size == 0 else \
+        f"choose the same actions for the first {int(differs[0])} steps, then part"
+    return (f"Seed {reference.seed} here (batched engine) and the single run of notebook 02 (reference loop) start "
+            f"from the same data and weights and {first}: both are exact up to float32 rounding, which the "
+            f"two paths do in a different order, and the run is chaotic. Final training MSE: "
+            f"{reference.series['loss'][-1]:.3e} (notebook 02) and {batched.series['loss'][-1]:.3e} (here).")

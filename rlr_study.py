@@ -9,10 +9,8 @@ Statistics, figures and readings are rlr_report's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
-
-from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -63,7 +61,8 @@ def train_seeds(mode: str, config: Config, seeds: Sequence[int], progress: bool 
 
 
 # ---------------------------------------------------------------------------------------------------
-# The many-seed benchmark (notebook 04): methods, tuning on separate seeds, budgets, the tidy table.
+# The protocol of the many-seed benchmark (notebook 04): seeds and splits, an equal tuning budget per
+# method family on validation data of tuning seeds, budgets, the pre-registered comparisons.
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -72,41 +71,32 @@ class StudyConfig:
     """The benchmark study. Tuning seeds and evaluation seeds never overlap (no test-set tuning)."""
 
     first_eval_seed: int = 0
-    """first evaluation seed (seed 0 is also the committed single run of notebooks 01-03)"""
+    """first evaluation seed; every method runs on each evaluation seed with the same data and weights"""
     n_eval_seeds: int = 16
-    """evaluation seeds: every method runs on each, with the same data and initial weights"""
+    """evaluation seeds"""
     first_tuning_seed: int = 1000
-    """first seed used only to choose the tuned constant lr and Adam-HD's hypergradient lr"""
+    """first seed used only for tuning (scored on its validation set, never evaluated)"""
     n_tuning_seeds: int = 8
-    """seeds for tuning"""
+    """tuning seeds; each configuration of each family runs on all of them"""
     steps: int = 10_000
     """optimiser steps of every full-batch method and agent (the agent's budget)"""
     baseline_epochs: int = 10_000
-    """epochs of the original mini-batch baseline (the same passes over the data as the agent)"""
-    n_test_examples: int = 1024
-    """held-out polynomials per seed, same distribution as the training data"""
-    hypergradient_lrs: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3)
-    """Adam-HD's beta candidates, tuned on the tuning seeds"""
-    timing_steps: int = 300
-    """steps (epochs / 8 for the baseline) of the single-run timing behind the wall-clock budget"""
+    """epochs of the original mini-batch baseline in the same-passes budget"""
+    n_heldout_examples: int = 1024
+    """validation and test polynomials per seed (two independent draws), same distribution as training"""
+    tuning_budget: int = 8
+    """configurations per method family, the same for every family"""
+    search_seed: int = 0
+    """seed of the scrambled Sobol sequence that places each family's configurations in its ranges"""
 
     def __post_init__(self) -> None:
-        rc.check_int("study.first_eval_seed", self.first_eval_seed, 0)
-        rc.check_int("study.n_eval_seeds", self.n_eval_seeds, 1)
-        rc.check_int("study.first_tuning_seed", self.first_tuning_seed, 0)
-        rc.check_int("study.n_tuning_seeds", self.n_tuning_seeds, 1)
-        eval_seeds, tuning_seeds = set(self.eval_seeds), set(self.tuning_seeds)
-        if eval_seeds & tuning_seeds:
-            raise ValueError(f"study tuning seeds overlap the evaluation seeds: {sorted(eval_seeds & tuning_seeds)}")
-        rc.check_int("study.steps", self.steps, 1)
-        rc.check_int("study.baseline_epochs", self.baseline_epochs, 1)
-        rc.check_int("study.n_test_examples", self.n_test_examples, 1)
-        self.hypergradient_lrs = tuple(self.hypergradient_lrs)
-        if not self.hypergradient_lrs:
-            raise ValueError("study.hypergradient_lrs must not be empty")
-        for i, beta in enumerate(self.hypergradient_lrs):
-            rc.check_float(f"study.hypergradient_lrs[{i}]", beta, 0.0, math.inf, high_open=True)
-        rc.check_int("study.timing_steps", self.timing_steps, 8)
+        for name, minimum in (("first_eval_seed", 0), ("n_eval_seeds", 1), ("first_tuning_seed", 0),
+                              ("n_tuning_seeds", 1), ("steps", 1), ("baseline_epochs", 1),
+                              ("n_heldout_examples", 1), ("tuning_budget", 2), ("search_seed", 0)):
+            rc.check_int(f"study.{name}", getattr(self, name), minimum)
+        overlap = set(self.eval_seeds) & set(self.tuning_seeds)
+        if overlap:
+            raise ValueError(f"study tuning seeds overlap the evaluation seeds: {sorted(overlap)}")
 
     @property
     def eval_seeds(self) -> list[int]:
@@ -117,7 +107,13 @@ class StudyConfig:
         return seed_range(self.first_tuning_seed, self.n_tuning_seeds)
 
 
-AGENT_VARIANTS: dict[str, dict] = {
+ORIGINAL_RESULT = {"baseline_final_mse": 9.80166e-07, "agent_final_mse": 4.96017e-07}
+"""What the original printed (one unseeded run each, docs/original.md): the claim's two numbers."""
+
+BASELINE, TUNED = "original baseline (mini-batch Adam 1e-3)", "tuned constant lr"
+"""The two references of every pre-registered comparison."""
+
+ORIGINAL_AGENTS: dict[str, dict] = {
     "DQN as described": {},
     "DQN as coded (original)": {"dqn": {"variant": "as_coded"}},
     "random index walk": {"dqn": {"epsilon_start": 1.0, "epsilon_end": 1.0}},
@@ -125,7 +121,45 @@ AGENT_VARIANTS: dict[str, dict] = {
     "DQN, x0.5/x1/x2 actions": {"schedule": {"lr_factors": (0.5, 1.0, 2.0)}},
     "DQN, log features + x0.5/x1/x2": {"schedule": {"features": "log", "lr_factors": (0.5, 1.0, 2.0)}},
 }
-"""Agent ablations: label -> overrides of Config.dqn / Config.schedule fields."""
+"""Agents at the original's settings (and ablations): label -> overrides of Config.dqn / Config.schedule."""
+
+SCALE_FREE = {"features": "log", "lr_factors": (0.5, 1.0, 2.0)}
+"""The scale-free agent's schedule options: state (log L, its change, lr position), actions x0.5/x1/x2."""
+
+LR_RANGE = (1e-4, 0.3, "log")
+"""The learning rates every schedule family searches: three decades past the original grid's top (1e-2)."""
+
+DQN_RANGES = {"dqn.lr": (1e-5, 1e-2, "log"), "dqn.horizon": (3.0, 1000.0, "log"),
+              "dqn.epsilon_decay": (300.0, 10_000.0, "log")}
+"""A DQN family's search: the Q-network's Adam lr, the discount as a horizon 1 / (1 - gamma), and the
+exploration time constant."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A method family: the ranges its tuning searches (name -> (low, high, 'log' | 'linear' |
+    'log-int')) and, for agents, the schedule options of the variant it tunes."""
+
+    kind: str
+    """'schedule' (full-batch Adam under a learning-rate rule) or 'agent' (a DQN scheduler)"""
+    ranges: dict
+    """hyperparameter -> (low, high, scale)"""
+    schedule: dict = field(default_factory=dict)
+    """agents: overrides of Config.schedule (the variant)"""
+
+
+FAMILIES: dict[str, Family] = {
+    "constant lr": Family("schedule", {"lr": LR_RANGE}),
+    "cosine annealing": Family("schedule", {"lr": LR_RANGE, "final_fraction": (1e-4, 0.3, "log")}),
+    "exponential decay": Family("schedule", {"lr": LR_RANGE, "total_decay": (3.0, 1e4, "log")}),
+    "one-cycle": Family("schedule", {"lr": LR_RANGE, "pct_start": (0.05, 0.5, "linear")}),
+    "ReduceLROnPlateau": Family("schedule", {"lr": LR_RANGE, "factor": (0.1, 0.8, "linear"),
+                                             "patience": (10.0, 2000.0, "log-int")}),
+    "Adam-HD": Family("schedule", {"lr": LR_RANGE, "hypergradient_lr": (1e-9, 1e-3, "log")}),
+    "DQN as described, tuned": Family("agent", DQN_RANGES),
+    "scale-free DQN, tuned": Family("agent", DQN_RANGES, SCALE_FREE),
+}
+"""Every tuned family, each searched with the same number of configurations (StudyConfig.tuning_budget)."""
 
 
 def with_overrides(config: Config, overrides: dict) -> Config:
@@ -141,131 +175,148 @@ def study_config(config: Config, study: StudyConfig) -> Config:
     return with_overrides(config, {"schedule": {"steps": study.steps}})
 
 
-def geometric_mean_of(results: Sequence[RunResult], statistic: str = "median_last_100") -> float:
-    """Geometric mean over runs of a summary statistic (diverged runs count as +inf: never chosen)."""
-    return float(gmean([r.summary()[statistic] if r.diverged_at is None else np.inf for r in results]))
+def family_configurations(family: Family, budget: int, seed: int) -> list[dict[str, float]]:
+    """budget configurations spread over the family's ranges by a scrambled Sobol sequence
+    (scipy.stats.qmc): every family gets the same number, placed the same unbiased way."""
+    from scipy.stats import qmc
+
+    names = list(family.ranges)
+    points = qmc.Sobol(len(names), scramble=True, seed=seed).random(budget)
+    configurations = []
+    for point in points:
+        values = {}
+        for name, u in zip(names, point):
+            low, high, scale = family.ranges[name]
+            value = low + u * (high - low) if scale == "linear" else math.exp(
+                math.log(low) + u * (math.log(high) - math.log(low)))
+            values[name] = float(round(value)) if scale == "log-int" else float(value)
+        configurations.append(values)
+    return configurations
 
 
-def tune_constant_lr(config: Config, study: StudyConfig, progress: bool = False) -> tuple[float, pd.DataFrame]:
-    """The grid lr with the lowest geometric-mean (over tuning seeds) median-of-last-100 training MSE."""
-    grid, seeds = config.schedule.lr_grid, study.tuning_seeds
-    lrs = np.repeat(grid, len(seeds))[:, None] * np.ones(study.steps)  # member (lr, seed) -> its lr per step
-    runs = rlr_batched.train_full_batch(config, seeds * len(grid), lrs, study.steps, "tuning", progress)
-    scores = [geometric_mean_of(runs[i * len(seeds):(i + 1) * len(seeds)]) for i in range(len(grid))]
-    table = pd.DataFrame({"lr": grid, "tuning MSE (geometric mean, median of last 100)": scores})
-    return float(grid[int(np.argmin(scores))]), table
-
-
-def tune_hypergradient_lr(config: Config, study: StudyConfig, lr: float,
-                          progress: bool = False) -> tuple[float, pd.DataFrame]:
-    """Adam-HD's beta with the lowest geometric-mean tuning MSE, starting from lr."""
-    betas, seeds = study.hypergradient_lrs, study.tuning_seeds
-    runs = rlr_batched.train_full_batch(config, seeds * len(betas), lr, study.steps, "tuning", progress,
-                                        hypergradient_lr=list(np.repeat(betas, len(seeds))))
-    scores = [geometric_mean_of(runs[i * len(seeds):(i + 1) * len(seeds)]) for i in range(len(betas))]
-    table = pd.DataFrame({"hypergradient lr": betas, "tuning MSE (geometric mean, median of last 100)": scores})
-    return float(betas[int(np.argmin(scores))]), table
-
-
-def standard_schedules(lr: float, steps: int) -> dict[str, tuple[str, Callable]]:
-    """The torch.optim.lr_scheduler schedules of the study, each from the tuned constant lr: name ->
-    (its settings in words, factory(optimizer))."""
+def schedule_factory(name: str, params: dict, steps: int) -> Callable | None:
+    """The torch.optim.lr_scheduler factory of a schedule family (None: constant or an adaptive rule)."""
     from torch.optim import lr_scheduler
-    return {
-        "cosine annealing": (f"CosineAnnealingLR(T_max={steps}, eta_min=0)",
-                             lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=steps)),
-        "exponential decay": (f"ExponentialLR(gamma=0.01**(1/{steps})): 100x lower at the end",
-                              lambda opt: lr_scheduler.ExponentialLR(opt, gamma=0.01 ** (1 / steps))),
-        "one-cycle": (f"OneCycleLR(max_lr=tuned lr, total_steps={steps}), torch defaults otherwise",
-                      lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)),
-    }
+    lr = params["lr"]
+    if name == "cosine annealing":
+        return lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * params["final_fraction"])
+    if name == "exponential decay":
+        return lambda opt: lr_scheduler.ExponentialLR(opt, gamma=params["total_decay"] ** (-1.0 / steps))
+    if name == "one-cycle":
+        return lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=params["pct_start"])
+    return None
 
 
-PLATEAU_SETTINGS = {"factor": 0.5, "patience": 200, "threshold": 1e-4, "cooldown": 0, "min_lr": 1e-5}
-"""ReduceLROnPlateau from the tuned lr, stepped with the full-data loss after every step."""
+def run_family(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int,
+               progress: bool = False) -> list[RunResult]:
+    """One configuration of a family on some seeds, for `steps` optimiser steps (batched engine)."""
+    family, seeds = FAMILIES[name], list(seeds)
+    if family.kind == "agent":
+        agent = with_overrides(config, {**agent_overrides(name, params), "schedule": {**family.schedule, "steps": steps}})
+        return rlr_batched.train_rl_scheduled(agent, seeds, progress=progress)
+    factory = schedule_factory(name, params, steps)
+    lr = rlr_batched.lr_schedule(factory, params["lr"], steps) if factory is not None else params["lr"]
+    options: dict = {}
+    if name == "ReduceLROnPlateau":
+        options["plateau"] = {"factor": params["factor"], "patience": int(params["patience"])}
+    if name == "Adam-HD":
+        options["hypergradient_lr"] = params["hypergradient_lr"]
+    return rlr_batched.train_full_batch(config, seeds, lr, steps, name, progress, **options)
 
 
-def seconds_per_unit(config: Config, study: StudyConfig) -> dict[str, float]:
-    """Single-run wall seconds per step (agent, full-batch Adam) and per epoch (mini-batch baseline),
-    timed on the readable reference loops: what one run costs a user, the agent's overhead included."""
-    short = with_overrides(config, {"schedule": {"steps": study.timing_steps},
-                                    "baseline": {"epochs": max(1, study.timing_steps // 8)}})
-    timers = {"agent_step": (lambda: engine.train_rl_scheduled(short), study.timing_steps),
-              "full_batch_step": (lambda: engine.train_full_batch(short, config.baseline.lr, study.timing_steps),
-                                  study.timing_steps),
-              "baseline_epoch": (lambda: engine.train_baseline(short), short.baseline.epochs)}
-    for run, _ in timers.values():  # warm-up: the first optimiser steps of a process pay one-off imports
-        run()
-    return {name: min(run().wall_seconds for _ in range(2)) / units for name, (run, units) in timers.items()}
+def tune_family(name: str, config: Config, study: StudyConfig, progress: bool = False
+                ) -> tuple[dict, pd.DataFrame]:
+    """The family's configuration with the lowest geometric-mean validation MSE over the tuning seeds
+    (a diverged run scores +inf: never chosen), and one row per configuration tried."""
+    rows = []
+    for index, params in enumerate(family_configurations(FAMILIES[name], study.tuning_budget, study.search_seed)):
+        runs = run_family(name, params, config, study.tuning_seeds, study.steps, progress)
+        scores = [heldout_mse(run, "validation", study.n_heldout_examples) for run in runs]
+        score = float(gmean([np.inf if not np.isfinite(value) else value for value in scores]))
+        rows.append({"family": name, "configuration": index, **params, "validation MSE": score,
+                     "diverged": sum(run.diverged_at is not None for run in runs)})
+    table = pd.DataFrame(rows)
+    best = int(table["validation MSE"].idxmin())
+    table["chosen"] = table.index == best
+    return {key: table.loc[best, key] for key in FAMILIES[name].ranges}, table
 
 
-def test_mse(result: RunResult, n_test_examples: int) -> float:
-    """MSE of the run's trained network on held-out polynomials of its seed (NaN if it diverged)."""
+def tuning_edges(table: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Per family and hyperparameter: 'inside', or 'lowest tried' / 'highest tried' when the chosen value
+    is an extreme of the configurations tried (then the best may lie outside: the range must grow)."""
+    edges: dict[str, dict[str, str]] = {}
+    for name, part in table.groupby("family", sort=False):
+        chosen = part[part["chosen"]].iloc[0]
+        edges[name] = {}
+        for parameter in FAMILIES[name].ranges:
+            values = part[parameter]
+            edges[name][parameter] = ("lowest tried" if chosen[parameter] == values.min() else
+                                      "highest tried" if chosen[parameter] == values.max() else "inside")
+    return edges
+
+
+def tune_families(config: Config, study: StudyConfig, names: Sequence[str] | None = None,
+                  progress: bool = False) -> tuple[dict[str, dict], pd.DataFrame]:
+    """tune_family for every family (default: all of FAMILIES): chosen configurations and one table."""
+    chosen, tables = {}, []
+    for name in (list(FAMILIES) if names is None else names):
+        chosen[name], table = tune_family(name, config, study, progress)
+        tables.append(table)
+    return chosen, pd.concat(tables, ignore_index=True)
+
+
+def heldout_mse(result: RunResult, split: str, n_examples: int) -> float:
+    """MSE of the run's trained network on held-out polynomials of its seed (NaN if it diverged):
+    split 'validation' (for tuning) or 'test' (for the verdict), independent draws of n_examples."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
     if result.diverged_at is not None or result.model is None:
         return float("nan")
-    config = Config.from_dict(result.config)
     model = result.model
     parameter = next(model.parameters())
-    test = rc.make_polynomial_dataset(config.task, rc.derive_seeds(result.seed).test, n_test_examples,
-                                      dtype=parameter.dtype, device=parameter.device)
+    seeds = rc.derive_seeds(result.seed)
+    heldout = rc.make_polynomial_dataset(Config.from_dict(result.config).task, getattr(seeds, split), n_examples,
+                                         dtype=parameter.dtype, device=parameter.device)
     with torch.no_grad():
-        return float(rc.full_batch_loss(model, test))
+        value = float(rc.full_batch_loss(model, heldout))
+    return value if math.isfinite(value) else float("nan")
 
 
 def tidy_table(methods: dict[str, Sequence[RunResult]], budget: str, study: StudyConfig) -> pd.DataFrame:
-    """One row per method x seed: training MSE (final, median of last 100), test MSE, cost, divergence."""
+    """One row per method x seed: training MSE (median of the last 100: the primary training metric;
+    the final value), validation and test MSE of the final weights, cost and divergence."""
     rows = []
     for method, runs in methods.items():
         for run in runs:
             summary = run.summary()
             rows.append({"budget": budget, "method": method, "seed": run.seed,
-                         "logged": summary["n_logged"], "train_final": summary["final_loss"],
-                         "train_median_last_100": summary["median_last_100"],
-                         "test_mse": test_mse(run, study.n_test_examples),
+                         "logged": summary["n_logged"], "train_median_last_100": summary["median_last_100"],
+                         "train_final": summary["final_loss"],
+                         "validation_mse": heldout_mse(run, "validation", study.n_heldout_examples),
+                         "test_mse": heldout_mse(run, "test", study.n_heldout_examples),
                          "diverged_at": run.diverged_at, "wall_seconds_per_run": run.wall_seconds})
     return pd.DataFrame(rows)
 
 
-def run_constant_grid(config: Config, study: StudyConfig, progress: bool = False) -> dict[str, list[RunResult]]:
-    """Full-batch Adam at every grid lr on the evaluation seeds, all in one batched call."""
-    grid, seeds = config.schedule.lr_grid, study.eval_seeds
-    lrs = np.repeat(grid, len(seeds))[:, None] * np.ones(study.steps)
-    runs = rlr_batched.train_full_batch(config, seeds * len(grid), lrs, study.steps, "constant_full_batch", progress)
-    return {f"constant lr {lr:.2e}": runs[i * len(seeds):(i + 1) * len(seeds)] for i, lr in enumerate(grid)}
+def run_tuned(chosen: dict[str, dict], config: Config, study: StudyConfig, progress: bool = False
+              ) -> dict[str, list[RunResult]]:
+    """Every tuned family at its chosen configuration on the evaluation seeds."""
+    labels = {"constant lr": TUNED}
+    return {labels.get(name, f"{name}, tuned" if FAMILIES[name].kind == "schedule" else name):
+            run_family(name, params, config, study.eval_seeds, study.steps, progress)
+            for name, params in chosen.items()}
 
 
-def run_schedules(config: Config, study: StudyConfig, tuned_lr: float, hypergradient_lr: float,
-                  progress: bool = False) -> dict[str, list[RunResult]]:
-    """The standard schedules, ReduceLROnPlateau and Adam-HD, each from the tuned constant lr."""
-    seeds, steps = study.eval_seeds, study.steps
-    runs = {name: rlr_batched.train_full_batch(config, seeds, rlr_batched.lr_schedule(factory, tuned_lr, steps),
-                                               steps, name, progress)
-            for name, (_, factory) in standard_schedules(tuned_lr, steps).items()}
-    runs["ReduceLROnPlateau"] = rlr_batched.train_full_batch(config, seeds, tuned_lr, steps, "plateau", progress,
-                                                             plateau=PLATEAU_SETTINGS)
-    runs["Adam-HD"] = rlr_batched.train_full_batch(config, seeds, tuned_lr, steps, "adam_hd", progress,
-                                                   hypergradient_lr=hypergradient_lr)
-    return runs
-
-
-def run_agents(config: Config, study: StudyConfig, progress: bool = False) -> dict[str, list[RunResult]]:
-    """Every agent variant on the evaluation seeds, plus the described agent's greedy policy frozen at
-    the end of its run and replayed from the same initial network (no exploration, no learning)."""
+def run_original_agents(config: Config, study: StudyConfig, progress: bool = False) -> dict[str, list[RunResult]]:
+    """Every agent at the original's settings on the evaluation seeds, plus the described agent's greedy
+    policy frozen at the end of its run and replayed from the same initial network."""
     runs = {label: rlr_batched.train_rl_scheduled(with_overrides(config, overrides), study.eval_seeds,
                                                   progress=progress)
-            for label, overrides in AGENT_VARIANTS.items()}
+            for label, overrides in ORIGINAL_AGENTS.items()}
     policies = [run.policy_state for run in runs["DQN as described"]]
     runs["DQN greedy policy, frozen after training"] = rlr_batched.train_rl_scheduled(
         config, study.eval_seeds, progress=progress, initial_policies=policies, frozen=True)
     return runs
-
-
-def wall_clock_budget(study: StudyConfig, seconds: dict[str, float]) -> dict[str, int]:
-    """Steps of full-batch Adam and epochs of the mini-batch baseline that cost one agent run's time."""
-    agent_seconds = study.steps * seconds["agent_step"]
-    return {"agent_seconds": agent_seconds,
-            "full_batch_steps": max(1, round(agent_seconds / seconds["full_batch_step"])),
-            "baseline_epochs": max(1, round(agent_seconds / seconds["baseline_epoch"]))}
 
 
 def run_baselines(config: Config, study: StudyConfig, epochs: int, progress: bool = False) -> list[RunResult]:
@@ -274,18 +325,69 @@ def run_baselines(config: Config, study: StudyConfig, epochs: int, progress: boo
                                       study.eval_seeds, progress=progress)
 
 
-def claim_table(table: pd.DataFrame, baseline: str, tuned: str, agents: Sequence[str]) -> pd.DataFrame:
+def agent_config(label: str, config: Config, chosen: dict[str, dict]) -> Config:
+    """The run config of an agent of the study: an original-settings agent or a tuned family."""
+    if label in ORIGINAL_AGENTS:
+        return with_overrides(config, ORIGINAL_AGENTS[label])
+    return with_overrides(config, {**agent_overrides(label, chosen[label]), "schedule": FAMILIES[label].schedule})
+
+
+def agent_overrides(name: str, params: dict) -> dict:
+    """Config overrides of a DQN family's configuration: its dqn.* values, the horizon as gamma."""
+    dqn = {key.removeprefix("dqn."): value for key, value in params.items() if key != "dqn.horizon"}
+    return {"dqn": {**dqn, "gamma": 1.0 - 1.0 / params["dqn.horizon"]}}
+
+
+def seconds_per_unit(configs: dict[str, Config], config: Config, study: StudyConfig) -> dict[str, float]:
+    """Wall seconds per step of each agent (label -> its run config), of full-batch Adam, and per epoch
+    of the mini-batch baseline: each timed as itself on the readable reference loop (what one run
+    costs a user), warm (after a short run of the same kind), over a full-length run."""
+    short = with_overrides(config, {"schedule": {"steps": 50}, "baseline": {"epochs": 5}})
+    engine.train_rl_scheduled(short), engine.train_full_batch(short, 1e-3, 50), engine.train_baseline(short)
+    seconds = {label: engine.train_rl_scheduled(with_overrides(agent, {"schedule": {"steps": study.steps}}))
+               .wall_seconds / study.steps for label, agent in configs.items()}
+    seconds["full-batch Adam step"] = engine.train_full_batch(config, config.baseline.lr, study.steps).wall_seconds \
+        / study.steps
+    baseline = with_overrides(config, {"baseline": {"epochs": study.baseline_epochs}})
+    seconds["mini-batch baseline epoch"] = engine.train_baseline(baseline).wall_seconds / study.baseline_epochs
+    return seconds
+
+
+def wall_clock_budget(agent_seconds_per_step: float, seconds: dict[str, float], study: StudyConfig) -> dict:
+    """What one agent run's time buys the references: full-batch Adam steps and baseline epochs."""
+    agent_seconds = study.steps * agent_seconds_per_step
+    return {"agent_seconds": agent_seconds,
+            "full_batch_steps": max(1, round(agent_seconds / seconds["full-batch Adam step"])),
+            "baseline_epochs": max(1, round(agent_seconds / seconds["mini-batch baseline epoch"]))}
+
+
+def wall_clock_label(agent: str) -> str:
+    return f"same wall-clock as {agent}"
+
+
+def preregistered_comparisons(agents: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(budget, agent, reference) for each agent against the original baseline and the tuned constant
+    lr, at the same optimiser steps, the same passes over the data and the agent's own wall-clock."""
+    budgets = ["same optimiser steps", "same passes over the data"]
+    return [(budget, agent, reference) for agent in agents
+            for budget in (*budgets, wall_clock_label(agent)) for reference in (BASELINE, TUNED)]
+
+
+PRIMARY_METRICS = ("train_median_last_100", "test_mse")
+"""The verdict's metrics: training MSE as the median of the last 100 losses (the original's metric, made
+robust to the last step's noise) and test MSE of the final weights. The final training loss is
+reported beside them, descriptive only."""
+
+
+def claim_table(table: pd.DataFrame, agents: Sequence[str]) -> pd.DataFrame:
     """The original's ratio (reference MSE / agent MSE, paired by seed) per budget, agent, reference and
-    metric, with its 95% CI and the number of seeds reaching 2. Diverged runs are left out."""
-    finished = table[table["diverged_at"].isna()]
-    rows = []
-    for budget, part in finished.groupby("budget", sort=False):
-        for agent in agents:
-            for reference in (baseline, tuned):
-                for metric in ("train_final", "test_mse"):
-                    rows.append({"budget": budget, "agent": agent, "against": reference, "metric": metric,
-                                 **report.claim_ratio(part, metric, reference, agent)})
-    return pd.DataFrame(rows)
+    metric, with its 95% CI, the number of seeds reaching 2, and the pre-registered paired tests on
+    the primary metrics (Wilcoxon, Holm-adjusted over all of them); the final training loss follows,
+    Holm-adjusted as a family of its own (descriptive)."""
+    comparisons = preregistered_comparisons(agents)
+    primary = report.preregistered_tests(table, comparisons, PRIMARY_METRICS)
+    secondary = report.preregistered_tests(table, comparisons, ["train_final"])
+    return pd.concat([primary.assign(primary=True), secondary.assign(primary=False)], ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,7 +411,7 @@ TRANSFER_AGENTS: dict[str, dict] = {
 """The agents trained for transfer: label -> overrides of the ScheduleConfig (the DQN stays 'described')."""
 
 TUNED_CONSTANT, COSINE = "tuned constant lr", "cosine annealing"
-"""Method labels of the two references in the transfer tables."""
+"""Method labels of the two references in the transfer tables (both tuned on the training task)."""
 
 
 def held_out_tasks(task: rc.TaskConfig) -> dict[str, rc.TaskConfig]:
@@ -373,32 +475,29 @@ def evaluate_frozen_agent(config: Config, agent: rc.DQNAgent, seeds: Sequence[in
 
 
 def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],
-                               agents: dict[str, tuple[Config, rc.DQNAgent]], tuned_lr: float,
+                               agents: dict[str, tuple[Config, rc.DQNAgent]], tuned: dict[str, dict],
                                seeds: Sequence[int], progress: bool = False) -> dict[str, dict[str, list[RunResult]]]:
-    """task label -> method label -> one run per seed: the tuned constant lr, cosine annealing from it
-    (T_max = the run length) and every frozen agent, all config.schedule.steps full-batch Adam steps on
-    the same data and initial weights of each seed. agents: label -> (the config it was trained with, agent).
-    """
+    """task label -> method label -> one run per seed: the tuned constant lr and the tuned cosine
+    annealing (tuned: family -> chosen configuration, from tune_family on the training task) and every
+    frozen agent, all config.schedule.steps full-batch Adam steps on the same data and initial weights
+    of each seed. agents: label -> (the config it was trained with, agent)."""
     steps = config.schedule.steps
-    cosine = rlr_batched.lr_schedule(standard_schedules(tuned_lr, steps)[COSINE][1], tuned_lr, steps)
     runs: dict[str, dict[str, list[RunResult]]] = {}
     for task_label, task in tasks.items():
         task_config = with_overrides(config, {"task": asdict(task)})
-        runs[task_label] = {
-            TUNED_CONSTANT: rlr_batched.train_full_batch(task_config, seeds, tuned_lr, steps, "tuned_constant",
-                                                         progress),
-            COSINE: rlr_batched.train_full_batch(task_config, seeds, cosine, steps, "cosine", progress)}
+        runs[task_label] = {TUNED_CONSTANT: run_family("constant lr", tuned["constant lr"], task_config, seeds, steps,
+                                                       progress),
+                            COSINE: run_family(COSINE, tuned[COSINE], task_config, seeds, steps, progress)}
         for agent_label, (agent_config, agent) in agents.items():
-            agent_task_config = with_overrides(agent_config, {"task": asdict(task),
-                                                                        "schedule": {"steps": steps}})
+            agent_task_config = with_overrides(agent_config, {"task": asdict(task), "schedule": {"steps": steps}})
             runs[task_label][agent_label] = evaluate_frozen_agent(agent_task_config, agent, seeds, progress)
     return runs
 
 
-def transfer_table(runs: dict[str, dict[str, list[RunResult]]], n_test_examples: int) -> pd.DataFrame:
-    """One row per task x method x seed: training MSE (final, median of last 100), test MSE on held-out
-    polynomials of the same task (test_mse), divergence and cost."""
-    setup = StudyConfig(n_test_examples=n_test_examples)
+def transfer_table(runs: dict[str, dict[str, list[RunResult]]], n_heldout_examples: int) -> pd.DataFrame:
+    """One row per task x method x seed: training MSE (median of last 100, final), validation and test
+    MSE on held-out polynomials of the same task, divergence and cost."""
+    setup = StudyConfig(n_heldout_examples=n_heldout_examples)
     tables = [tidy_table(methods, task, setup) for task, methods in runs.items()]
     return pd.concat(tables, ignore_index=True).rename(columns={"budget": "task"})
 

@@ -29,10 +29,10 @@ SMALL_PARAMETERS = {
                     "progress": False},
     "02_rlr_agent": {"seed": SEEDS[0], "n_seeds": len(SEEDS), "steps": 200, "progress": False},
     "03_comparison": {},
-    "04_benchmark": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 2, "n_tuning_seeds": 2, "steps": 40,
-                     "baseline_epochs": 10, "n_test_examples": 32, "timing_steps": 16, "progress": False},
+    "04_benchmark": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 3, "n_tuning_seeds": 2, "steps": 40,
+                     "baseline_epochs": 10, "n_heldout_examples": 32, "tuning_budget": 2, "progress": False},
     "05_transfer": {"n_training_episodes": 3, "episode_steps": 100, "n_tuning_seeds": 2, "n_eval_seeds": 4,
-                    "n_test_examples": 64, "progress": False},
+                    "n_heldout_examples": 64, "tuning_budget": 2, "progress": False},
 }
 EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
                     "03_comparison_passes", "03_comparison_steps", "04_test_mse_intervals", "04_loss_curves",

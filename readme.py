@@ -1,0 +1,176 @@
+"""Write the README's generated blocks from the committed results, so that its numbers are data.
+
+Every block between `<!-- generated: NAME -->` and `<!-- end: NAME -->` in README.md is produced here,
+from results/ (the notebooks' output), the executed notebooks' own records (papermill durations) and
+benchmarks/results/ (the timing scripts' output); prose outside the blocks states no measured number
+(tests/test_readme.py checks both).
+
+    .venv/bin/python readme.py           # rewrite the blocks (make reproduce runs this last)
+    .venv/bin/python readme.py --check   # exit 1 when README.md differs from what the results give
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+import rlr_engine as engine
+import rlr_report as report
+import rlr_results as results_io
+import rlr_study as study
+
+ROOT = Path(__file__).resolve().parent
+NOTEBOOKS = ["01_baseline", "02_rlr_agent", "03_comparison", "04_benchmark", "05_transfer"]
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def one_run_block(root: Path) -> str:
+    """Notebooks 01-03: the table, the original's ratio beside ours, the verdicts, what the agents did."""
+    comparison = read_json(root / "results" / "comparison.json")
+    table = pd.DataFrame(comparison["table"])
+    shown = report.formatted(table, {"final MSE": ".2e", "median last 100": ".2e", "optimiser steps": ",d",
+                                     "passes over data": ",d"}).drop(columns=["seeds", "wall seconds per run"])
+    original = study.ORIGINAL_RESULT
+    ratios = comparison["ratios"]
+    ratio_rows = pd.DataFrame([
+        {"comparison": "same passes over the data (the original's)", "described agent": f"{ratios['same_passes_described']:.2f}",
+         "as-coded agent": f"{ratios['same_passes_as_coded']:.2f}"},
+        {"comparison": "same optimiser steps (full-batch Adam at 1e-3)", "described agent": f"{ratios['same_steps_described']:.2f}",
+         "as-coded agent": f"{ratios['same_steps_as_coded']:.2f}"}])
+    agents = {label: results_io.load_results(root / "results" / f"{name}.json")
+              for label, name in (("Described agent", "rl_described"), ("As-coded agent", "rl_as_coded"))}
+    grid_size = len(engine.Config().schedule.lr_grid)
+    return "\n\n".join([
+        f"Seed {comparison['seeds'][0]}, the original's settings (notebooks 01-03):",
+        report.markdown_table(shown),
+        f"The original reported baseline MSE / agent MSE = {original['baseline_final_mse']:.2e} / "
+        f"{original['agent_final_mse']:.2e} = {original['baseline_final_mse'] / original['agent_final_mse']:.2f} "
+        "(\"two times more accurate\"). The same ratio here, on the final values (above 1: the agent is better):",
+        report.markdown_table(ratio_rows),
+        *[f"- {verdict}" for verdict in comparison["verdicts"].values()],
+        *[report.describe_agent_run(runs, grid_size, label) for label, runs in agents.items()]])
+
+
+def verdict_block(root: Path) -> str:
+    """Notebook 04: tuning, the per-method tables, the pre-registered comparisons and the reading."""
+    summary = read_json(root / "results" / "benchmark_summary.json")
+    setup = summary["study"]
+    claims = pd.DataFrame(summary["claims"])
+    references = {"baseline": study.BASELINE, "tuned constant": study.TUNED}
+    tables = {metric: pd.DataFrame(rows).set_index("method") for metric, rows in summary["summaries"].items()}
+    return "\n\n".join([
+        f"{setup['n_eval_seeds']} evaluation seeds ({setup['first_eval_seed']}-"
+        f"{setup['first_eval_seed'] + setup['n_eval_seeds'] - 1}), each with its own data, initial weights, "
+        f"validation and test sets ({setup['n_heldout_examples']} polynomials each); every tuned family got "
+        f"{setup['tuning_budget']} configurations on {setup['n_tuning_seeds']} tuning seeds "
+        f"({setup['first_tuning_seed']}-{setup['first_tuning_seed'] + setup['n_tuning_seeds'] - 1}), chosen on "
+        f"validation MSE; {setup['steps']:,} optimiser steps.",
+        report.tuning_markdown(summary["chosen"], summary["edges"], setup["tuning_budget"]),
+        "Test MSE after the same optimiser steps:",
+        report.summary_markdown(tables["test_mse"], "test_mse", references),
+        "Training MSE (median of the last 100 losses) after the same optimiser steps:",
+        report.summary_markdown(tables["train_median_last_100"], "train_median_last_100", references),
+        "The pre-registered comparisons (ratio = reference MSE / agent MSE, paired by seed; above 1: the agent "
+        "is better; Holm-adjusted Wilcoxon signed-rank tests over all of them):",
+        report.claims_markdown(claims),
+        summary["reading"],
+        summary["seed_zero"]])
+
+
+def transfer_block(root: Path) -> str:
+    """Notebook 05: test MSE per held-out task, the reading and the training returns."""
+    summary = read_json(root / "results" / "transfer_summary.json")
+    parameters = summary["parameters"]
+    references = {reference: reference for reference in (study.TUNED_CONSTANT, study.COSINE)}
+    parts = [f"Agents trained over {parameters['n_training_episodes']} episodes of {parameters['episode_steps']:,} "
+             f"steps on training seeds {parameters['first_training_seed']}-"
+             f"{parameters['first_training_seed'] + parameters['n_training_episodes'] - 1}, frozen, then evaluated "
+             f"on {parameters['n_eval_seeds']} held-out seeds of each task; the tuned constant lr and cosine "
+             "annealing were tuned on the training task only. Test MSE:"]
+    for task, methods in summary["test_mse"].items():
+        table = pd.DataFrame([{"method": method, **row} for method, row in methods.items()]).set_index("method")
+        parts += [f"**{task}**", report.summary_markdown(table, "test_mse", references)]
+    return "\n\n".join([*parts, summary["reading"], summary["training_reading"]])
+
+
+def durations_block(root: Path) -> str:
+    """How long each committed notebook ran (papermill's record) and the whole study."""
+    durations = {name: nbformat.read(root / "notebooks" / f"{name}.ipynb", as_version=4).metadata["papermill"]["duration"]
+                 for name in NOTEBOOKS}
+    rows = pd.DataFrame([{"notebook": f"{name}.ipynb", "seconds": f"{seconds:.0f}"} for name, seconds in durations.items()])
+    total = sum(durations.values())
+    return "\n\n".join([report.markdown_table(rows),
+                        f"All five: {total / 60:.1f} minutes of notebook execution in the committed `make reproduce` "
+                        f"(papermill's own record in each notebook)."])
+
+
+def performance_block(root: Path) -> str:
+    """The timing scripts' tables (benchmarks/results), with the machine load they recorded."""
+    batched = read_json(root / "benchmarks" / "results" / "bench_batched.json")
+    threads = read_json(root / "benchmarks" / "results" / "bench_threads.json")
+    sweep = read_json(root / "benchmarks" / "results" / "bench_sweep.json")
+    thread_rows = pd.DataFrame([{"run": f"{row['run']} (per {row['unit']})", "ms, 1 thread": f"{row['ms_per_unit_1_thread']:.3f}",
+                                 "ms, 2 threads": f"{row['ms_per_unit_2_threads']:.3f}",
+                                 "1 thread faster by": f"{row['speedup_of_1_thread']:.2f}x"} for row in threads["rows"]])
+    sweep_rows = pd.DataFrame([
+        {"what": f"{sweep['points']} points one after another (papermill, no Ray)", "seconds": f"{sweep['sequential_seconds']:.1f}"},
+        {"what": f"the same points as a sweep on {sweep['workers']} local Ray workers", "seconds": f"{sweep['sweep_seconds']:.1f} "
+         f"({sweep['speedup']:.2f}x)"},
+        {"what": "starting the local Ray instance (once per sweep)", "seconds": f"{sweep['ray_start_seconds']:.1f} (with it: "
+         f"{sweep['speedup_with_ray_start']:.2f}x)"}])
+    load = ", ".join(f"{value:.1f}" for value in batched["load_average"])
+    return "\n\n".join([
+        f"**The vectorised engine** (`benchmarks/bench_batched.py`, {batched['args']['steps']} steps per seed, one "
+        f"thread, best of {batched['args']['repeats']}; load average {load}):",
+        batched["table_markdown"],
+        f"**Threads** (`benchmarks/bench_threads.py`, {threads['args']['epochs']} epochs / {threads['args']['steps']} "
+        "steps, each setting in a fresh process):",
+        report.markdown_table(thread_rows),
+        f"**Sweeps on Ray** (`benchmarks/bench_sweep.py`, {sweep['points']} points of notebook 02, {sweep['steps']} steps each):",
+        report.markdown_table(sweep_rows)])
+
+
+BLOCKS = {"one-run": one_run_block, "verdict": verdict_block, "transfer": transfer_block,
+          "durations": durations_block, "performance": performance_block}
+
+
+def render(readme: str, root: Path = ROOT) -> str:
+    """README text with every generated block rewritten from the results under root."""
+    def fill(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in BLOCKS:
+            raise ValueError(f"README names an unknown generated block {name!r} (known: {sorted(BLOCKS)})")
+        return f"{match.group(1)}{BLOCKS[name](root).strip()}\n{match.group(4)}"
+    return BLOCK.sub(fill, readme)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when README.md is stale")
+    args = parser.parse_args()
+    path = ROOT / "README.md"
+    current = path.read_text()
+    rendered = render(current)
+    if args.check:
+        if rendered != current:
+            print("README.md's generated blocks differ from the results: run `.venv/bin/python readme.py`")
+            return 1
+        print("README.md's generated blocks match the results")
+        return 0
+    results_io.atomic_write_text(path, rendered)
+    print(f"rewrote {len(BLOCK.findall(current))} generated blocks of {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
