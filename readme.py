@@ -83,8 +83,12 @@ def verdict_block(root: Path) -> str:
         "The pre-registered comparisons (ratio = reference MSE / agent MSE, paired by seed; above 1: the agent "
         "is better; Holm-adjusted Wilcoxon signed-rank tests over all of them):",
         report.claims_markdown(claims),
-        summary["reading"],
         summary["seed_zero"]])
+
+
+def headline_block(root: Path) -> str:
+    """The verdict first: notebook 04's generated reading."""
+    return read_json(root / "results" / "benchmark_summary.json")["reading"]
 
 
 def transfer_block(root: Path) -> str:
@@ -140,7 +144,7 @@ def performance_block(root: Path) -> str:
         report.markdown_table(sweep_rows)])
 
 
-BLOCKS = {"one-run": one_run_block, "verdict": verdict_block, "transfer": transfer_block,
+BLOCKS = {"headline": headline_block, "one-run": one_run_block, "verdict": verdict_block, "transfer": transfer_block,
           "durations": durations_block, "performance": performance_block}
 
 

@@ -64,8 +64,15 @@ def package_versions() -> dict:
     return versions
 
 
+TREE_STATE_VARIABLE = "RLR_TREE_DIRTY"
+"""Set by `make reproduce` to 0 or 1: whether the tree had uncommitted changes when the run started.
+The run itself rewrites tracked files (the notebooks in place, results/, figures/), so a check made while
+it runs would call every run after the first notebook dirty."""
+
+
 def git_state(folder: Path) -> dict:
-    """{'git_commit': HEAD, 'git_dirty': whether tracked files differ from it}, or {} outside a checkout."""
+    """{'git_commit': HEAD, 'git_dirty': whether tracked files differ from it}, or {} outside a checkout.
+    Under `make reproduce`, git_dirty is the state at the start of the run (TREE_STATE_VARIABLE)."""
     def git(*arguments: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *arguments], capture_output=True, text=True, cwd=folder, timeout=30)
     try:
@@ -74,7 +81,12 @@ def git_state(folder: Path) -> dict:
         return {}
     if commit.returncode != 0 or status.returncode != 0:
         return {}
-    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+    at_start = os.environ.get(TREE_STATE_VARIABLE)
+    if at_start in ("0", "1"):
+        return {"git_commit": commit.stdout.strip(), "git_dirty": at_start == "1",
+                "git_dirty_checked": "when make reproduce started"}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip()),
+            "git_dirty_checked": "when the result was written"}
 
 
 def _current_umask() -> int:

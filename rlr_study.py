@@ -126,11 +126,12 @@ ORIGINAL_AGENTS: dict[str, dict] = {
 SCALE_FREE = {"features": "log", "lr_factors": (0.5, 1.0, 2.0)}
 """The scale-free agent's schedule options: state (log L, its change, lr position), actions x0.5/x1/x2."""
 
-LR_RANGE = (1e-4, 0.3, "log")
-"""The learning rates every schedule family searches: three decades past the original grid's top (1e-2)."""
+LR_RANGE = (1e-5, 0.3, "log")
+"""The learning rates every schedule family searches: the original grid's range and 1.5 decades above it
+(a first run with 1e-4 at the bottom chose Adam-HD's lowest value tried, so the range grew)."""
 
 DQN_RANGES = {"dqn.lr": (1e-5, 1e-2, "log"), "dqn.horizon": (3.0, 1000.0, "log"),
-              "dqn.epsilon_decay": (300.0, 10_000.0, "log")}
+              "dqn.epsilon_decay": (100.0, 10_000.0, "log")}
 """A DQN family's search: the Q-network's Adam lr, the discount as a horizon 1 / (1 - gamma), and the
 exploration time constant."""
 

@@ -20,7 +20,7 @@ LAYERS = {
     "rlr_results": 2, "rlr_engine": 2, "rlr_batched": 2,
     "rlr_env": 3,
     "rlr_report": 4, "rlr_study": 4,
-    "sweep": 5, "readme": 5,
+    "sweep": 5, "readme": 5, "build_site": 5,
 }
 """Each library module's layer (README, Layout); entry points (notebooks, benchmarks, sweep) are 5."""
 
@@ -59,7 +59,7 @@ def test_readme_layout_names_every_module() -> None:
         assert f"{module}.py" in layout, module
 
 
-@pytest.mark.parametrize("module", sorted(set(LAYERS) - {"sweep", "readme"}))
+@pytest.mark.parametrize("module", sorted(set(LAYERS) - {"sweep", "readme", "build_site"}))
 def test_no_library_function_is_longer_than_60_lines(module: str) -> None:
     tree = ast.parse((ROOT / f"{module}.py").read_text())
     long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)

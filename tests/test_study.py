@@ -84,6 +84,35 @@ def test_paired_statistics_match_hand_counts():
     assert summary.loc["agent", "median"] == 2.0 and summary.loc["base", "seeds"] == 4
 
 
+def test_holm_adjustment_matches_its_definition_by_brute_force():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        p = rng.uniform(0, 0.2, rng.integers(1, 9))
+        m, order = len(p), np.argsort(p)
+        expected = np.empty(m)
+        for rank, index in enumerate(order):  # max over the smaller-or-equal ranks of (m - j) p_(j)
+            expected[index] = min(1.0, max((m - j) * p[order[j]] for j in range(rank + 1)))
+        assert report.holm_adjusted(p) == pytest.approx(expected)
+
+
+def test_wilson_interval_matches_the_formula():
+    for wins, n in ((0, 16), (3, 4), (16, 16), (7, 10)):
+        z, phat = scipy.stats.norm.ppf(0.975), wins / n
+        centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
+        assert report.wilson_interval(wins, n) == pytest.approx((centre - half, centre + half))
+
+
+def test_paired_comparison_uses_scipys_wilcoxon_on_log_ratios():
+    table = pd.DataFrame({"method": ["base"] * 5 + ["agent"] * 5, "seed": list(range(5)) * 2,
+                          "mse": [4.0, 3.0, 5.0, 2.0, 1.0, 1.0, 2.0, 1.0, 3.0, 0.5]})
+    result = report.paired_comparison(table, "mse", "base", "agent")
+    ratios = np.array([4.0, 1.5, 5.0, 2 / 3, 2.0])
+    assert result["p_value"] == pytest.approx(scipy.stats.wilcoxon(np.log(ratios)).pvalue)
+    assert result["wins"] == 4 and result["ratio"] == pytest.approx(scipy.stats.gmean(ratios))
+    assert result["seeds_reaching_2"] == 3
+
+
 def test_bootstrap_interval_rejects_an_unknown_statistic():
     with pytest.raises(ValueError, match="statistic"):
         report.bootstrap_interval([1.0, 2.0, 3.0], "mean")
@@ -101,49 +130,112 @@ def test_study_refuses_tuning_seeds_that_overlap_the_evaluation_seeds():
         study.StudyConfig(n_eval_seeds=0)
 
 
-def test_tuned_constant_lr_is_the_argmin_of_the_tuning_scores_computed_independently():
-    setup = study.StudyConfig(n_eval_seeds=2, first_tuning_seed=50, n_tuning_seeds=2, steps=40)
-    config = study.study_config(engine.Config(schedule=rc.ScheduleConfig(lr_grid=(1e-4, 1e-3, 1e-2), start_index=1)), setup)
-    lr, table = study.tune_constant_lr(config, setup)
+def test_every_family_gets_the_same_number_of_configurations_inside_its_ranges():
+    for name, family in study.FAMILIES.items():
+        configurations = study.family_configurations(family, 8, seed=0)
+        assert len(configurations) == 8, name
+        for parameter, (low, high, scale) in family.ranges.items():
+            values = [configuration[parameter] for configuration in configurations]
+            assert low <= min(values) and max(values) <= high, (name, parameter)
+            if scale == "log-int":
+                assert all(value == round(value) for value in values)
+            # a scrambled Sobol set of 8 puts one point in each eighth of the (log) range
+            position = np.log(values) if scale.startswith("log") else np.array(values)
+            low_, high_ = (np.log(low), np.log(high)) if scale.startswith("log") else (low, high)
+            strata = np.floor((position - low_) / (high_ - low_) * 8).clip(0, 7)
+            if scale != "log-int":
+                assert sorted(strata) == list(range(8)), (name, parameter)
+    assert study.family_configurations(study.FAMILIES["Adam-HD"], 8, 0) == study.family_configurations(
+        study.FAMILIES["Adam-HD"], 8, 0)
+    assert study.family_configurations(study.FAMILIES["Adam-HD"], 8, 0) != study.family_configurations(
+        study.FAMILIES["Adam-HD"], 8, 1)
+
+
+def test_tuning_picks_the_lowest_validation_mse_computed_independently():
+    setup = study.StudyConfig(n_eval_seeds=2, first_tuning_seed=50, n_tuning_seeds=2, steps=40, tuning_budget=4,
+                              n_heldout_examples=32)
+    config = study.study_config(engine.Config(), setup)
+    chosen, table = study.tune_family("constant lr", config, setup)
     scores = []
-    for grid_lr in config.schedule.lr_grid:  # the reference loop, one run at a time
-        medians = [engine.train_full_batch(engine.Config.from_dict({**config.to_dict(), "seed": s}), grid_lr, 40).summary()["median_last_100"]
-                   for s in setup.tuning_seeds]
-        scores.append(float(np.exp(np.mean(np.log(medians)))))
-    assert table.iloc[:, 1].to_numpy() == pytest.approx(scores, rel=1e-4)
-    assert lr == config.schedule.lr_grid[int(np.argmin(scores))]
+    for lr in table["lr"]:  # the reference loop, one run at a time, scored by hand
+        errors = []
+        for seed in setup.tuning_seeds:
+            run = engine.train_full_batch(engine.Config.from_dict({**config.to_dict(), "seed": seed}), float(lr), 40)
+            validation = rc.make_polynomial_dataset(config.task, rc.derive_seeds(seed).validation, 32)
+            with torch.no_grad():
+                errors.append(float(((run.model(validation.inputs) - validation.targets) ** 2).mean()))
+        scores.append(scipy.stats.gmean(errors))
+    assert table["validation MSE"].to_numpy() == pytest.approx(scores, rel=1e-4)
+    assert chosen["lr"] == table["lr"][int(np.argmin(scores))] and table["chosen"].sum() == 1
+    assert study.tuning_edges(table)["constant lr"]["lr"] in ("inside", "lowest tried", "highest tried")
+
+
+def test_tuning_edges_say_when_the_choice_is_an_extreme_of_the_values_tried():
+    table = pd.DataFrame({"family": "Adam-HD", "lr": [1.0, 2.0, 3.0], "hypergradient_lr": [5.0, 1.0, 3.0],
+                          "chosen": [False, False, True]})
+    assert study.tuning_edges(table) == {"Adam-HD": {"lr": "highest tried", "hypergradient_lr": "inside"}}
+    table["chosen"] = [False, True, False]
+    assert study.tuning_edges(table) == {"Adam-HD": {"lr": "inside", "hypergradient_lr": "lowest tried"}}
+
+
+def test_a_family_configuration_runs_what_its_parameters_say():
+    config = engine.Config(schedule=rc.ScheduleConfig(steps=20))
+    cosine = study.run_family("cosine annealing", {"lr": 1e-2, "final_fraction": 0.1}, config, [0], 20)[0]
+    assert cosine.series["lr"][0] == pytest.approx(1e-2) and cosine.series["lr"].min() >= 1e-3 * (1 - 1e-12)
+    decay = study.run_family("exponential decay", {"lr": 1e-2, "total_decay": 100.0}, config, [0], 20)[0]
+    assert decay.series["lr"][-1] == pytest.approx(1e-2 * 100.0 ** (-19 / 20))
+    agent = study.run_family("DQN as described, tuned", {"dqn.lr": 1e-4, "dqn.horizon": 10.0,
+                                                        "dqn.epsilon_decay": 500.0}, config, [0], 20)[0]
+    assert agent.config["dqn"]["gamma"] == pytest.approx(0.9) and agent.config["dqn"]["lr"] == 1e-4
+    scale_free = study.agent_config("scale-free DQN, tuned", config, {"scale-free DQN, tuned": {
+        "dqn.lr": 1e-4, "dqn.horizon": 100.0, "dqn.epsilon_decay": 500.0}})
+    assert scale_free.schedule.features == "log" and scale_free.dqn.gamma == pytest.approx(0.99)
 
 
 def test_wall_clock_budget_converts_the_agents_time_into_steps_and_epochs():
     setup = study.StudyConfig(steps=1000)
-    budget = study.wall_clock_budget(setup, {"agent_step": 2e-3, "full_batch_step": 5e-4, "baseline_epoch": 4e-3})
+    budget = study.wall_clock_budget(2e-3, {"full-batch Adam step": 5e-4, "mini-batch baseline epoch": 4e-3}, setup)
     assert budget == {"agent_seconds": 2.0, "full_batch_steps": 4000, "baseline_epochs": 500}
 
 
-def test_test_mse_is_the_trained_networks_error_on_held_out_polynomials():
+def test_validation_and_test_mse_are_the_trained_networks_error_on_two_independent_draws():
     config = engine.Config(seed=3, schedule=rc.ScheduleConfig(steps=30))
     run = engine.train_full_batch(config, 1e-3, 30)
-    held_out = rc.make_polynomial_dataset(config.task, rc.derive_seeds(3).test, 64)
-    training = rc.make_polynomial_dataset(config.task, rc.derive_seeds(3).data)
-    assert not torch.equal(held_out.targets[:5], training.targets[:5])
-    with torch.no_grad():
-        expected = float(((run.model(held_out.inputs) - held_out.targets) ** 2).mean())
-    assert study.test_mse(run, 64) == pytest.approx(expected, rel=1e-6)
+    values = {}
+    for split in ("validation", "test"):
+        held_out = rc.make_polynomial_dataset(config.task, getattr(rc.derive_seeds(3), split), 64)
+        with torch.no_grad():
+            expected = float(((run.model(held_out.inputs) - held_out.targets) ** 2).mean())
+        values[split] = study.heldout_mse(run, split, 64)
+        assert values[split] == pytest.approx(expected, rel=1e-6)
+    assert values["validation"] != values["test"]
+    with pytest.raises(ValueError, match="split"):
+        study.heldout_mse(run, "train", 64)
 
 
-def test_claim_table_gives_one_row_per_budget_agent_reference_and_metric():
+def test_preregistered_comparisons_cover_every_agent_budget_and_reference():
+    comparisons = study.preregistered_comparisons(["a", "b"])
+    assert len(comparisons) == 2 * 3 * 2 and len(set(comparisons)) == len(comparisons)
+    assert ("same wall-clock as a", "a", study.TUNED) in comparisons
+    assert ("same wall-clock as a", "b", study.TUNED) not in comparisons  # each agent has its own wall-clock
+
+
+def test_claim_table_gives_one_row_per_comparison_and_metric_with_holm_adjusted_tests():
     rows = []
-    for budget in ("b1", "b2"):
-        for seed in range(3):
-            rows += [{"budget": budget, "method": "base", "seed": seed, "train_final": 4.0, "test_mse": 8.0, "diverged_at": None},
-                     {"budget": budget, "method": "tuned", "seed": seed, "train_final": 1.0, "test_mse": 1.0, "diverged_at": None},
-                     {"budget": budget, "method": "agent", "seed": seed, "train_final": 2.0, "test_mse": 2.0, "diverged_at": None}]
-    claims = study.claim_table(pd.DataFrame(rows), "base", "tuned", ["agent"])
-    assert len(claims) == 2 * 1 * 2 * 2
-    against_base = claims[(claims.against == "base") & (claims.metric == "test_mse")]
-    assert against_base["ratio"].tolist() == pytest.approx([4.0, 4.0])
-    assert against_base["seeds_reaching_2"].tolist() == [3, 3]
-    assert claims[claims.against == "tuned"]["ratio"].tolist() == pytest.approx([0.5] * 4)
+    for budget in ("same optimiser steps", "same passes over the data", "same wall-clock as agent"):
+        for seed in range(6):
+            for method, value in ((study.BASELINE, 4.0 + seed), (study.TUNED, 1.0), ("agent", 2.0 + 0.1 * seed)):
+                rows.append({"budget": budget, "method": method, "seed": seed, "train_final": value,
+                             "train_median_last_100": value, "test_mse": value, "diverged_at": None})
+    claims = study.claim_table(pd.DataFrame(rows), ["agent"])
+    assert len(claims) == 3 * 2 * 3 and claims["primary"].sum() == 3 * 2 * 2
+    primary = claims[claims["primary"]]
+    against_tuned = primary[primary["against"] == study.TUNED]
+    assert (against_tuned["wins"] == 0).all() and (against_tuned["ratio"] < 1).all()
+    # six seeds, every pair on the same side: Wilcoxon's exact two-sided p = 2 / 2**6; Holm over 12 tests
+    assert primary["p_value"].to_numpy() == pytest.approx([2 / 64] * 12)
+    assert primary["p_holm"].to_numpy() == pytest.approx([12 * 2 / 64] * 12)
+    assert not primary["significant"].any()
 
 
 def test_json_ready_replaces_non_finite_numbers_and_numpy_scalars():

@@ -148,7 +148,8 @@ def test_held_out_evaluation_runs_every_method_on_the_same_task_and_seeds():
     agent_config = rlr_study.with_overrides(config, {"schedule": SCALE_FREE})
     agent, _ = rlr_study.train_agent_on_tasks(agent_config, [2000], agent_seed=0)
     tasks = {"small": SMALL_TASK, "degree 1": rc.TaskConfig(**{**SMALL_TASK.__dict__, "coeff_scale": (1.0, 0.5)})}
-    runs = rlr_study.evaluate_on_held_out_tasks(config, tasks, {"agent": (agent_config, agent)}, 1e-3, [0, 1])
+    tuned = {"constant lr": {"lr": 1e-3}, rlr_study.COSINE: {"lr": 1e-3, "final_fraction": 0.1}}
+    runs = rlr_study.evaluate_on_held_out_tasks(config, tasks, {"agent": (agent_config, agent)}, tuned, [0, 1])
     for label, task in tasks.items():
         methods = runs[label]
         assert list(methods) == [rlr_study.TUNED_CONSTANT, rlr_study.COSINE, "agent"]
@@ -156,12 +157,14 @@ def test_held_out_evaluation_runs_every_method_on_the_same_task_and_seeds():
             assert [run.seed for run in method_runs] == [0, 1]
             assert all(layer_widths(run.model)[-1] == task.n_coefficients for run in method_runs)
             assert all(len(run.series["loss"]) == 12 for run in method_runs)
-        # the same data and initial weights: the first step at the same lr (cosine starts at the tuned lr)
+        # the same data and initial weights: the first step at the same lr (both start at 1e-3)
         np.testing.assert_allclose(methods[rlr_study.TUNED_CONSTANT][0].series["loss"][0],
                                    methods[rlr_study.COSINE][0].series["loss"][0], rtol=1e-6)
         cosine_lr = methods[rlr_study.COSINE][0].series["lr"]
-        np.testing.assert_allclose(cosine_lr, 1e-3 * (1 + np.cos(np.pi * np.arange(12) / 12)) / 2, rtol=1e-9)
-    table = rlr_study.transfer_table(runs, n_test_examples=16)
+        floor = 1e-4  # eta_min = final_fraction x lr
+        np.testing.assert_allclose(cosine_lr, floor + (1e-3 - floor) * (1 + np.cos(np.pi * np.arange(12) / 12)) / 2,
+                                   rtol=1e-9)
+    table = rlr_study.transfer_table(runs, n_heldout_examples=16)
     assert len(table) == 2 * 3 * 2 and set(table["task"]) == set(tasks)
 
 
