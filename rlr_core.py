@@ -737,7 +737,7 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
     def load_state_dict(self, state: dict) -> None:
         """Restore a state_dict(); the scheduler must have the same grid, start index and actions."""
         saved = {name: list(value) if isinstance(value, tuple) else value
-                 for name, value in state["schedule"].items()}
+                 for name, value in state.get("schedule", self.schedule_fields()).items()}  # older states lack it
         if saved != self.schedule_fields():
             raise ValueError(f"scheduler state was saved with schedule {saved}, this scheduler has "
                              f"{self.schedule_fields()}")

@@ -24,9 +24,10 @@ import rlr_core as rc
 from rlr_engine import Config, adam_step, check_device
 
 DIVERGENCE_PENALTY = -1.0
-"""Reward of the step whose loss is non-finite (the episode terminates there). In the default task the
-whole episode's return, L_0 - L_T, is below L_0 (about 0.3), so one divergence costs more than any
-episode can earn."""
+"""Reward of the step whose loss is non-finite (the episode terminates there). With raw features an
+episode's return, L_0 - L_T, is below L_0 (about 0.3 in the default task), so one divergence costs more
+than any episode can earn; with log features returns are e-folds of loss decrease (several), so pass a
+larger penalty (divergence_penalty=) when that matters."""
 
 
 class LRControlEnv(gymnasium.Env):
@@ -37,7 +38,7 @@ class LRControlEnv(gymnasium.Env):
     the grid, clipped to it). Reward: L_t - L_{t+1} (rlr_core.loss_reward), as the original agent saw.
 
     reset(seed=s) starts a new task: the data set and the initial weights are the ones
-    rlr_core.train_rl_scheduled uses for Config(seed=s) (derive_seeds(s).data / .init), a fresh Adam, and
+    rlr_engine.train_rl_scheduled uses for Config(seed=s) (derive_seeds(s).data / .init), a fresh Adam, and
     the lr index back to schedule.start_index. reset() without a seed draws the next task's seed from
     the environment's np_random; the data are redrawn too only with resample_data=True, otherwise the
     data of the last seeded reset stay (a new network, the same regression problem).

@@ -317,11 +317,17 @@ def preregistered_tests(table: pd.DataFrame, comparisons: Sequence[tuple[str, st
                         metrics: Sequence[str]) -> pd.DataFrame:
     """Every pre-registered (budget, method, reference) comparison on every metric, with Holm-adjusted
     p-values over the whole family (all comparisons x metrics) and whether each holds at 5%.
-    Diverged runs are left out of their pairs."""
+    A seed where either run diverged is left out of that pair and counted in 'dropped' (shown beside
+    the test: dropping favours the side that diverged)."""
     finished = table[table["diverged_at"].isna()]
-    rows = [{"budget": budget, "method": method, "against": reference, "metric": metric,
-             **paired_comparison(finished[finished["budget"] == budget], metric, reference, method)}
-            for budget, method, reference in comparisons for metric in metrics]
+    rows = []
+    for budget, method, reference in comparisons:
+        part = table[(table["budget"] == budget) & table["method"].isin([method, reference])]
+        seeds = part["seed"].nunique()
+        for metric in metrics:
+            result = paired_comparison(finished[finished["budget"] == budget], metric, reference, method)
+            rows.append({"budget": budget, "method": method, "against": reference, "metric": metric, **result,
+                         "dropped": seeds - result["seeds"]})
     tests = pd.DataFrame(rows)
     tests["p_holm"] = holm_adjusted(tests["p_value"])
     tests["significant"] = tests["p_holm"] < 0.05
@@ -484,7 +490,8 @@ def claims_markdown(claims: pd.DataFrame) -> str:
     a Wilson CI, the Holm-adjusted p-value and the outcome (primary metrics only)."""
     rows = [{"budget": row["budget"], "agent": row["method"], "against": row["against"],
              "metric": METRIC_WORDS[row["metric"]], "ratio [95% CI]": interval(row["ratio"], row["ci_low"], row["ci_high"]),
-             "wins [95% CI]": f"{row['wins']}/{row['seeds']} [{row['win_ci_low']:.0%}, {row['win_ci_high']:.0%}]",
+             "wins [95% CI]": f"{row['wins']}/{row['seeds']} [{row['win_ci_low']:.0%}, {row['win_ci_high']:.0%}]"
+                              + (f", {row['dropped']} seeds dropped (diverged)" if row.get("dropped") else ""),
              "Holm p": f"{row['p_holm']:.3g}", "agent is": outcome(row)}
             for _, row in claims[claims["primary"]].iterrows()]
     return markdown_table(pd.DataFrame(rows))
@@ -495,6 +502,7 @@ def summary_markdown(summary: pd.DataFrame, metric: str, references: Sequence[st
     and the win rates against the references (summary_with_win_rates' columns)."""
     ordered = summary.sort_values("geometric mean")
     rows = [{"method": method, f"{METRIC_WORDS[metric]}, geometric mean [95% CI]":
+             "-" if pd.isna(pd.to_numeric(row[["geometric mean", "gm CI low", "gm CI high"]])).any() else
              interval(row["geometric mean"], row["gm CI low"], row["gm CI high"], ".2e"),
              "diverged": f"{int(row['diverged'])}/{int(row['seeds'])}",
              **{f"wins vs {label}": ("-" if pd.isna(row[f"wins vs {label}"]) else f"{row[f'wins vs {label}']:.0%}")

@@ -134,7 +134,7 @@ def save_arrays_npz(path: str | Path, **arrays: Any) -> Path:
 
 
 def result_to_dict(result: RunResult) -> dict:
-    """The shared results schema (DESIGN.md): config, seed, method, series, summary, versions."""
+    """The shared results schema: config, seed, method, series, summary, versions."""
     series = {}
     for name, values in result.series.items():
         values = np.asarray(values)

@@ -30,7 +30,7 @@ SMALL_PARAMETERS = {
     "02_rlr_agent": {"seed": SEEDS[0], "n_seeds": len(SEEDS), "steps": 200, "progress": False},
     "03_comparison": {},
     "04_benchmark": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 3, "n_tuning_seeds": 2, "steps": 40,
-                     "baseline_epochs": 10, "n_heldout_examples": 32, "tuning_budget": 2, "progress": False},
+                     "n_heldout_examples": 32, "tuning_budget": 2, "progress": False},
     "05_transfer": {"n_training_episodes": 3, "episode_steps": 100, "n_tuning_seeds": 2, "n_eval_seeds": 4,
                     "n_heldout_examples": 64, "tuning_budget": 2, "progress": False},
 }

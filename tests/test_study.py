@@ -213,11 +213,14 @@ def test_validation_and_test_mse_are_the_trained_networks_error_on_two_independe
         study.heldout_mse(run, "train", 64)
 
 
-def test_preregistered_comparisons_cover_every_agent_budget_and_reference():
+def test_preregistered_comparisons_cover_every_agent_budget_and_reference_once():
     comparisons = study.preregistered_comparisons(["a", "b"])
-    assert len(comparisons) == 2 * 3 * 2 and len(set(comparisons)) == len(comparisons)
+    assert len(comparisons) == 2 * 5 and len(set(comparisons)) == len(comparisons)
     assert ("same wall-clock as a", "a", study.TUNED) in comparisons
     assert ("same wall-clock as a", "b", study.TUNED) not in comparisons  # each agent has its own wall-clock
+    # a full-batch step is a pass: against the tuned constant, 'same passes' would repeat 'same steps'
+    assert ("same passes over the data", "a", study.TUNED) not in comparisons
+    assert ("same passes over the data", "a", study.BASELINE) in comparisons
 
 
 def test_claim_table_gives_one_row_per_comparison_and_metric_with_holm_adjusted_tests():
@@ -226,15 +229,19 @@ def test_claim_table_gives_one_row_per_comparison_and_metric_with_holm_adjusted_
         for seed in range(6):
             for method, value in ((study.BASELINE, 4.0 + seed), (study.TUNED, 1.0), ("agent", 2.0 + 0.1 * seed)):
                 rows.append({"budget": budget, "method": method, "seed": seed, "train_final": value,
-                             "train_median_last_100": value, "test_mse": value, "diverged_at": None})
+                             "train_median_last_100": value, "test_mse": value,
+                             "diverged_at": 5 if (budget, method, seed) == ("same optimiser steps", "agent", 0) else None})
     claims = study.claim_table(pd.DataFrame(rows), ["agent"])
-    assert len(claims) == 3 * 2 * 3 and claims["primary"].sum() == 3 * 2 * 2
+    assert len(claims) == 5 * 3 and claims["primary"].sum() == 5 * 2
     primary = claims[claims["primary"]]
     against_tuned = primary[primary["against"] == study.TUNED]
     assert (against_tuned["wins"] == 0).all() and (against_tuned["ratio"] < 1).all()
-    # six seeds, every pair on the same side: Wilcoxon's exact two-sided p = 2 / 2**6; Holm over 12 tests
-    assert primary["p_value"].to_numpy() == pytest.approx([2 / 64] * 12)
-    assert primary["p_holm"].to_numpy() == pytest.approx([12 * 2 / 64] * 12)
+    same_steps = primary["budget"] == "same optimiser steps"
+    assert (primary.loc[same_steps, "dropped"] == 1).all() and (primary.loc[~same_steps, "dropped"] == 0).all()
+    # every pair on the same side: Wilcoxon's exact two-sided p = 2 / 2**n (n = 5 pairs left, or 6); Holm over 10
+    expected = np.where(same_steps, 2 / 2 ** 5, 2 / 2 ** 6)
+    assert primary["p_value"].to_numpy() == pytest.approx(expected)
+    assert primary["p_holm"].to_numpy() == pytest.approx(report.holm_adjusted(expected))
     assert not primary["significant"].any()
 
 
