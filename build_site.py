@@ -78,9 +78,19 @@ def notebook_page(name: str) -> str:
     return re.sub(r"(<body[^>]*>)", lambda match: match.group(1) + navigation(name), body, count=1)
 
 
+def github_anchors(content: str) -> str:
+    """Each heading also gets the anchor a code host gives it (lowercase, punctuation dropped, spaces as
+    dashes), so that links written for the repository (README.md#...) work on the site too."""
+    def add(match: re.Match) -> str:
+        text = re.sub(r"<[^>]+>", "", match.group(3)).replace("¶", "")
+        slug = re.sub(r"[^\w\- ]", "", html.unescape(text).strip().lower()).replace(" ", "-")
+        return f'{match.group(1)}<a id="{html.escape(slug)}"></a>{match.group(3)}{match.group(4)}'
+    return re.sub(r"(<h([1-6])[^>]*>)(.*?)(</h\2>)", add, content, flags=re.S)
+
+
 def markdown_page(markdown: str, current: str, title: str) -> str:
     """A markdown document as a standalone page; links to .md files become links to their pages."""
-    content = site_links(markdown2html_mistune(markdown))
+    content = github_anchors(site_links(markdown2html_mistune(markdown)))
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>{STYLE}</head>"
             f"<body>{navigation(current)}<main class=\"page\">{content}</main></body></html>\n")
 
