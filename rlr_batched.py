@@ -372,7 +372,7 @@ def training_rows(samples: torch.Tensor, dqn: DQNConfig, n_actions: int, state_d
         return batch._replace(action=batch.action.long()), 1.0 / dqn.batch_size
     rows = rlr_core.as_coded_rows(batch, n_actions)
     with_zero_row = rlr_core.Transition(*(torch.cat([values, torch.zeros_like(values[:, :1])], dim=1)
-                                          for values in rows))
+                                          for values in rows[:4]))
     row_weights = samples.new_tensor([1.0] * 4 + [dqn.batch_size - 4.0]) / dqn.batch_size
     return with_zero_row, row_weights
 
@@ -383,8 +383,11 @@ def dqn_update(policy: StackedMLP, target: StackedMLP, optimizer: BatchedAdam, b
 
     row_weights: each row's weight in the mean (1 / batch_size for the described update).
     """
+    # Double DQN: the policy's greedy next actions, taken before the forward pass whose buffers backward uses
+    next_actions = policy.forward(batch.next_state)[0].argmax(dim=2) if dqn.double_dqn else None
     q_values, layer_inputs = policy.forward(batch.state)
-    targets = rlr_core.td_targets(batch.reward, target.forward(batch.next_state)[0], dqn.gamma)
+    targets = rlr_core.td_targets(batch.reward, target.forward(batch.next_state)[0], dqn.gamma,
+                                  next_actions=next_actions)  # the learning-rate run has no terminal states
     q_taken = q_values.gather(2, batch.action.unsqueeze(2)).squeeze(2)
     # smooth_l1_loss (beta 1) backward: clamp(q - target, -1, 1) times each row's weight in the mean
     grad_q_taken = (q_taken - targets).clamp_(-1.0, 1.0).mul_(row_weights)

@@ -166,7 +166,7 @@ class DQNConfig:
     hidden_size: int = 64
     """width of both hidden layers of the Q-network"""
     gamma: float = 0.99
-    """discount factor; the run has no terminal states"""
+    """discount factor (the original's run has no terminal states; episodic tasks mark them)"""
     lr: float = 1e-3
     """Adam learning rate of the Q-network"""
     tau: float = 0.005
@@ -185,6 +185,8 @@ class DQNConfig:
     """time constant (steps) of the exponential decay from epsilon_start to epsilon_end"""
     variant: str = "described"
     """'described' (the original's text: correct DQN) or 'as_coded' (what its code ran, docs/original.md)"""
+    double_dqn: bool = False
+    """Double DQN (van Hasselt et al. 2016): the policy network picks a', the target network values it"""
 
     def __post_init__(self) -> None:
         check_int("dqn.hidden_size", self.hidden_size, 1)
@@ -205,6 +207,8 @@ class DQNConfig:
         check_float("dqn.epsilon_decay", self.epsilon_decay, 0.0, math.inf, high_open=True)
         if self.variant not in DQN_VARIANTS:
             raise ValueError(f"dqn.variant must be one of {DQN_VARIANTS}, got {self.variant!r}")
+        if not isinstance(self.double_dqn, bool):
+            raise TypeError(f"dqn.double_dqn must be a bool, got {type(self.double_dqn).__name__}")
         if self.variant == "as_coded" and self.batch_size < 4:  # its update reads 4 sampled transitions
             raise ValueError(f"dqn.batch_size must be >= 4 for variant 'as_coded', got {self.batch_size}")
 
@@ -331,6 +335,8 @@ class Transition(NamedTuple):
     action: torch.Tensor
     next_state: torch.Tensor
     reward: torch.Tensor
+    terminated: torch.Tensor | None = None
+    """1 where the episode ended in a terminal state (no bootstrapping from next_state); None: never"""
 
 
 class ReplayMemory:
@@ -345,13 +351,15 @@ class ReplayMemory:
         self.actions = torch.zeros(capacity, dtype=torch.long, device=device)
         self.next_states = torch.zeros(capacity, state_dim, dtype=dtype, device=device)
         self.rewards = torch.zeros(capacity, dtype=dtype, device=device)
+        self.terminated = torch.zeros(capacity, dtype=dtype, device=device)
         self.position = 0
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def push(self, state: torch.Tensor, action: int, next_state: torch.Tensor, reward: float) -> None:
+    def push(self, state: torch.Tensor, action: int, next_state: torch.Tensor, reward: float,
+             terminated: bool = False) -> None:
         """Store one transition, overwriting the oldest once full. Non-finite values are refused."""
         if not (torch.isfinite(state).all() and torch.isfinite(next_state).all() and math.isfinite(reward)):
             raise ValueError("replay memory refuses a transition with a non-finite state or reward")
@@ -359,6 +367,7 @@ class ReplayMemory:
         self.actions[self.position] = action
         self.next_states[self.position] = next_state
         self.rewards[self.position] = reward
+        self.terminated[self.position] = float(terminated)
         self.position = (self.position + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -370,12 +379,12 @@ class ReplayMemory:
         uniforms = torch.rand(batch_size, dtype=torch.float64, generator=generator)
         indices = (uniforms * self.size).long().to(self.states.device)
         return Transition(self.states[indices], self.actions[indices], self.next_states[indices],
-                          self.rewards[indices])
+                          self.rewards[indices], self.terminated[indices])
 
     def state_dict(self) -> dict:
         return {"states": self.states.clone(), "actions": self.actions.clone(),
                 "next_states": self.next_states.clone(), "rewards": self.rewards.clone(),
-                "position": self.position, "size": self.size}
+                "terminated": self.terminated.clone(), "position": self.position, "size": self.size}
 
     def load_state_dict(self, state: dict) -> None:
         if state["states"].shape != self.states.shape:
@@ -383,6 +392,7 @@ class ReplayMemory:
                              f"{tuple(self.states.shape)}")
         for name in ("states", "actions", "next_states", "rewards"):
             getattr(self, name).copy_(state[name])
+        self.terminated.copy_(state.get("terminated", torch.zeros_like(self.terminated)))  # older states: none
         self.position, self.size = int(state["position"]), int(state["size"])
 
 
@@ -398,9 +408,21 @@ def soft_update(target: nn.Module, policy: nn.Module, tau: float) -> None:
         target_param.lerp_(policy_param, tau)
 
 
-def td_targets(rewards: torch.Tensor, next_q_values: torch.Tensor, gamma: float) -> torch.Tensor:
-    """DQN's regression targets r + gamma max_a' Q_target(s', a') (next_q_values [..., n_actions])."""
-    return rewards + gamma * next_q_values.amax(dim=-1)
+def td_targets(rewards: torch.Tensor, next_q_values: torch.Tensor, gamma: float,
+               terminated: torch.Tensor | None = None, next_actions: torch.Tensor | None = None) -> torch.Tensor:
+    """DQN's regression targets r + gamma (1 - terminated) Q_target(s', a') (next_q_values [..., n_actions]).
+
+    a' is the greedy action of the target network (DQN), or next_actions when given (Double DQN: the
+    policy network's greedy action, evaluated by the target network). Terminal transitions are not
+    bootstrapped; truncated ones are (Gymnasium's semantics). terminated None: no terminal states.
+    """
+    if next_actions is None:
+        next_value = next_q_values.amax(dim=-1)
+    else:
+        next_value = next_q_values.gather(-1, next_actions.unsqueeze(-1)).squeeze(-1)
+    if terminated is not None:
+        next_value = next_value * (1.0 - terminated)
+    return rewards + gamma * next_value
 
 
 def as_coded_rows(batch: Transition, n_actions: int) -> Transition:
@@ -420,7 +442,7 @@ def as_coded_rows(batch: Transition, n_actions: int) -> Transition:
         values = values.to(dtype)
         return values if values.dim() == batch.state.dim() else values.unsqueeze(-1).expand(*values.shape, state_dim)
 
-    fields = torch.stack([as_states(values) for values in batch], dim=-3)  # [..., field, sample, d]
+    fields = torch.stack([as_states(values) for values in batch[:4]], dim=-3)  # [..., field, sample, d]
     # int() truncates toward zero. The original would crash on an index outside [0, n_actions); that
     # needs a loss >= n_actions or a reward <= -1, which this task never produces: clip.
     actions = fields[..., 1, 0].trunc().nan_to_num(0.0).clamp(0, n_actions - 1).long()
@@ -432,7 +454,7 @@ def assemble_as_coded_batch(batch: Transition, n_actions: int) -> Transition:
     rows = as_coded_rows(batch, n_actions)
     padding = batch.state.shape[0] - 4
     return Transition(*(F.pad(values, (0, 0, 0, padding) if values.dim() == 2 else (0, padding))
-                        for values in rows))
+                        for values in rows[:4]))  # the original's batch had no terminal flags
 
 
 class DQNAgent:
@@ -484,8 +506,11 @@ class DQNAgent:
             return int(action_draw * self.n_actions)
         return int(self.last_q_values.argmax())
 
-    def remember(self, state: torch.Tensor, action: int, next_state: torch.Tensor, reward: float) -> None:
-        self.replay.push(torch.as_tensor(state), action, torch.as_tensor(next_state), reward)
+    def remember(self, state: torch.Tensor, action: int, next_state: torch.Tensor, reward: float,
+                 terminated: bool = False) -> None:
+        """Store a transition; terminated: the episode ended in a terminal state (Gymnasium's terminated,
+        not truncated), so learn() will not bootstrap from next_state."""
+        self.replay.push(torch.as_tensor(state), action, torch.as_tensor(next_state), reward, terminated)
 
     def learn(self) -> float | None:
         """One DQN update (Huber loss on r + gamma max Q_target(s')), then the soft update. None if too early."""
@@ -497,7 +522,9 @@ class DQNAgent:
             batch = assemble_as_coded_batch(batch, self.n_actions)
         q_taken = self.policy_net(batch.state).gather(1, batch.action[:, None]).squeeze(1)
         with torch.no_grad():
-            target = td_targets(batch.reward, self.target_net(batch.next_state), config.gamma)
+            next_actions = self.policy_net(batch.next_state).argmax(dim=1) if config.double_dqn else None
+            target = td_targets(batch.reward, self.target_net(batch.next_state), config.gamma, batch.terminated,
+                                next_actions)
         loss = F.smooth_l1_loss(q_taken, target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

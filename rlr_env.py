@@ -158,16 +158,17 @@ class LRControlEnv(gymnasium.Env):
 
 
 def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
-                       seed: int | None = None) -> dict[str, list]:
-    """Run agent on env for total_steps environment steps, the standard Gymnasium loop.
+                       seed: int | None = None, max_episodes: int | None = None) -> dict[str, list]:
+    """Run agent on env for total_steps environment steps (or until max_episodes episodes have finished),
+    the standard Gymnasium loop.
 
     obs -> act -> step -> remember(obs, action, next_obs, reward) -> learn, then reset at terminated or
     truncated. The first reset uses seed, later ones continue the environment's own RNG. next_obs is
-    always the observation step() returned, also at truncation (the real next state). The DQN has no
-    terminal states (docs/original.md): a terminated transition is stored like any other and bootstrapped from.
-    For LRControlEnv's divergence that is (s_t, a, s_t, divergence_penalty): a penalised self-loop,
-    which still ranks the diverging action below the others. With agent.training False (eval) nothing
-    is stored or learned: an evaluation rollout with the greedy policy.
+    always the observation step() returned, also at truncation (the real next state). Gymnasium's
+    semantics: a terminated transition is stored as terminal (no bootstrapping from it: for
+    LRControlEnv's divergence, the penalty is the last reward), a truncated one is bootstrapped from its
+    real next observation. With agent.training False (eval) nothing is stored or learned: an evaluation
+    rollout with the greedy policy.
 
     Returns episode_returns, episode_lengths and episode_terminated (one per finished episode; an
     unfinished last episode is left out) and dqn_losses (one per DQN update).
@@ -179,6 +180,8 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
         raise ValueError(f"env.observation_space must be a Box of shape ({agent.state_dim},) for this agent, "
                          f"got {env.observation_space}")
     rc.check_int("total_steps", total_steps, 0)
+    if max_episodes is not None:
+        rc.check_int("max_episodes", max_episodes, 1)
     history: dict[str, list] = {"episode_returns": [], "episode_lengths": [], "episode_terminated": [],
                                 "dqn_losses": []}
     observation, _ = env.reset(seed=seed)
@@ -187,7 +190,7 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
         action = agent.act(observation)
         next_observation, reward, terminated, truncated, _ = env.step(action)
         if agent.training:
-            agent.remember(observation, action, next_observation, float(reward))
+            agent.remember(observation, action, next_observation, float(reward), terminated=bool(terminated))
             dqn_loss = agent.learn()
             if dqn_loss is not None:
                 history["dqn_losses"].append(dqn_loss)
@@ -197,6 +200,8 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
             history["episode_returns"].append(episode_return)
             history["episode_lengths"].append(episode_length)
             history["episode_terminated"].append(bool(terminated))
+            if max_episodes is not None and len(history["episode_returns"]) >= max_episodes:
+                break
             observation, _ = env.reset()
             episode_return, episode_length = 0.0, 0
         else:

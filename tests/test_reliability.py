@@ -180,9 +180,9 @@ def test_agent_run_stops_when_it_moves_to_a_diverging_lr_and_stores_nothing_non_
     pushed = []
     original_push = ReplayMemory.push
 
-    def recording_push(self, state, action, next_state, reward):
+    def recording_push(self, state, action, next_state, reward, terminated=False):
         pushed.append((state.clone(), next_state.clone(), reward))
-        original_push(self, state, action, next_state, reward)
+        original_push(self, state, action, next_state, reward, terminated)
 
     monkeypatch.setattr(ReplayMemory, "push", recording_push)
     # The original grid plus lr = 1e8 on top: the first step at 1e8 makes the loss inf.
@@ -657,10 +657,10 @@ def test_replay_never_exceeds_capacity_and_samples_only_stored_transitions(capac
         return
     batch = memory.sample(batch_size, torch.Generator().manual_seed(seed))
     assert batch.state.shape == (batch_size, 2)
-    for state, action, next_state, reward in zip(*batch):
+    for state, action, next_state, reward, terminated in zip(*batch):
         i = int(state[0])
         assert i in stored
-        assert state[1] == -i and action == i % 3 and reward == 10.0 * i
+        assert state[1] == -i and action == i % 3 and reward == 10.0 * i and terminated == 0.0
         assert next_state.tolist() == [i + 0.5, i]
 
 

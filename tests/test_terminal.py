@@ -1,0 +1,99 @@
+"""Terminal states with Gymnasium's semantics, Double DQN, and the agent learning a standard episodic task.
+
+A terminated transition is not bootstrapped from, a truncated one is; the original experiment has no
+terminal states, so its runs are unchanged (checked bit for bit against the targets written out by hand).
+"""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import rlr_core as rc
+import rlr_env
+
+TUTORIAL = rc.DQNConfig(hidden_size=128, gamma=0.99, lr=3e-4, tau=0.005, batch_size=128, replay_capacity=10_000,
+                        learning_starts=128, epsilon_start=0.9, epsilon_end=0.01, epsilon_decay=2500.0)
+"""The PyTorch DQN tutorial's hyperparameters (its CartPole agent), through DQNConfig."""
+
+
+def test_td_targets_bootstrap_only_from_non_terminal_transitions():
+    rewards = torch.tensor([1.0, 2.0, 3.0])
+    next_q = torch.tensor([[0.5, 4.0], [1.0, -1.0], [2.0, 3.0]])
+    torch.testing.assert_close(rc.td_targets(rewards, next_q, 0.5), torch.tensor([3.0, 2.5, 4.5]))
+    terminated = torch.tensor([0.0, 1.0, 0.0])
+    torch.testing.assert_close(rc.td_targets(rewards, next_q, 0.5, terminated), torch.tensor([3.0, 2.0, 4.5]))
+    # Double DQN: the given next actions are valued by next_q (the target network), not its maximum
+    torch.testing.assert_close(rc.td_targets(rewards, next_q, 0.5, terminated, torch.tensor([0, 0, 0])),
+                               torch.tensor([1.25, 2.0, 4.0]))
+
+
+def agent_with_memory(double_dqn: bool = False, terminal_every: int = 0) -> rc.DQNAgent:
+    config = rc.DQNConfig(batch_size=8, learning_starts=8, replay_capacity=16, double_dqn=double_dqn)
+    agent = rc.DQNAgent(2, 3, config, seed=4, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    for i in range(16):
+        state, next_state = torch.rand(2, generator=generator), torch.rand(2, generator=generator)
+        agent.remember(state, i % 3, next_state, float(i) / 10, terminated=terminal_every > 0 and i % terminal_every == 0)
+    return agent
+
+
+@pytest.mark.parametrize("double_dqn, terminal_every", [(False, 0), (False, 3), (True, 0), (True, 3)])
+def test_learn_fits_the_targets_written_out_by_hand(double_dqn: bool, terminal_every: int):
+    """agent.learn()'s Huber loss equals one computed here from the sampled batch: with no terminal
+    states and plain DQN it is the original's r + gamma max Q_target(s'), to the last bit."""
+    agent = agent_with_memory(double_dqn, terminal_every)
+    generator_state = agent.generator.get_state()
+    batch = agent.replay.sample(agent.config.batch_size, agent.generator)
+    agent.generator.set_state(generator_state)  # learn() draws the same batch
+    with torch.no_grad():
+        q_taken = agent.policy_net(batch.state).gather(1, batch.action[:, None]).squeeze(1)
+        target_q = agent.target_net(batch.next_state)
+        if double_dqn:
+            best = agent.policy_net(batch.next_state).argmax(dim=1)
+            bootstrap = target_q.gather(1, best[:, None]).squeeze(1)
+        else:
+            bootstrap = target_q.max(dim=1).values
+        not_terminal = torch.tensor([0.0 if flag else 1.0 for flag in batch.terminated.tolist()], dtype=torch.float64)
+        expected = F.smooth_l1_loss(q_taken, batch.reward + agent.config.gamma * bootstrap * not_terminal).item()
+    assert agent.learn() == expected
+    if terminal_every:
+        assert batch.terminated.sum() > 0, "the sample holds terminal transitions"
+
+
+def test_replay_memory_keeps_terminal_flags_through_a_state_dict():
+    agent = agent_with_memory(terminal_every=4)
+    assert agent.replay.terminated.tolist() == [1.0 if i % 4 == 0 else 0.0 for i in range(16)]
+    other = rc.DQNAgent(2, 3, agent.config, seed=9, dtype=torch.float64)
+    other.load_state_dict(agent.state_dict())
+    assert torch.equal(other.replay.terminated, agent.replay.terminated)
+
+
+def test_a_divergence_in_the_environment_is_stored_as_a_terminal_transition():
+    schedule = rc.ScheduleConfig(lr_grid=(1e-3, 1e8), start_index=0, steps=50)
+    env = rlr_env.LRControlEnv(schedule=schedule)
+    agent = rc.DQNAgent(2, 3, rc.DQNConfig(epsilon_start=0.0, epsilon_end=0.0), seed=0)
+    with torch.no_grad():  # the greedy action alternates keep (lr 1e-3) and raise (lr 1e8, diverges)
+        agent.policy_net[-1].weight.zero_()
+    actions = iter([1, 2, 1, 1, 2])
+    agent.act = lambda state: next(actions)
+    history = rlr_env.train_agent_on_env(env, agent, 5, seed=0)
+    assert history["episode_lengths"] == [2, 3] and history["episode_terminated"] == [True, True]
+    assert agent.replay.terminated[:len(agent.replay)].tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_the_agent_learns_cartpole_with_the_pytorch_tutorials_hyperparameters():
+    """Calibration (150 episodes, one thread, this project's machine): the mean return of the last 20
+    episodes was 383.7, 188.8, 228.4, 168.5, 130.6, 188.8, 242.8 and 425.1 for seeds 0-7. Random play
+    averages about 22, and the same agent storing no terminal flags (bootstrapping through every episode
+    end, as before) reached 11.95 and 11.75 on seeds 0 and 1. The bar, 100, is far above both and below
+    every calibration seed. Seed 0 runs here (about 20 s)."""
+    env = gymnasium.make("CartPole-v1")
+    agent = rc.DQNAgent(4, 2, TUTORIAL, seed=0)
+    history = rlr_env.train_agent_on_env(env, agent, 200_000, seed=0, max_episodes=150)
+    assert len(history["episode_returns"]) == 150
+    assert np.mean(history["episode_returns"][-20:]) > 100
+    assert sum(history["episode_terminated"]) > 100, "CartPole ends episodes by termination"
