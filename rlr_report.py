@@ -265,14 +265,6 @@ def paired_win_rate(table: pd.DataFrame, metric: str, reference: str, method: st
     return float((paired_ratio(table, metric, reference, method) > 1).mean())
 
 
-def claim_ratio(table: pd.DataFrame, metric: str, baseline: str, agent: str) -> dict:
-    """The original's "times more accurate" over seeds: geometric mean of baseline/agent with its CI."""
-    ratios = paired_ratio(table, metric, baseline, agent).to_numpy()
-    low, high = bootstrap_interval(ratios, "geometric_mean")
-    return {"ratio": geometric_mean(ratios), "ci_low": low, "ci_high": high, "seeds": len(ratios),
-            "seeds_reaching_2": int((ratios >= 2).sum())}
-
-
 def wilson_interval(wins: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a win rate wins / n (scipy.stats.binomtest)."""
     from scipy.stats import binomtest
@@ -478,7 +470,8 @@ def outcome(row: dict | pd.Series) -> str:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A pandas DataFrame (already formatted as strings where needed) as a GitHub markdown table."""
+    """A pandas DataFrame (already formatted as strings where needed) as a GitHub markdown table.
+    (pandas' to_markdown needs the tabulate package; these four lines do not.)"""
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ["| " + " | ".join(str(value) for value in row) + " |" for row in frame.itertuples(index=False)]

@@ -77,9 +77,9 @@ def test_paired_statistics_match_hand_counts():
                           "mse": [4.0, 4.0, 1.0, 9.0, 1.0, 2.0, 2.0, 3.0]})
     # per seed base/agent = 4, 2, 0.5, 3: the agent wins on 3 of 4 seeds, 3 of them reach 2x
     assert report.paired_win_rate(table, "mse", "base", "agent") == 0.75
-    claim = report.claim_ratio(table, "mse", "base", "agent")
+    claim = report.paired_comparison(table, "mse", "base", "agent")
     assert claim["ratio"] == pytest.approx((4 * 2 * 0.5 * 3) ** 0.25)
-    assert claim["seeds_reaching_2"] == 3 and claim["seeds"] == 4
+    assert claim["seeds_reaching_2"] == 3 and claim["seeds"] == 4 and claim["wins"] == 3
     summary = report.summarise_over_seeds(table, "mse")
     assert summary.loc["agent", "median"] == 2.0 and summary.loc["base", "seeds"] == 4
 
