@@ -97,3 +97,27 @@ def test_the_agent_learns_cartpole_with_the_pytorch_tutorials_hyperparameters():
     assert len(history["episode_returns"]) == 150
     assert np.mean(history["episode_returns"][-20:]) > 100
     assert sum(history["episode_terminated"]) > 100, "CartPole ends episodes by termination"
+
+
+def test_stable_baselines3_ppo_and_dqn_train_on_the_environment():
+    """The environment plugs into the standard RL stack: stable-baselines3's PPO and DQN (unmodified)
+    train on it, and a greedy rollout of each scores a return that telescopes to log L_0 - log L_T."""
+    from stable_baselines3 import DQN, PPO
+
+    schedule = rc.ScheduleConfig(steps=64, features="log", lr_factors=(0.5, 1.0, 2.0))
+    env = rlr_env.LRControlEnv(schedule=schedule)
+    learners = {"PPO": PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu"),
+                "DQN": DQN("MlpPolicy", env, learning_starts=32, buffer_size=1000, batch_size=32, train_freq=4,
+                           seed=0, device="cpu")}
+    for name, learner in learners.items():
+        learner.learn(256)
+        assert learner.num_timesteps == 256, name
+        rollout = rlr_env.LRControlEnv(schedule=schedule)
+        observation, info = rollout.reset(seed=7)
+        first_loss, total, done = info["loss"], 0.0, False
+        while not done:
+            action, _ = learner.predict(observation, deterministic=True)
+            assert rollout.action_space.contains(int(action)), name
+            observation, reward, terminated, truncated, info = rollout.step(int(action))
+            total, done = total + reward, terminated or truncated
+        assert total == pytest.approx(np.log(first_loss) - np.log(info["loss"]), rel=1e-9), name
