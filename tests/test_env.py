@@ -233,7 +233,8 @@ def test_divergence_ends_the_episode_in_the_loop_and_is_stored_with_the_penalty(
     assert history["episode_lengths"] == [1, 1, 1] and history["episode_terminated"] == [True] * 3
     assert history["episode_returns"] == [-1.0] * 3
     assert agent.replay.rewards[:3].tolist() == [-1.0] * 3
-    assert torch.equal(agent.replay.states[0], agent.replay.next_states[0]), "penalised self-loop"
+    assert torch.equal(agent.replay.states[0], agent.replay.next_states[0]), "the last finite observation"
+    assert agent.replay.terminated[:3].tolist() == [1.0] * 3, "stored as terminal: never bootstrapped from"
 
 
 def test_train_agent_on_env_refuses_an_agent_of_another_shape():

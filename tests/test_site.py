@@ -108,14 +108,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def jupyterlab():
-    """A JupyterLab server on a free loopback port, serving notebooks/, stopped afterwards."""
+def jupyterlab(tmp_path_factory):
+    """A JupyterLab server on a free loopback port (no fallback to another port), serving notebooks/,
+    stopped afterwards; its log is shown when it fails to start."""
     port, token = free_port(), "rlr-test-token"
-    server = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
-                               "--ServerApp.ip=127.0.0.1", "--ServerApp.allow_root=True",
-                               f"--IdentityProvider.token={token}",
-                               f"--ServerApp.root_dir={ROOT / 'notebooks'}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = tmp_path_factory.mktemp("jupyterlab") / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
+                                   "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1",
+                                   "--ServerApp.allow_root=True", f"--IdentityProvider.token={token}",
+                                   f"--ServerApp.root_dir={ROOT / 'notebooks'}"], stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -126,13 +128,19 @@ def jupyterlab():
                         break
             except OSError:
                 pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                pytest.fail("JupyterLab did not start within 90 s")
+            if server.poll() is not None:
+                pytest.fail(f"JupyterLab exited with code {server.returncode}:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not answer within 90 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
         yield base, token
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
 
 
 def test_a_notebooks_first_cells_run_in_the_projects_kernel():

@@ -46,6 +46,10 @@ def test_learn_fits_the_targets_written_out_by_hand(double_dqn: bool, terminal_e
     """agent.learn()'s Huber loss equals one computed here from the sampled batch: with no terminal
     states and plain DQN it is the original's r + gamma max Q_target(s'), to the last bit."""
     agent = agent_with_memory(double_dqn, terminal_every)
+    with torch.no_grad():  # a target network that is not a copy of the policy, so Double DQN differs from DQN
+        for parameter in agent.target_net.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1),
+                                       dtype=parameter.dtype))
     generator_state = agent.generator.get_state()
     batch = agent.replay.sample(agent.config.batch_size, agent.generator)
     agent.generator.set_state(generator_state)  # learn() draws the same batch
@@ -55,6 +59,7 @@ def test_learn_fits_the_targets_written_out_by_hand(double_dqn: bool, terminal_e
         if double_dqn:
             best = agent.policy_net(batch.next_state).argmax(dim=1)
             bootstrap = target_q.gather(1, best[:, None]).squeeze(1)
+            assert (best != target_q.argmax(dim=1)).any(), "the two networks disagree on some next action"
         else:
             bootstrap = target_q.max(dim=1).values
         not_terminal = torch.tensor([0.0 if flag else 1.0 for flag in batch.terminated.tolist()], dtype=torch.float64)
@@ -76,9 +81,7 @@ def test_a_divergence_in_the_environment_is_stored_as_a_terminal_transition():
     schedule = rc.ScheduleConfig(lr_grid=(1e-3, 1e8), start_index=0, steps=50)
     env = rlr_env.LRControlEnv(schedule=schedule)
     agent = rc.DQNAgent(2, 3, rc.DQNConfig(epsilon_start=0.0, epsilon_end=0.0), seed=0)
-    with torch.no_grad():  # the greedy action alternates keep (lr 1e-3) and raise (lr 1e8, diverges)
-        agent.policy_net[-1].weight.zero_()
-    actions = iter([1, 2, 1, 1, 2])
+    actions = iter([1, 2, 1, 1, 2])  # keep (lr 1e-3), raise (lr 1e8: diverges), keep, keep, raise
     agent.act = lambda state: next(actions)
     history = rlr_env.train_agent_on_env(env, agent, 5, seed=0)
     assert history["episode_lengths"] == [2, 3] and history["episode_terminated"] == [True, True]
@@ -101,7 +104,8 @@ def test_the_agent_learns_cartpole_with_the_pytorch_tutorials_hyperparameters():
 
 def test_stable_baselines3_ppo_and_dqn_train_on_the_environment():
     """The environment plugs into the standard RL stack: stable-baselines3's PPO and DQN (unmodified)
-    train on it, and a greedy rollout of each scores a return that telescopes to log L_0 - log L_T."""
+    train on it, and a greedy rollout of each scores a return that telescopes to log L_0 - log L_T. (A few
+    hundred steps show that the pieces connect, not that either learns a good schedule.)"""
     from stable_baselines3 import DQN, PPO
 
     schedule = rc.ScheduleConfig(steps=64, features="log", lr_factors=(0.5, 1.0, 2.0))
@@ -120,4 +124,4 @@ def test_stable_baselines3_ppo_and_dqn_train_on_the_environment():
             assert rollout.action_space.contains(int(action)), name
             observation, reward, terminated, truncated, info = rollout.step(int(action))
             total, done = total + reward, terminated or truncated
-        assert total == pytest.approx(np.log(first_loss) - np.log(info["loss"]), rel=1e-9), name
+        assert total == pytest.approx(np.log(first_loss) - np.log(info["loss"]), rel=1e-9, abs=1e-12), name
