@@ -312,8 +312,10 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
     """Full-batch Adam for `steps` steps from lr, optionally driven by a torch.optim.lr_scheduler.
 
     make_scheduler(optimizer) builds the schedule; ReduceLROnPlateau gets step(loss), the rest step().
-    make_optimizer(params, lr) swaps the optimiser (e.g. AdamHD). Logs the full-data loss after every
-    step and the lr each step used.
+    make_optimizer(params, lr) swaps the optimiser (e.g. AdamHD, or a learning-rate-free optimiser of
+    rlr_study.LR_FREE). Logs the full-data loss after every step and the lr each step used. An optimiser
+    with train()/eval() modes (schedule-free) steps in train mode, and its logged losses and the returned
+    model are those of its eval-mode weights.
     """
     check_float("lr", lr, 0.0, math.inf, high_open=True)
     check_int("steps", steps, 1)
@@ -325,6 +327,9 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
     optimizer = make_optimizer(model.parameters(), lr)
     scheduler = make_scheduler(optimizer) if make_scheduler is not None else None
     wants_loss = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    has_modes = callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+    if has_modes:  # schedule-free optimisers: steps in train mode, the weights they stand for in eval mode
+        optimizer.train()
     losses, lrs = np.empty(steps), np.empty(steps)
     diverged_at = None
     started = time.perf_counter()
@@ -334,6 +339,9 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
             loss = adam_step(model, optimizer, data, loss)
             lrs[step] = optimizer.param_groups[0]["lr"]  # the lr this step used (AdamHD sets it in step)
             value = loss.item()
+            if has_modes:  # the mode switches rewrite the weights in place: take L at y again afterwards
+                value = eval_mode_loss(model, optimizer, data)
+                loss = full_batch_loss(model, data)
             if not math.isfinite(value):
                 diverged_at = step
                 break
@@ -341,9 +349,21 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
             if scheduler is not None:
                 scheduler.step(value) if wants_loss else scheduler.step()
             bar.update()
+    if has_modes:
+        optimizer.eval()  # the returned model holds the weights the optimiser stands for (test MSE is theirs)
     count = step if diverged_at is not None else steps
     return RunResult(method, config.to_dict(), {"loss": losses[:count], "lr": lrs[:count]},
                      time.perf_counter() - started, diverged_at, model)
+
+
+def eval_mode_loss(model: nn.Module, optimizer: torch.optim.Optimizer, data: PolynomialData) -> float:
+    """The full-data loss at an optimiser's eval-mode weights (schedule-free: the averaged x, not the y
+    its gradients are taken at), back in train mode afterwards."""
+    optimizer.eval()
+    with torch.no_grad():
+        value = full_batch_loss(model, data).item()
+    optimizer.train()
+    return value
 
 
 def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: str | Path | None = None,

@@ -161,6 +161,46 @@ FAMILIES: dict[str, Family] = {
 """Every tuned family, each searched with the same number of configurations (StudyConfig.tuning_budget)."""
 
 
+LR_FREE: dict[str, dict] = {
+    "Schedule-Free AdamW": {"lr": (1e-5, 0.3, "log"), "warmup_fraction": (0.0, 0.2, "linear")},
+    "Prodigy": {"d_coef": (0.1, 10.0, "log")},
+    "D-Adaptation Adam": {"lr": (0.1, 10.0, "log")},
+}
+"""The learning-rate-free optimisers practitioners reach for, used through their own packages
+(schedulefree, prodigyopt, dadaptation), each with its documented knobs and their search ranges:
+Schedule-Free AdamW's lr and warm-up (as a fraction of the run), Prodigy's d_coef (lr stays 1),
+D-Adaptation Adam's lr multiplier (1 is the package's default). Each runs per seed on the reference loop:
+Prodigy and D-Adaptation estimate their step size from norms over all parameters, so members of a
+batched run must not share one optimiser."""
+
+
+def lr_free_optimizer(name: str, params: dict, steps: int) -> Callable:
+    """make_optimizer(parameters, lr) for rlr_engine.train_full_batch: the named LR_FREE optimiser with
+    the given knobs (the lr argument of train_full_batch is ignored: the knobs hold it). Knobs are checked
+    before any work, naming the one that is wrong."""
+    if name not in LR_FREE:
+        raise ValueError(f"name must be one of {list(LR_FREE)}, got {name!r}")
+    unknown = sorted(set(params) - set(LR_FREE[name]))
+    if unknown:
+        raise ValueError(f"{name} has no knob(s) {unknown}; its knobs are {sorted(LR_FREE[name])}")
+    for knob, value in params.items():  # a fraction in [0, 1]; every other knob a positive finite number
+        fraction = knob == "warmup_fraction"
+        rc.check_float(f"{name}.{knob}", value, 0.0, 1.0 if fraction else math.inf, low_open=not fraction,
+                       high_open=not fraction)
+    rc.check_int("steps", steps, 1)
+    if name == "Schedule-Free AdamW":
+        import schedulefree
+        warmup = round(params.get("warmup_fraction", 0.0) * steps)
+        return lambda parameters, lr: schedulefree.AdamWScheduleFree(parameters, lr=params["lr"], warmup_steps=warmup)
+    if name == "Prodigy":
+        import prodigyopt
+        return lambda parameters, lr: prodigyopt.Prodigy(parameters, lr=1.0, d_coef=params["d_coef"])
+    import dadaptation
+    # Adam's bias correction on (a documented option, off by default): without it the first steps are so
+    # large here that MaclaurinNet collapses to a constant prediction (loss 0.29 for good, tests/test_peers.py)
+    return lambda parameters, lr: dadaptation.DAdaptAdam(parameters, lr=params["lr"], use_bias_correction=True)
+
+
 def with_overrides(config: Config, overrides: dict) -> Config:
     """A copy of config with some fields of its parts replaced (validated like any Config)."""
     data = config.to_dict()
