@@ -22,8 +22,9 @@ import nbformat
 from nbconvert import HTMLExporter
 from nbconvert.filters.markdown_mistune import markdown2html_mistune
 
+from readme import NOTEBOOKS  # the notebooks, in order: one list for the README and the site
+
 ROOT = Path(__file__).resolve().parent
-NOTEBOOKS = ["01_baseline", "02_rlr_agent", "03_comparison", "04_benchmark", "05_transfer"]
 SOURCES = {
     "headline": ("04_benchmark", "Reading"),
     "one-run": ("03_comparison", None),

@@ -555,7 +555,12 @@ class DQNAgent:
 
     def policy_weights(self) -> dict:
         """A CPU copy of the policy network's weights (to save, or to start other agents from)."""
-        return {name: tensor.detach().cpu().clone() for name, tensor in self.policy_net.state_dict().items()}
+        return network_weights(self.policy_net)
+
+
+def network_weights(network: nn.Module) -> dict:
+    """A CPU copy of a network's state_dict: plain tensors, detached from the network."""
+    return {name: tensor.detach().cpu().clone() for name, tensor in network.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------------

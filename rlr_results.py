@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlr_core import DQNAgent, DQNConfig, DTYPES
+from rlr_core import DQNAgent, DQNConfig, DTYPES, network_weights
 
 
 @dataclass
@@ -221,11 +221,10 @@ def save_agent(agent: DQNAgent, path: str | Path) -> Path:
     """
     if not isinstance(agent, DQNAgent):
         raise TypeError(f"agent must be a DQNAgent, got {type(agent).__name__}")
-    target_weights = {name: tensor.detach().cpu().clone() for name, tensor in agent.target_net.state_dict().items()}
     content = {"format": AGENT_FILE_FORMAT, "format_version": AGENT_FILE_VERSION,
                "state_dim": agent.state_dim, "n_actions": agent.n_actions, "config": asdict(agent.config),
-               "steps_done": agent.steps_done, "policy_net": agent.policy_weights(),
-               "target_net": target_weights}
+               "steps_done": agent.steps_done, "policy_net": network_weights(agent.policy_net),
+               "target_net": network_weights(agent.target_net)}
     return atomic_write(path, lambda file: torch.save(content, file))
 
 

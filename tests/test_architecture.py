@@ -25,7 +25,7 @@ LAYERS = {
 """Each library module's layer (README, Layout); entry points (notebooks, benchmarks, sweep) are 5."""
 
 WITHIN_LAYER = {("rlr_engine", "rlr_results"), ("rlr_batched", "rlr_engine"), ("rlr_batched", "rlr_results"),
-                ("rlr_study", "rlr_report")}
+                ("rlr_study", "rlr_report"), ("build_site", "readme")}
 """The allowed imports inside one layer (the other direction would be a cycle)."""
 
 
