@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
-NOTEBOOKS := 01_baseline 02_rlr_agent 03_comparison 04_benchmark 05_transfer
+NOTEBOOKS := 01_baseline 02_rlr_agent 03_comparison 04_benchmark 05_transfer 06_pbt
 
 .PHONY: venv test reproduce site lab clean-venv
 

@@ -21,12 +21,13 @@ import nbformat
 import pandas as pd
 
 import rlr_engine as engine
+import rlr_peers as peers
 import rlr_report as report
 import rlr_results as results_io
 import rlr_study as study
 
 ROOT = Path(__file__).resolve().parent
-NOTEBOOKS = ["01_baseline", "02_rlr_agent", "03_comparison", "04_benchmark", "05_transfer"]
+NOTEBOOKS = ["01_baseline", "02_rlr_agent", "03_comparison", "04_benchmark", "05_transfer", "06_pbt"]
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 
 
@@ -83,12 +84,74 @@ def verdict_block(root: Path) -> str:
         "The pre-registered comparisons (ratio = reference MSE / agent MSE, paired by seed; above 1: the agent "
         "is better; Holm-adjusted Wilcoxon signed-rank tests over all of them):",
         report.claims_markdown(claims),
+        summary["headroom"]["reading"],
         summary["seed_zero"]])
 
 
 def headline_block(root: Path) -> str:
-    """The verdict first: notebook 04's generated reading."""
-    return read_json(root / "results" / "benchmark_summary.json")["reading"]
+    """The verdict first: notebook 04's generated reading, then notebook 06's on PBT against the tuned
+    constant (its first two lines)."""
+    pbt_lines = read_json(root / "results" / "pbt_summary.json")["reading"].split("\n")
+    return "\n\n".join([read_json(root / "results" / "benchmark_summary.json")["reading"],
+                         f"Population Based Training (notebook 06): {pbt_lines[0]} {pbt_lines[1].removeprefix('- ')}"])
+
+
+def peers_block(root: Path) -> str:
+    """Notebook 06: PBT beside notebook 04's methods on its seeds, the comparisons, the cost and the reading."""
+    summary = read_json(root / "results" / "pbt_summary.json")
+    setup, pbt, labels = summary["study"], summary["pbt"], summary["labels"]
+    references = {"tuned constant": labels["tuned"], "PBT": labels["pbt"]}
+    test = pd.DataFrame(summary["summaries"]["test_mse"]).set_index("method")
+    cost = pd.DataFrame(summary["cost"]).set_index("method")
+    exploits = sum(summary["exploits_per_seed"].values())
+    return "\n\n".join([
+        f"Seeds {setup['first_eval_seed']}-{setup['first_eval_seed'] + setup['n_eval_seeds'] - 1} (the first "
+        f"{setup['n_eval_seeds']} of notebook 04's); a population of {pbt['population']} per seed, an exploit/explore "
+        f"round every {pbt['perturbation_interval']:,} steps ranked on validation MSE, {exploits} exploits in all; "
+        f"one population took {min(summary['population_seconds']):.0f}-{max(summary['population_seconds']):.0f} s on "
+        "local Ray. Test MSE beside notebook 04's methods on the same seeds:",
+        report.summary_markdown(test, "test_mse", references),
+        "Optimiser steps paid per evaluated run and once for tuning:",
+        report.markdown_table(report.formatted(cost.reset_index(), {"optimiser steps per run": ",d", "tuning, once": ",d",
+                                                                    "test MSE (geometric mean)": ".2e"})),
+        "The pre-registered comparisons of notebook 06:",
+        report.claims_markdown(pd.DataFrame(summary["claims"])),
+        summary["reading"]])
+
+
+def which_block(root: Path) -> str:
+    """Which method to use when, for this task family: every tuned family of notebook 04 by test MSE with
+    its one line of usage, then PBT and the learning-rate-free choice, all from the results."""
+    bench, pbt = read_json(root / "results" / "benchmark_summary.json"), read_json(root / "results" / "pbt_summary.json")
+    test = pd.DataFrame(bench["summaries"]["test_mse"]).set_index("method")["geometric mean"]
+    tuned = test[study.TUNED]
+    rows = sorted(({"method": study.tuned_label(family), "test MSE": test[study.tuned_label(family)],
+                    "vs tuned constant": tuned / test[study.tuned_label(family)],
+                    "use it": report.usage_line(family, params)} for family, params in bench["chosen"].items()),
+                  key=lambda row: row["test MSE"])
+    free = [row for row in rows if row["method"].removesuffix(", tuned") in peers.LR_FREE]
+    agents = [row for row in rows if row["method"] in study.FAMILIES and study.FAMILIES[row["method"]].kind == "agent"]
+    pbt_test = pd.DataFrame(pbt["summaries"]["test_mse"]).set_index("method")["geometric mean"]
+    labels = pbt["labels"]
+    lines = [
+        f"- **One run per task, tune once**: **{rows[0]['method']}** had the lowest test MSE here "
+        f"({rows[0]['test MSE']:.2e}, {rows[0]['vs tuned constant']:.2f}x the tuned constant lr's accuracy: its test MSE "
+        f"over this one's). Use: {rows[0]['use it']}.",
+        f"- **No learning-rate schedule to design**: of the learning-rate-free optimisers, **{free[0]['method']}** did "
+        f"best ({free[0]['test MSE']:.2e}, {free[0]['vs tuned constant']:.2f}x the tuned constant's accuracy), with its "
+        f"knobs tuned like every family's. Use: {free[0]['use it']}.",
+        f"- **Several runs' compute per task**: {labels['pbt']} reached {pbt_test[labels['pbt']]:.2e} on "
+        f"{pbt['study']['n_eval_seeds']} seeds, where the {labels['equal_compute']} reached "
+        f"{pbt_test[labels['equal_compute']]:.2e} for the same compute. Use: `rlr_peers.run_pbt(config, steps, "
+        f"rlr_peers.PBTConfig(population={pbt['pbt']['population']}))` (Ray Tune's PopulationBasedTraining).",
+        f"- **The RL scheduler**: the best tuned agent, **{agents[0]['method']}**, reached {agents[0]['test MSE']:.2e}, "
+        f"{agents[0]['vs tuned constant']:.2f}x the tuned constant's accuracy (the verdict above has the tests). "
+        f"Use: {agents[0]['use it']}."]
+    table = pd.DataFrame([{**row, "test MSE": f"{row['test MSE']:.2e}", "vs tuned constant": f"{row['vs tuned constant']:.2f}x"}
+                          for row in rows])
+    return "\n\n".join(["\n".join(lines), "Every tuned family of notebook 04 with the configuration it chose "
+                         "(geometric-mean test MSE over the evaluation seeds; \"vs tuned constant\" above 1 is better):",
+                         report.markdown_table(table)])
 
 
 def transfer_block(root: Path) -> str:
@@ -114,7 +177,7 @@ def durations_block(root: Path) -> str:
     rows = pd.DataFrame([{"notebook": f"{name}.ipynb", "seconds": f"{seconds:.0f}"} for name, seconds in durations.items()])
     total = sum(durations.values())
     return "\n\n".join([report.markdown_table(rows),
-                        f"All five: {total / 60:.1f} minutes of notebook execution in the committed `make reproduce` "
+                        f"All {len(durations)}: {total / 60:.1f} minutes of notebook execution in the committed `make reproduce` "
                         f"(papermill's own record in each notebook)."])
 
 
@@ -145,7 +208,8 @@ def performance_block(root: Path) -> str:
 
 
 BLOCKS = {"headline": headline_block, "one-run": one_run_block, "verdict": verdict_block, "transfer": transfer_block,
-          "durations": durations_block, "performance": performance_block}
+          "peers": peers_block, "which-to-use": which_block, "durations": durations_block,
+          "performance": performance_block}
 
 
 def render(readme: str, root: Path = ROOT) -> str:

@@ -133,6 +133,16 @@ def setup_run(config: Config) -> tuple[RunSeeds, PolynomialData, nn.Module]:
     return seeds, data, make_model(config.task, seeds.init, dtype, device)
 
 
+def heldout_data(config: Config, split: str, n_examples: int) -> PolynomialData:
+    """Held-out polynomials of config.seed, from the training data's distribution: split 'validation'
+    (for tuning and PBT's ranking) or 'test' (for the verdict), independent draws of n_examples."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
+    check_int("n_examples", n_examples, 1)
+    seeds, dtype, device = check_run(config)
+    return make_polynomial_dataset(config.task, getattr(seeds, split), n_examples, dtype=dtype, device=device)
+
+
 def progress_bar(total: int, description: str, enabled: bool, initial: int = 0) -> tqdm:
     """The training loops' progress bar (here and in rlr_batched), on stderr, off unless enabled."""
     # A few updates per second at most: papermill can time out on floods of output messages.
@@ -313,7 +323,7 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
 
     make_scheduler(optimizer) builds the schedule; ReduceLROnPlateau gets step(loss), the rest step().
     make_optimizer(params, lr) swaps the optimiser (e.g. AdamHD, or a learning-rate-free optimiser of
-    rlr_study.LR_FREE). Logs the full-data loss after every step and the lr each step used. An optimiser
+    rlr_peers.LR_FREE). Logs the full-data loss after every step and the lr each step used. An optimiser
     with train()/eval() modes (schedule-free) steps in train mode, and its logged losses and the returned
     model are those of its eval-mode weights.
     """

@@ -505,15 +505,18 @@ def summary_markdown(summary: pd.DataFrame, metric: str, references: Sequence[st
 
 
 def benchmark_reading(claims: pd.DataFrame, summary: pd.DataFrame, agents: Sequence[str], tuned: str,
-                      baseline: str) -> str:
+                      baseline: str, lr_free: str | None = None) -> str:
     """The verdict in sentences, from the pre-registered tests (primary metrics) and the test-MSE summary
-    at the same optimiser steps (summary_with_win_rates)."""
+    at the same optimiser steps (summary_with_win_rates); lr_free: the label of the pre-registered
+    learning-rate-free reference, if there is one."""
     primary = claims[claims["primary"]]
     ordered = summary.sort_values("geometric mean")
     best, tuned_row = ordered.index[0], summary.loc[tuned]
     lines = [f"At the same optimiser steps the lowest test MSE (geometric mean over seeds) is that of **{best}** "
              f"({interval(*ordered.iloc[0][['geometric mean', 'gm CI low', 'gm CI high']], '.2e')}); the tuned "
              f"constant lr reaches {interval(*tuned_row[['geometric mean', 'gm CI low', 'gm CI high']], '.2e')}."]
+    if lr_free is not None:
+        lines.append(lr_free_reading(primary, summary, agents, tuned, lr_free))
     for agent in agents:
         rows = primary[(primary["method"] == agent) & (primary["against"] == tuned)]
         better = rows[rows["significant"] & (rows["ratio"] > 1)]
@@ -535,6 +538,104 @@ def benchmark_reading(claims: pd.DataFrame, summary: pd.DataFrame, agents: Seque
                      f"significantly above 1), is supported in {len(claim)} of the {len(against_baseline)} "
                      f"pre-registered comparisons with that baseline: {where}.")
     return "\n\n".join(lines)
+
+
+def lr_free_reading(primary: pd.DataFrame, summary: pd.DataFrame, agents: Sequence[str], tuned: str,
+                    lr_free: str) -> str:
+    """Where the learning-rate-free reference stands (test MSE against the tuned constant) and where each
+    agent stands against it, on both primary metrics (ratio reference / agent with its CI)."""
+    row = summary.loc[lr_free]
+    sentences = [f"The learning-rate-free optimiser picked on validation data, **{lr_free}**, reaches a test MSE of "
+                 f"{interval(*row[['geometric mean', 'gm CI low', 'gm CI high']], '.2e')}, "
+                 f"{row['geometric mean'] / summary.loc[tuned, 'geometric mean']:.2f}x the tuned constant lr's."]
+    for agent in agents:
+        rows = primary[(primary["method"] == agent) & (primary["against"] == lr_free)]
+        parts = [f"{METRIC_WORDS[test['metric']]} {interval(test['ratio'], test['ci_low'], test['ci_high'])} "
+                 f"({'agent ' if test['significant'] else ''}{outcome(test)})" for _, test in rows.iterrows()]
+        sentences.append(f"**{agent}** against it (ratio {lr_free} MSE / agent MSE): " + "; ".join(parts) + ".")
+    return " ".join(sentences)
+
+
+def pbt_reading(claims: pd.DataFrame, summary: pd.DataFrame, pbt: str, references: Sequence[str],
+                agents: Sequence[str]) -> str:
+    """Notebook 06 in sentences: PBT's test MSE, its comparisons with the references (ratio reference MSE /
+    PBT MSE) and each RL agent's against PBT (ratio PBT MSE / agent MSE), on both primary metrics."""
+    primary = claims[claims["primary"]]
+    row = summary.loc[pbt]
+    lines = [f"**{pbt}** reaches a test MSE of {interval(*row[['geometric mean', 'gm CI low', 'gm CI high']], '.2e')} "
+             f"over {int(row['seeds'])} seeds ({int(row['diverged'])} diverged)."]
+    for method, against in [*((pbt, reference) for reference in references), *((agent, pbt) for agent in agents)]:
+        rows = primary[(primary["method"] == method) & (primary["against"] == against)]
+        parts = [f"{METRIC_WORDS[test['metric']]} {interval(test['ratio'], test['ci_low'], test['ci_high'])} "
+                 f"({outcome(test)})" for _, test in rows.iterrows()]
+        lines.append(f"- {method} against {against} (ratio {against} MSE / {method} MSE): " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def plot_pbt_population(history: pd.DataFrame, seed: int) -> plt.Figure:
+    """One seed's PBT population per interval: each member's validation MSE (top) and lr (bottom); a ring
+    marks an interval that continued another member's checkpoint (an exploit, then a perturbed lr)."""
+    part = history[history["seed"] == seed]
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for member, rows in part.groupby("member"):
+        exploited = rows[rows["exploited"]]
+        for ax, column in zip(axes, ("validation_mse", "lr")):
+            line, = ax.plot(rows["step"], rows[column], marker=".", label=f"member {member}")
+            ax.scatter(exploited["step"], exploited[column], s=70, facecolors="none", edgecolors=line.get_color())
+    for ax, label in zip(axes, ("validation MSE", "learning rate")):
+        ax.set_yscale("log")
+        ax.set_ylabel(label)
+    axes[0].set_title(f"PBT population, seed {seed} (rings: exploited a better member, then perturbed)")
+    axes[0].legend(fontsize=7, ncol=4)
+    axes[1].set_xlabel("optimiser step")
+    fig.tight_layout()
+    return fig
+
+
+USAGE = {
+    "constant lr": "`torch.optim.Adam(model.parameters(), lr={lr:.2g})`",
+    "cosine annealing": "`torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min={lr:.2g} * "
+                        "{final_fraction:.2g})` on Adam at lr {lr:.2g}",
+    "exponential decay": "`torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma={total_decay:.3g} ** (-1 / steps))` "
+                         "on Adam at lr {lr:.2g}",
+    "one-cycle": "`torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr={lr:.2g}, total_steps=steps, "
+                 "pct_start={pct_start:.2g}, cycle_momentum=False)` on Adam",
+    "ReduceLROnPlateau": "`torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor={factor:.2g}, "
+                         "patience={patience:.0f})` on Adam at lr {lr:.2g}, stepped with the loss",
+    "Adam-HD": "`rlr_engine.AdamHD(model.parameters(), lr={lr:.2g}, hypergradient_lr={hypergradient_lr:.2g})`",
+    "Schedule-Free AdamW": "`schedulefree.AdamWScheduleFree(model.parameters(), lr={lr:.2g}, warmup_steps=round("
+                           "{warmup_fraction:.2g} * steps))`; `optimizer.train()` before training steps, "
+                           "`optimizer.eval()` before evaluating or saving",
+    "Prodigy": "`prodigyopt.Prodigy(model.parameters(), lr=1.0, d_coef={d_coef:.2g})`",
+    "D-Adaptation Adam": "`dadaptation.DAdaptAdam(model.parameters(), lr={lr:.2g}, use_bias_correction=True)`",
+    "DQN as described, tuned": "`schedule = rlr_core.ScheduleConfig()`, then `rlr_core.RLRScheduler(optimizer, "
+                               "rlr_core.DQNAgent(schedule.state_dim, schedule.n_actions, rlr_core.DQNConfig("
+                               "lr={dqn_lr:.2g}, gamma=1 - 1 / {dqn_horizon:.3g}, epsilon_decay={dqn_epsilon_decay:.3g})), "
+                               "schedule)`",
+    "scale-free DQN, tuned": "`schedule = rlr_core.ScheduleConfig(features='log', lr_factors=(0.5, 1.0, 2.0))`, then "
+                             "`rlr_core.RLRScheduler(optimizer, rlr_core.DQNAgent(schedule.state_dim, schedule.n_actions, "
+                             "rlr_core.DQNConfig(lr={dqn_lr:.2g}, gamma=1 - 1 / {dqn_horizon:.3g}, "
+                             "epsilon_decay={dqn_epsilon_decay:.3g})), schedule)`",
+}
+"""One line of usage per tuned family, filled with its chosen configuration (usage_line)."""
+
+
+def usage_line(family: str, params: dict) -> str:
+    """How to use a tuned family in one's own loop, with the values notebook 04 chose for this task."""
+    return USAGE[family].format_map({key.replace(".", "_"): value for key, value in params.items()})
+
+
+def headroom_reading(summary: pd.DataFrame, tuned: str, honest: str, hindsight: str, chosen: Sequence[str]) -> str:
+    """How much a per-run choice among the schedules gains over the tuned constant (test MSE): picked per
+    seed on validation (honest) and in hindsight on the test set (biased low), and what was picked."""
+    ratio = {label: summary.loc[tuned, "geometric mean"] / summary.loc[label, "geometric mean"] for label in (honest, hindsight)}
+    counts = pd.Series(list(chosen)).value_counts()
+    picks = ", ".join(f"{label} ({count})" for label, count in counts.items())
+    return (f"Picked per seed on validation data, **{honest}** reaches a test MSE of "
+            f"{interval(*summary.loc[honest, ['geometric mean', 'gm CI low', 'gm CI high']], '.2e')}: "
+            f"{ratio[honest]:.2f}x the tuned constant lr's accuracy, the headroom a per-run learning-rate choice has "
+            f"here. Picked in hindsight on the test set itself it would seem {ratio[hindsight]:.2f}x: that gap is the "
+            f"bias of a minimum over noisy runs. Picked on validation, per seed: {picks}.")
 
 
 def tuning_markdown(chosen: dict[str, dict], edges: dict[str, dict[str, str]], budget: int) -> str:

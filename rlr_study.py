@@ -8,8 +8,10 @@ Statistics, figures and readings are rlr_report's.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,6 +22,7 @@ from scipy.stats import gmean
 import rlr_batched
 import rlr_core as rc
 import rlr_engine as engine
+import rlr_peers as peers
 import rlr_report as report
 from rlr_engine import Config
 from rlr_env import LRControlEnv, train_agent_on_env
@@ -140,7 +143,8 @@ class Family:
     'log-int')) and, for agents, the schedule options of the variant it tunes."""
 
     kind: str
-    """'schedule' (full-batch Adam under a learning-rate rule) or 'agent' (a DQN scheduler)"""
+    """'schedule' (full-batch Adam under a learning-rate rule), 'agent' (a DQN scheduler) or 'optimiser'
+    (a learning-rate-free optimiser of rlr_peers, run per seed)"""
     ranges: dict
     """hyperparameter -> (low, high, scale)"""
     schedule: dict = field(default_factory=dict)
@@ -157,48 +161,9 @@ FAMILIES: dict[str, Family] = {
     "Adam-HD": Family("schedule", {"lr": LR_RANGE, "hypergradient_lr": (1e-9, 1e-3, "log")}),
     "DQN as described, tuned": Family("agent", DQN_RANGES),
     "scale-free DQN, tuned": Family("agent", DQN_RANGES, SCALE_FREE),
+    **{name: Family("optimiser", ranges) for name, ranges in peers.LR_FREE.items()},
 }
 """Every tuned family, each searched with the same number of configurations (StudyConfig.tuning_budget)."""
-
-
-LR_FREE: dict[str, dict] = {
-    "Schedule-Free AdamW": {"lr": (1e-5, 0.3, "log"), "warmup_fraction": (0.0, 0.2, "linear")},
-    "Prodigy": {"d_coef": (0.1, 10.0, "log")},
-    "D-Adaptation Adam": {"lr": (0.1, 10.0, "log")},
-}
-"""The learning-rate-free optimisers practitioners reach for, used through their own packages
-(schedulefree, prodigyopt, dadaptation), each with its documented knobs and their search ranges:
-Schedule-Free AdamW's lr and warm-up (as a fraction of the run), Prodigy's d_coef (lr stays 1),
-D-Adaptation Adam's lr multiplier (1 is the package's default). Each runs per seed on the reference loop:
-Prodigy and D-Adaptation estimate their step size from norms over all parameters, so members of a
-batched run must not share one optimiser."""
-
-
-def lr_free_optimizer(name: str, params: dict, steps: int) -> Callable:
-    """make_optimizer(parameters, lr) for rlr_engine.train_full_batch: the named LR_FREE optimiser with
-    the given knobs (the lr argument of train_full_batch is ignored: the knobs hold it). Knobs are checked
-    before any work, naming the one that is wrong."""
-    if name not in LR_FREE:
-        raise ValueError(f"name must be one of {list(LR_FREE)}, got {name!r}")
-    unknown = sorted(set(params) - set(LR_FREE[name]))
-    if unknown:
-        raise ValueError(f"{name} has no knob(s) {unknown}; its knobs are {sorted(LR_FREE[name])}")
-    for knob, value in params.items():  # a fraction in [0, 1]; every other knob a positive finite number
-        fraction = knob == "warmup_fraction"
-        rc.check_float(f"{name}.{knob}", value, 0.0, 1.0 if fraction else math.inf, low_open=not fraction,
-                       high_open=not fraction)
-    rc.check_int("steps", steps, 1)
-    if name == "Schedule-Free AdamW":
-        import schedulefree
-        warmup = round(params.get("warmup_fraction", 0.0) * steps)
-        return lambda parameters, lr: schedulefree.AdamWScheduleFree(parameters, lr=params["lr"], warmup_steps=warmup)
-    if name == "Prodigy":
-        import prodigyopt
-        return lambda parameters, lr: prodigyopt.Prodigy(parameters, lr=1.0, d_coef=params["d_coef"])
-    import dadaptation
-    # Adam's bias correction on (a documented option, off by default): without it the first steps are so
-    # large here that MaclaurinNet collapses to a constant prediction (loss 0.29 for good, tests/test_peers.py)
-    return lambda parameters, lr: dadaptation.DAdaptAdam(parameters, lr=params["lr"], use_bias_correction=True)
 
 
 def with_overrides(config: Config, overrides: dict) -> Config:
@@ -252,6 +217,8 @@ def run_family(name: str, params: dict, config: Config, seeds: Sequence[int], st
                progress: bool = False) -> list[RunResult]:
     """One configuration of a family on some seeds, for `steps` optimiser steps (batched engine)."""
     family, seeds = FAMILIES[name], list(seeds)
+    if family.kind == "optimiser":
+        return peers.run_lr_free(name, params, config, seeds, steps)
     if family.kind == "agent":
         agent = with_overrides(config, {**agent_overrides(name, params), "schedule": {**family.schedule, "steps": steps}})
         return rlr_batched.train_rl_scheduled(agent, seeds, progress=progress)
@@ -311,17 +278,11 @@ def tune_families(config: Config, study: StudyConfig, names: Sequence[str] | Non
 def heldout_mse(result: RunResult, split: str, n_examples: int) -> float:
     """MSE of the run's trained network on held-out polynomials of its seed (NaN if it diverged):
     split 'validation' (for tuning) or 'test' (for the verdict), independent draws of n_examples."""
-    if split not in ("validation", "test"):
-        raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
+    heldout = engine.heldout_data(Config.from_dict(result.config), split, n_examples)
     if result.diverged_at is not None or result.model is None:
         return float("nan")
-    model = result.model
-    parameter = next(model.parameters())
-    seeds = rc.derive_seeds(result.seed)
-    heldout = rc.make_polynomial_dataset(Config.from_dict(result.config).task, getattr(seeds, split), n_examples,
-                                         dtype=parameter.dtype, device=parameter.device)
     with torch.no_grad():
-        value = float(rc.full_batch_loss(model, heldout))
+        value = float(rc.full_batch_loss(result.model, heldout))
     return value if math.isfinite(value) else float("nan")
 
 
@@ -341,13 +302,85 @@ def tidy_table(methods: dict[str, Sequence[RunResult]], budget: str, study: Stud
     return pd.DataFrame(rows)
 
 
+def tuned_label(name: str) -> str:
+    """The label of a tuned family's runs in the tables (agent families carry 'tuned' in their name)."""
+    return TUNED if name == "constant lr" else name if FAMILIES[name].kind == "agent" else f"{name}, tuned"
+
+
 def run_tuned(chosen: dict[str, dict], config: Config, study: StudyConfig, progress: bool = False
               ) -> dict[str, list[RunResult]]:
     """Every tuned family at its chosen configuration on the evaluation seeds."""
-    labels = {"constant lr": TUNED}
-    return {labels.get(name, f"{name}, tuned" if FAMILIES[name].kind == "schedule" else name):
-            run_family(name, params, config, study.eval_seeds, study.steps, progress)
+    return {tuned_label(name): run_family(name, params, config, study.eval_seeds, study.steps, progress)
             for name, params in chosen.items()}
+
+
+def pick_per_seed(candidates: dict[str, Sequence[RunResult]], split: str, n_examples: int
+                  ) -> tuple[list[RunResult], list[str]]:
+    """Per seed, the candidate run with the lowest MSE on `split` ('validation': an honest per-run choice;
+    'test': the choice in hindsight, biased low) and its label. Every candidate runs the same seeds."""
+    labels = list(candidates)
+    seeds = [[run.seed for run in candidates[label]] for label in labels]
+    if any(order != seeds[0] for order in seeds):
+        raise ValueError("every candidate must run the same seeds in the same order")
+    picked, chosen = [], []
+    for runs in zip(*(candidates[label] for label in labels)):
+        scores = [heldout_mse(run, split, n_examples) for run in runs]
+        best = int(np.argmin([score if np.isfinite(score) else np.inf for score in scores]))
+        picked.append(runs[best])
+        chosen.append(labels[best])
+    return picked, chosen
+
+
+def constant_configurations(config: Config, study: StudyConfig, progress: bool = False) -> dict[str, list[RunResult]]:
+    """The constant lr at each of its study.tuning_budget configurations, on the evaluation seeds."""
+    return {f"constant lr {params['lr']:.2e}": run_family("constant lr", params, config, study.eval_seeds, study.steps,
+                                                          progress)
+            for params in family_configurations(FAMILIES["constant lr"], study.tuning_budget, study.search_seed)}
+
+
+def picked_constant(config: Config, study: StudyConfig, progress: bool = False) -> list[RunResult]:
+    """Per evaluation seed, the constant-lr configuration (of study.tuning_budget) with the lowest validation
+    MSE (never the test set): a per-run choice among that many runs, the equal-compute peer of a PBT
+    population of the same size."""
+    return pick_per_seed(constant_configurations(config, study, progress), "validation", study.n_heldout_examples)[0]
+
+
+def headroom_label(n_candidates: int, split: str) -> str:
+    return f"best of {n_candidates} schedules per seed ({'validation' if split == 'validation' else 'hindsight: test'})"
+
+
+def pbt_label(population: int) -> str:
+    return f"PBT, population {population}"
+
+
+def equal_compute_label(population: int) -> str:
+    return f"constant lr, best of {population} per seed (validation)"
+
+
+def optimiser_steps_paid(study: StudyConfig, tuning: StudyConfig, population: int) -> pd.DataFrame:
+    """What each method of notebook 06 pays in optimiser steps: per evaluated run (a PBT population and
+    the per-seed pick run `population` runs), and once for tuning on the tuning seeds (notebook 04's
+    families, given `tuning`, notebook 04's StudyConfig), which any number of runs then reuse."""
+    once = tuning.tuning_budget * tuning.n_tuning_seeds * tuning.steps
+    return pd.DataFrame([
+        {"method": pbt_label(population), "optimiser steps per run": population * study.steps, "tuning, once": 0},
+        {"method": equal_compute_label(population), "optimiser steps per run": population * study.steps,
+         "tuning, once": 0},
+        {"method": "a family tuned in notebook 04", "optimiser steps per run": study.steps, "tuning, once": once},
+    ]).set_index("method")
+
+
+BEST_LR_FREE_RULE = ("the learning-rate-free optimiser whose chosen configuration has the lowest validation MSE "
+                     "on the tuning seeds")
+"""How the pre-registered learning-rate-free reference is picked: on validation data, never on test data."""
+
+
+def best_lr_free(tuning: pd.DataFrame) -> str:
+    """The tuned label of the learning-rate-free family picked by BEST_LR_FREE_RULE from the tuning table."""
+    chosen = tuning[tuning["chosen"] & tuning["family"].isin(list(peers.LR_FREE))]
+    if chosen.empty:
+        raise ValueError("the tuning table holds no learning-rate-free family")
+    return tuned_label(str(chosen.loc[chosen["validation MSE"].idxmin(), "family"]))
 
 
 def run_original_agents(config: Config, study: StudyConfig, progress: bool = False) -> dict[str, list[RunResult]]:
@@ -408,15 +441,17 @@ def wall_clock_label(agent: str) -> str:
     return f"same wall-clock as {agent}"
 
 
-def preregistered_comparisons(agents: Sequence[str]) -> list[tuple[str, str, str]]:
+def preregistered_comparisons(agents: Sequence[str], lr_free: str | None = None) -> list[tuple[str, str, str]]:
     """(budget, agent, reference) for each agent: against the original baseline at the same optimiser
     steps, the same passes over the data (the original's comparison) and the agent's own wall-clock;
-    against the tuned constant lr at the same optimiser steps and the agent's wall-clock. (For full-batch
-    methods a step is a pass, so 'same passes' against the tuned constant would repeat 'same steps'.)"""
+    against the tuned constant lr at the same optimiser steps and the agent's wall-clock; against the
+    learning-rate-free optimiser picked by BEST_LR_FREE_RULE (label lr_free) at the same optimiser steps.
+    (For full-batch methods a step is a pass, so 'same passes' would repeat 'same steps'.)"""
     return [comparison for agent in agents for comparison in (
         ("same optimiser steps", agent, BASELINE), ("same optimiser steps", agent, TUNED),
         ("same passes over the data", agent, BASELINE),
-        (wall_clock_label(agent), agent, BASELINE), (wall_clock_label(agent), agent, TUNED))]
+        (wall_clock_label(agent), agent, BASELINE), (wall_clock_label(agent), agent, TUNED),
+        *([("same optimiser steps", agent, lr_free)] if lr_free is not None else []))]
 
 
 PRIMARY_METRICS = ("train_median_last_100", "test_mse")
@@ -425,15 +460,39 @@ robust to the last step's noise) and test MSE of the final weights. The final tr
 reported beside them, descriptive only."""
 
 
-def claim_table(table: pd.DataFrame, agents: Sequence[str]) -> pd.DataFrame:
+def claim_table(table: pd.DataFrame, agents: Sequence[str], lr_free: str | None = None) -> pd.DataFrame:
     """The original's ratio (reference MSE / agent MSE, paired by seed) per budget, agent, reference and
     metric, with its 95% CI, the number of seeds reaching 2, and the pre-registered paired tests on
     the primary metrics (Wilcoxon, Holm-adjusted over all of them); the final training loss follows,
     Holm-adjusted as a family of its own (descriptive)."""
-    comparisons = preregistered_comparisons(agents)
+    return comparison_claims(table, preregistered_comparisons(agents, lr_free))
+
+
+def comparison_claims(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str]]) -> pd.DataFrame:
+    """The paired tests of some pre-registered (budget, method, reference) comparisons: primary metrics
+    Holm-adjusted together, the final training loss as a family of its own (descriptive)."""
     primary = report.preregistered_tests(table, comparisons, PRIMARY_METRICS)
     secondary = report.preregistered_tests(table, comparisons, ["train_final"])
     return pd.concat([primary.assign(primary=True), secondary.assign(primary=False)], ignore_index=True)
+
+
+def load_benchmark(results_dir: str | Path, study: StudyConfig) -> tuple[dict, pd.DataFrame]:
+    """Notebook 04's summary and its rows at the same optimiser steps on study's evaluation seeds, checked
+    to be comparable (same steps and held-out size, and every seed present): other notebooks compare with them."""
+    folder = Path(results_dir)
+    if not (folder / "benchmark_summary.json").exists():
+        raise FileNotFoundError(f"{folder / 'benchmark_summary.json'} is missing: run notebook 04 first")
+    summary = json.loads((folder / "benchmark_summary.json").read_text())
+    for name in ("steps", "n_heldout_examples"):
+        if summary["study"][name] != getattr(study, name):
+            raise ValueError(f"{name}={getattr(study, name)} differs from notebook 04's {summary['study'][name]}: "
+                             "the runs would not be comparable")
+    table = pd.read_csv(folder / "benchmark_runs.csv")
+    table = table[(table["budget"] == "same optimiser steps") & table["seed"].isin(study.eval_seeds)]
+    missing = sorted(set(study.eval_seeds) - set(table["seed"]))
+    if missing:
+        raise ValueError(f"notebook 04 did not run evaluation seed(s) {missing}: choose seeds it ran")
+    return summary, table.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------------

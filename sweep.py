@@ -279,30 +279,6 @@ def gather_table(points: Sequence[Point], path: Path) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to a cluster (address or RAY_ADDRESS) or start a local instance; False if Ray was already up."""
-    import ray
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return True
-    # "local": never attach to another user's instance on a shared machine by surprise. On a busy machine
-    # the raylet can give up on its metrics agent after a fixed 15 s (ray-project/ray#65983) and the start
-    # fails with "The current node timed out during startup": start once more.
-    for attempt in (1, 2):
-        try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-            return True
-        except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception for a start-up timeout
-            ray.shutdown()
-            if attempt == 2:
-                raise
-            print(f"starting Ray failed ({str(error).splitlines()[0]}); trying once more", file=sys.stderr)
-    return True
-
-
 def run_sweep(spec: SweepSpec, output_root: Path = DEFAULT_OUTPUT_ROOT, retries: int = 1,
               progress: bool = True) -> SweepReport:
     """Run every point not done yet as a Ray task (Ray must be started), retrying failures `retries`
@@ -391,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, yaml.YAMLError) as error:
         parser.error(str(error))
     import ray
+
+    from rlr_peers import start_ray
     started = start_ray(args.address, args.num_cpus)
     try:
         report = run_sweep(spec, args.output_root, args.retries, progress=not args.no_progress)

@@ -28,6 +28,7 @@ import nbformat  # noqa: E402
 import papermill  # noqa: E402
 import ray  # noqa: E402
 
+import rlr_peers  # noqa: E402
 import rlr_results as results_io  # noqa: E402
 import sweep  # noqa: E402
 
@@ -75,7 +76,7 @@ def main() -> None:
         work = Path(temp)
         sequential = [run_papermill(args.steps, seed, work / f"sequential_{seed}") for seed in range(args.points)]
         start = time.perf_counter()
-        sweep.start_ray(num_cpus=args.workers)
+        rlr_peers.start_ray(num_cpus=args.workers)
         ray_start = time.perf_counter() - start
         try:
             spec = sweep.load_spec(NOTEBOOK, write_grid(work, args.steps, args.points), name="bench")

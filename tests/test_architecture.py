@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "rlr_core": 1,
     "rlr_results": 2, "rlr_engine": 2, "rlr_batched": 2,
-    "rlr_env": 3,
+    "rlr_env": 3, "rlr_peers": 3,
     "rlr_report": 4, "rlr_study": 4,
     "sweep": 5, "readme": 5, "build_site": 5,
 }

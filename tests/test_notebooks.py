@@ -16,10 +16,12 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import papermill
 import pytest
 
 import rlr_results as results_io
+import rlr_study as study
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -33,11 +35,13 @@ SMALL_PARAMETERS = {
                      "n_heldout_examples": 32, "tuning_budget": 2, "progress": False},
     "05_transfer": {"n_training_episodes": 3, "episode_steps": 100, "n_tuning_seeds": 2, "n_eval_seeds": 4,
                     "n_heldout_examples": 64, "tuning_budget": 2, "progress": False},
+    "06_pbt": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 2, "steps": 40, "n_heldout_examples": 32,
+               "population": 4, "perturbation_interval": 10, "progress": False},
 }
 EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
                     "03_comparison_passes", "03_comparison_steps", "04_test_mse_intervals", "04_loss_curves",
                     "04_lr_trajectories", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
-                    "05_lr_trajectories_degree6"]
+                    "05_lr_trajectories_degree6", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr"]
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +98,25 @@ def test_comparison_ratios_are_recomputed_from_the_saved_runs(executed):
     assert ratios["same_passes_described"] == pytest.approx(geometric_mean_ratio("baseline_minibatch", "rl_described"))
     assert ratios["same_steps_described"] == pytest.approx(geometric_mean_ratio("baseline_full_batch", "rl_described"))
     assert ratios["same_passes_as_coded"] == pytest.approx(geometric_mean_ratio("baseline_minibatch", "rl_as_coded"))
+
+
+def test_the_verdict_includes_the_learning_rate_free_reference_and_pbt_is_compared_on_the_same_seeds(executed):
+    results = executed["results"]
+    benchmark = json.loads((results / "benchmark_summary.json").read_text())
+    tuning = pd.read_csv(results / "benchmark_tuning.csv")
+    assert benchmark["lr_free"] == study.best_lr_free(tuning)  # recomputed from the saved tuning table
+    claims = pd.DataFrame(benchmark["claims"])
+    assert set(claims.loc[claims["against"] == benchmark["lr_free"], "method"]) == set(benchmark["agents"])
+    pbt = json.loads((results / "pbt_summary.json").read_text())
+    parameters = SMALL_PARAMETERS["06_pbt"]
+    seeds = list(range(parameters["first_eval_seed"], parameters["first_eval_seed"] + parameters["n_eval_seeds"]))
+    history = pd.read_csv(results / "pbt_history.csv")
+    assert sorted(history["seed"].unique()) == seeds and history["exploited"].any()
+    assert len(history) == len(seeds) * parameters["population"] * (parameters["steps"] // parameters["perturbation_interval"])
+    runs = pd.read_csv(results / "pbt_runs.csv")
+    assert sorted(runs["seed"].unique()) == seeds and set(runs["method"]) == {pbt["labels"]["pbt"], pbt["labels"]["equal_compute"]}
+    assert pd.DataFrame(pbt["claims"])["against"].isin([study.TUNED, benchmark["lr_free"], pbt["labels"]["equal_compute"],
+                                                        pbt["labels"]["pbt"]]).all()
 
 
 def test_notebooks_save_every_figure_as_png(executed):

@@ -1,4 +1,4 @@
-"""The learning-rate-free optimisers (rlr_study.LR_FREE), used through their own packages: they train
+"""The learning-rate-free optimisers (rlr_peers.LR_FREE), used through their own packages: they train
 MaclaurinNet in float32 and float64, schedule-free runs are recorded at their eval-mode weights, a wrong
 knob is refused naming it, and a divergence is caught like any other."""
 
@@ -7,22 +7,23 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import rlr_core as rc
 import rlr_engine as engine
-import rlr_study as study
+import rlr_peers as peers
 
 KNOBS = {"Schedule-Free AdamW": {"lr": 3e-3, "warmup_fraction": 0.05}, "Prodigy": {"d_coef": 1.0},
          "D-Adaptation Adam": {"lr": 1.0}}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", list(study.LR_FREE))
+@pytest.mark.parametrize("name", list(peers.LR_FREE))
 def test_each_learning_rate_free_optimiser_lowers_the_loss(name: str, dtype: str):
     run = engine.train_full_batch(engine.Config(dtype=dtype), 1.0, 300, name,
-                                  make_optimizer=study.lr_free_optimizer(name, KNOBS[name], 300))
+                                  make_optimizer=peers.lr_free_optimizer(name, KNOBS[name], 300))
     assert run.diverged_at is None and np.isfinite(run.series["loss"]).all()
     assert run.series["loss"][-1] < 0.5 * run.series["loss"][0], name
 
@@ -30,13 +31,13 @@ def test_each_learning_rate_free_optimiser_lowers_the_loss(name: str, dtype: str
 def test_schedule_free_runs_are_recorded_at_their_eval_mode_weights():
     config = engine.Config(seed=2)
     run = engine.train_full_batch(config, 1.0, 100, "schedule-free",
-                                  make_optimizer=study.lr_free_optimizer("Schedule-Free AdamW", KNOBS["Schedule-Free AdamW"], 100))
+                                  make_optimizer=peers.lr_free_optimizer("Schedule-Free AdamW", KNOBS["Schedule-Free AdamW"], 100))
     data = rc.make_polynomial_dataset(config.task, rc.derive_seeds(2).data)
     with torch.no_grad():
         assert run.series["loss"][-1] == pytest.approx(float(rc.full_batch_loss(run.model, data)), rel=1e-6)
     # eval mode holds other weights than train mode (the averaged x, not the y gradients are taken at)
     model = rc.make_model(config.task, rc.derive_seeds(2).init)
-    optimizer = study.lr_free_optimizer("Schedule-Free AdamW", KNOBS["Schedule-Free AdamW"], 100)(model.parameters(), 1.0)
+    optimizer = peers.lr_free_optimizer("Schedule-Free AdamW", KNOBS["Schedule-Free AdamW"], 100)(model.parameters(), 1.0)
     optimizer.train()
     for _ in range(20):
         optimizer.zero_grad()
@@ -62,12 +63,12 @@ def test_schedule_free_runs_are_recorded_at_their_eval_mode_weights():
 ])
 def test_a_wrong_knob_is_refused_naming_it(name: str, knobs: dict, match: str):
     with pytest.raises(ValueError, match=match):
-        study.lr_free_optimizer(name, knobs, 100)
+        peers.lr_free_optimizer(name, knobs, 100)
 
 
 def test_a_diverging_learning_rate_free_run_stops_with_nothing_non_finite_logged():
     run = engine.train_full_batch(engine.Config(), 1.0, 200, "schedule-free",
-                                  make_optimizer=study.lr_free_optimizer("Schedule-Free AdamW", {"lr": 1e6}, 200))
+                                  make_optimizer=peers.lr_free_optimizer("Schedule-Free AdamW", {"lr": 1e6}, 200))
     assert run.diverged_at is not None and run.diverged_at < 200
     assert np.isfinite(run.series["loss"]).all() and len(run.series["loss"]) == run.diverged_at
 
@@ -82,3 +83,63 @@ def test_d_adaptation_trains_only_with_adams_bias_correction_which_the_study_tur
         return engine.train_full_batch(engine.Config(), 1.0, 300, "d", make_optimizer=make).series["loss"][-1]
 
     assert final_loss(False) > 0.25 and final_loss(True) < 0.01
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance with 2 CPUs for this module's tests, shut down afterwards."""
+    import ray
+    started = peers.start_ray(num_cpus=2)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def test_learning_rate_free_runs_as_ray_tasks_equal_the_runs_in_this_process(local_ray):
+    import ray
+    config, params = engine.Config(), {"d_coef": 1.0}
+    remote = peers.run_lr_free("Prodigy", params, config, [3, 4], 60)
+    ray.shutdown()
+    try:
+        local = peers.run_lr_free("Prodigy", params, config, [3, 4], 60)
+    finally:
+        peers.start_ray(num_cpus=2)
+    for a, b in zip(remote, local):
+        assert a.seed == b.seed and np.array_equal(a.series["loss"], b.series["loss"])
+    with pytest.raises(ValueError, match="Prodigy.d_coef"):
+        peers.run_lr_free("Prodigy", {"d_coef": 0.0}, config, [3], 60)
+
+
+def test_pbt_on_local_ray_exploits_and_repeats_itself_from_its_seed(local_ray, tmp_path):
+    """A population of 4 over 4 intervals of 10 steps: it completes, the worst member copies a better one
+    at least once, the chosen member's lineage covers every step, and the same seed gives the same run."""
+    import rlr_results as results_io
+    pbt = peers.PBTConfig(population=4, perturbation_interval=10, n_heldout_examples=32, seed=1)
+    config = engine.Config(seed=2)
+    run, history = peers.run_pbt(config, 40, pbt)
+    assert len(history) == 4 * 4 and sorted(history["member"].unique()) == [0, 1, 2, 3]
+    assert history["exploited"].any() and not history.loc[history["step"] == 10, "exploited"].any()
+    assert run.method == "PBT" and len(run.series["loss"]) == 40 and run.diverged_at is None
+    final = history[history["step"] == 40]
+    chosen = final.loc[final["validation_mse"].idxmin()]
+    assert run.series["lr"][-1] == pytest.approx(chosen["lr"])
+    assert study_heldout(run) == pytest.approx(chosen["validation_mse"], rel=1e-5)
+    results_io.save_table_csv(history, tmp_path / "pbt_history.csv")
+    assert pd.read_csv(tmp_path / "pbt_history.csv")["exploited"].sum() == history["exploited"].sum()
+    again, history_again = peers.run_pbt(config, 40, pbt)
+    pd.testing.assert_frame_equal(history, history_again)
+    assert np.array_equal(run.series["loss"], again.series["loss"])
+
+
+def study_heldout(run) -> float:
+    import rlr_study
+    return rlr_study.heldout_mse(run, "validation", 32)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("population", 1, "pbt.population"), ("quantile_fraction", 0.7, "pbt.quantile_fraction"),
+    ("lr_range", (1e-2, 1e-3), "pbt.lr_range must be increasing"), ("lr_range", 0.1, "pbt.lr_range must be a sequence"),
+])
+def test_a_bad_pbt_setting_is_refused_naming_it(field, value, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        peers.PBTConfig(**{field: value})

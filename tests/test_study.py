@@ -223,6 +223,33 @@ def test_preregistered_comparisons_cover_every_agent_budget_and_reference_once()
     assert ("same passes over the data", "a", study.BASELINE) in comparisons
 
 
+def test_the_learning_rate_free_reference_is_picked_on_validation_and_compared_at_the_same_steps():
+    table = pd.DataFrame({"family": ["constant lr", "Prodigy", "Prodigy", "D-Adaptation Adam", "Schedule-Free AdamW"],
+                          "validation MSE": [1e-9, 3e-5, 2e-5, 1e-5, 4e-5], "chosen": [True, False, True, True, True]})
+    # constant lr is not learning-rate-free; the lowest chosen learning-rate-free row wins
+    assert study.best_lr_free(table) == "D-Adaptation Adam, tuned"
+    with pytest.raises(ValueError, match="no learning-rate-free"):
+        study.best_lr_free(table.iloc[:1])
+    comparisons = study.preregistered_comparisons(["a"], "D-Adaptation Adam, tuned")
+    assert len(comparisons) == 6 and comparisons[-1] == ("same optimiser steps", "a", "D-Adaptation Adam, tuned")
+    assert study.tuned_label("constant lr") == study.TUNED and study.tuned_label("Prodigy") == "Prodigy, tuned"
+    assert study.FAMILIES["Prodigy"].kind == "optimiser"
+
+
+def test_a_per_seed_pick_keeps_each_seeds_lowest_validation_mse_among_the_configurations():
+    setup = study.StudyConfig(first_eval_seed=3, n_eval_seeds=2, steps=30, tuning_budget=4, n_heldout_examples=32)
+    config = engine.Config()
+    picked = study.picked_constant(config, setup)
+    assert [run.seed for run in picked] == setup.eval_seeds
+    for run in picked:
+        candidates = [study.run_family("constant lr", params, config, [run.seed], 30)[0]
+                      for params in study.family_configurations(study.FAMILIES["constant lr"], 4, 0)]
+        scores = [study.heldout_mse(candidate, "validation", 32) for candidate in candidates]
+        best = candidates[int(np.nanargmin(scores))]
+        assert run.series["lr"][0] == pytest.approx(best.series["lr"][0])
+        assert study.heldout_mse(run, "validation", 32) == pytest.approx(min(scores), rel=1e-5)
+
+
 def test_claim_table_gives_one_row_per_comparison_and_metric_with_holm_adjusted_tests():
     rows = []
     for budget in ("same optimiser steps", "same passes over the data", "same wall-clock as agent"):
@@ -248,3 +275,31 @@ def test_claim_table_gives_one_row_per_comparison_and_metric_with_holm_adjusted_
 def test_json_ready_replaces_non_finite_numbers_and_numpy_scalars():
     ready = results_io.json_ready({"a": np.float64("nan"), "b": [np.int64(3), float("inf"), 1.5], "c": (np.bool_(True),)})
     assert ready == {"a": None, "b": [3, None, 1.5], "c": [True]}
+
+
+def test_every_usage_line_of_the_readme_runs_as_written():
+    """readme.py's "which to use when" gives one line of usage per tuned family (rlr_report.usage_line):
+    each runs as written, for a configuration of the family's search, and builds what it names."""
+    import dadaptation
+    import prodigyopt
+    import schedulefree
+
+    import rlr_core
+    for name, family in study.FAMILIES.items():
+        params = study.family_configurations(family, 2, seed=0)[0]
+        line = report.usage_line(name, params)
+        model = torch.nn.Linear(3, 1)
+        scope = {"torch": torch, "rlr_core": rlr_core, "rlr_engine": engine, "schedulefree": schedulefree,
+                 "prodigyopt": prodigyopt, "dadaptation": dadaptation, "model": model, "steps": 100,
+                 "optimizer": torch.optim.Adam(model.parameters())}
+        built = None
+        for snippet in line.split("`")[1::2]:  # the README's own lines, in order
+            if " = " in snippet.split("(")[0]:
+                exec(snippet, scope)  # noqa: S102 - an assignment (schedule = ...)
+                continue
+            value = eval(snippet, scope)  # noqa: S307
+            built = value if built is None else built
+            if isinstance(value, torch.optim.Optimizer):  # later lines use it (optimizer.train())
+                scope["optimizer"] = value
+        assert isinstance(built, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
+                                  torch.optim.lr_scheduler.ReduceLROnPlateau, rlr_core.RLRScheduler)), name

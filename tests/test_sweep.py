@@ -11,6 +11,7 @@ import nbformat
 import pandas as pd
 import pytest
 
+import rlr_peers
 import rlr_results as results_io
 import sweep
 
@@ -79,7 +80,7 @@ def test_grid_with_a_parameter_the_notebook_lacks_is_refused_before_running(tmp_
 @pytest.fixture(scope="module")
 def local_ray():
     import ray  # a requirement (requirements.txt): these tests never skip
-    assert sweep.start_ray(num_cpus=2), "the tests start their own Ray instance"
+    assert rlr_peers.start_ray(num_cpus=2), "the tests start their own Ray instance"
     yield ray
     ray.shutdown()
 
