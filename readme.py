@@ -89,10 +89,11 @@ def verdict_block(root: Path) -> str:
 
 
 def headline_block(root: Path) -> str:
-    """The verdict first: notebook 04's generated reading, then notebook 06's on PBT against the tuned
-    constant (its first two lines)."""
+    """The verdict first: notebook 04's generated reading and its headroom (the ceiling of a per-run
+    choice), then notebook 06's reading on PBT against the tuned constant (its first two lines)."""
+    benchmark = read_json(root / "results" / "benchmark_summary.json")
     pbt_lines = read_json(root / "results" / "pbt_summary.json")["reading"].split("\n")
-    return "\n\n".join([read_json(root / "results" / "benchmark_summary.json")["reading"],
+    return "\n\n".join([benchmark["reading"], f"Headroom: {benchmark['headroom']['reading']}",
                          f"Population Based Training (notebook 06): {pbt_lines[0]} {pbt_lines[1].removeprefix('- ')}"])
 
 
@@ -196,6 +197,12 @@ def performance_block(root: Path) -> str:
         {"what": "starting the local Ray instance (once per sweep)", "seconds": f"{sweep['ray_start_seconds']:.1f} (with it: "
          f"{sweep['speedup_with_ray_start']:.2f}x)"}])
     load = ", ".join(f"{value:.1f}" for value in batched["load_average"])
+    vector_path = root / "benchmarks" / "results" / "bench_vector_env.json"
+    vector = read_json(vector_path) if vector_path.exists() else None
+    vector_parts = [] if vector is None else [
+        f"**The vector environment** (`benchmarks/bench_vector_env.py`, {vector['args']['decisions']} env steps of "
+        f"random actions per K, one thread, best of {vector['args']['repeats']}; load average "
+        + ", ".join(f"{value:.1f}" for value in vector["load_average"]) + "):", vector["table_markdown"]]
     return "\n\n".join([
         f"**The vectorised engine** (`benchmarks/bench_batched.py`, {batched['args']['steps']} steps per seed, one "
         f"thread, best of {batched['args']['repeats']}; load average {load}):",
@@ -204,7 +211,7 @@ def performance_block(root: Path) -> str:
         "steps, each setting in a fresh process):",
         report.markdown_table(thread_rows),
         f"**Sweeps on Ray** (`benchmarks/bench_sweep.py`, {sweep['points']} points of notebook 02, {sweep['steps']} steps each):",
-        report.markdown_table(sweep_rows)])
+        report.markdown_table(sweep_rows), *vector_parts])
 
 
 BLOCKS = {"headline": headline_block, "one-run": one_run_block, "verdict": verdict_block, "transfer": transfer_block,

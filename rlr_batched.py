@@ -77,11 +77,8 @@ class StackedMLP:
         self.grad = torch.zeros_like(self.params)
         self.weights, self.biases = self.layer_views(self.params)
         self.weight_grads, self.bias_grads = self.layer_views(self.grad)
-        with torch.no_grad():
-            for k, layers in enumerate(linears):
-                for weight, bias, layer in zip(self.weights, self.biases, layers):
-                    weight[k].copy_(layer.weight)
-                    bias[k].copy_(layer.bias)
+        for k, network in enumerate(networks):
+            self.load_run(k, network)
         # Views made once (they follow in-place updates of params): h W^T + b for the hidden layers.
         # The last layer is narrow (5 coefficients, 3 actions): MKL computes W h^T + b several times
         # faster than h W^T + b there, so its output is computed transposed (see forward).
@@ -89,6 +86,16 @@ class StackedMLP:
                               for weight, bias in zip(self.weights[:-1], self.biases[:-1])]
         self.last_bias_column = self.biases[-1].unsqueeze(2)
         self.workspace: dict[tuple, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def load_run(self, k: int, network: nn.Module) -> None:
+        """Copy a network's parameters into run k's slice (at construction, and to restart one run)."""
+        layers = [m for m in network.modules() if isinstance(m, nn.Linear)]
+        if [tuple(layer.weight.shape) for layer in layers] != self.shapes:
+            raise ValueError("the network's layer shapes differ from the stacked networks'")
+        for weight, bias, layer in zip(self.weights, self.biases, layers):
+            weight[k].copy_(layer.weight)
+            bias[k].copy_(layer.bias)
 
     def layer_views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-layer weight [K, out, in] and bias [K, out] blocks of a flat tensor."""
@@ -190,17 +197,43 @@ class BatchedAdam:
         self.step_count = torch.zeros((), dtype=torch.float32, device=params.device)  # as torch's fused Adam
         self.unit_step = torch.zeros_like(params) if rows_of is not None else None
         self.rows = list(zip(rows_of(params), rows_of(self.unit_step))) if rows_of is not None else None
+        self.rows_of = rows_of
+        self.run_steps: list[torch.Tensor] | None = None  # one step count per run, once a run restarts
 
     def fused_adam(self, target: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        if self.run_steps is not None:  # the same kernel over each run's rows, each with its own step count
+            runs = range(len(self.run_steps))
+            target, grad, exp_avg, exp_avg_sq = ([block[k] for k in runs for block in self.rows_of(flat)]
+                                                 for flat in (target, grad, self.exp_avg, self.exp_avg_sq))
+            steps = [self.run_steps[k] for k in runs for _ in self.rows_of(self.params)]
+            torch._fused_adam_(target, grad, exp_avg, exp_avg_sq, [], steps, lr=lr, beta1=self.betas[0],
+                               beta2=self.betas[1], weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
+            return
         torch._fused_adam_([target], [grad], [self.exp_avg], [self.exp_avg_sq], [], [self.step_count],
                            lr=lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
                            amsgrad=False, maximize=False)
+
+    @torch.no_grad()
+    def restart_run(self, k: int) -> None:
+        """Run k starts afresh (zero moments, step count 0), the others go on: from then on each run keeps
+        its own step count, as K separate torch.optim.Adam would (needs rows_of)."""
+        if self.rows_of is None:
+            raise ValueError("restarting a run needs rows_of (where each run's parameters are)")
+        n_runs = self.rows_of(self.params)[0].shape[0]
+        if self.run_steps is None:
+            self.run_steps = [self.step_count.clone() for _ in range(n_runs)]
+        for flat in (self.exp_avg, self.exp_avg_sq):
+            for block in self.rows_of(flat):
+                block[k].zero_()
+        self.run_steps[k].zero_()
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor, lr: float | torch.Tensor) -> float | torch.Tensor:
         """One Adam step; lr is one float for every run or a tensor [K] (one learning rate per run).
         Returns the learning rate the step used (BatchedAdamHD moves it first)."""
         self.step_count += 1
+        for count in self.run_steps or []:
+            count += 1
         if isinstance(lr, torch.Tensor):
             if self.rows is None:
                 raise ValueError("a learning rate per run needs rows_of (where each run's parameters are)")
@@ -672,6 +705,9 @@ def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = Fa
     configs = member_configs(config, seeds)
     if not isinstance(frozen, bool):
         raise TypeError(f"frozen must be a bool, got {type(frozen).__name__}")
+    if config.schedule.decision_interval != 1 or config.schedule.features == "control":
+        raise ValueError("schedule.decision_interval > 1 and features='control' run on the reference loop "
+                         "(rlr_engine.train_rl_scheduled) and LRControlEnv; the batched engine decides every step")
     check_initial_policies(initial_policies, len(configs))
     run_seeds, dtype, device, inputs, targets, net = stack_members(configs)
     schedule, variant, steps = config.schedule, config.dqn.variant, config.schedule.steps

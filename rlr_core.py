@@ -29,7 +29,7 @@ from torch.nn import functional as F
 # ---------------------------------------------------------------------------------------------------
 
 DQN_VARIANTS = ("described", "as_coded")
-STATE_FEATURES = ("raw", "log")
+STATE_FEATURES = ("raw", "log", "control")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -119,10 +119,15 @@ class ScheduleConfig:
     """environment steps (full-batch Adam steps) in the agent's one continuous run"""
     features: str = "raw"
     """'raw': state (L, L - L_prev), reward L_t - L_{t+1} (original); 'log': state (log L,
-    log L - log L_prev, lr position in [0, 1]), reward log L_t - log L_{t+1} (scale-free ablation)"""
+    log L - log L_prev, lr position in [0, 1]), reward log L_t - log L_{t+1} (scale-free ablation);
+    'control': the log state plus the fraction of the budget (steps) left, the same log reward (a
+    controller that sees the end of its run)"""
     lr_factors: tuple[float, ...] = ()
     """empty: actions shift the grid index (original); else action a multiplies the lr by
     lr_factors[a], clipped to [lr_grid[0], lr_grid[-1]] (e.g. (0.5, 1.0, 2.0))"""
+    decision_interval: int = 1
+    """optimiser steps per decision: an action's lr is held this many steps, and the reward and the
+    state's change span them (1: the original, a decision every step)"""
 
     def __post_init__(self) -> None:
         self.lr_grid = tuple(float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
@@ -148,11 +153,13 @@ class ScheduleConfig:
         self.lr_factors = check_sequence("schedule.lr_factors", self.lr_factors)
         for i, factor in enumerate(self.lr_factors):
             check_float(f"schedule.lr_factors[{i}]", factor, 0.0, math.inf, high_open=True)
+        check_int("schedule.decision_interval", self.decision_interval, 1)
 
     @property
     def state_dim(self) -> int:
-        """2 for raw features (L, dL), 3 for log features (log L, d log L, lr position)."""
-        return 2 if self.features == "raw" else 3
+        """2 for raw features (L, dL), 3 for log features (log L, d log L, lr position), 4 for control
+        features (log features and the fraction of the budget left)."""
+        return {"raw": 2, "log": 3, "control": 4}[self.features]
 
     @property
     def n_actions(self) -> int:
@@ -582,11 +589,14 @@ def safe_log(loss: float | torch.Tensor) -> torch.Tensor:
 
 def loss_state(loss: float | torch.Tensor, previous_loss: float | torch.Tensor | None,
                lr_position: float | torch.Tensor = 0.0, features: str = "raw",
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The agent's state s_t = (L_t, L_t - L_{t-1}), raw; the difference is 0 when there is no L_{t-1}.
+               dtype: torch.dtype = torch.float32, budget_left: float | torch.Tensor | None = None) -> torch.Tensor:
+    """The agent's state s_t = (L_t, L_t - L_{t-1}), raw; the difference is 0 when there is no L_{t-1}
+    (L_{t-1}: the loss at the previous decision).
 
-    With features='log': (log L_t, log L_t - log L_{t-1}, lr_position), scale-free. Computed in float64,
-    then cast to dtype. Losses [...] give states [..., state_dim].
+    With features='log': (log L_t, log L_t - log L_{t-1}, lr_position), scale-free; with 'control' also
+    budget_left, the fraction of the run's optimiser steps still to come (budget_fraction_left), so that
+    the policy can see the end. Computed in float64, then cast to dtype. Losses [...] give states
+    [..., state_dim].
     """
     loss = as_float64(loss)
     if features == "raw":
@@ -594,8 +604,23 @@ def loss_state(loss: float | torch.Tensor, previous_loss: float | torch.Tensor |
         return torch.stack([loss, difference], dim=-1).to(dtype)
     log_loss = safe_log(loss)
     log_difference = torch.zeros_like(loss) if previous_loss is None else log_loss - safe_log(previous_loss)
-    position = as_float64(lr_position).expand_as(loss)
-    return torch.stack([log_loss, log_difference, position], dim=-1).to(dtype)
+    columns = [log_loss, log_difference, as_float64(lr_position).expand_as(loss)]
+    if features == "control":
+        if budget_left is None:
+            raise ValueError("features='control' needs budget_left (budget_fraction_left)")
+        columns.append(as_float64(budget_left).expand_as(loss))
+    return torch.stack(columns, dim=-1).to(dtype)
+
+
+def budget_fraction_left(steps_taken: int | torch.Tensor, schedule: ScheduleConfig) -> torch.Tensor:
+    """The fraction of the run's schedule.steps optimiser steps still to come, in [0, 1] (float64)."""
+    return (1.0 - as_float64(steps_taken) / schedule.steps).clamp(0.0, 1.0)
+
+
+def is_decision_step(steps_taken: int, schedule: ScheduleConfig) -> bool:
+    """Whether the agent decides after steps_taken optimiser steps: every schedule.decision_interval steps,
+    from the first loss L_0 on (with interval 1, the original, at every step)."""
+    return steps_taken % schedule.decision_interval == 0
 
 
 def acting_state(state: torch.Tensor, variant: str) -> torch.Tensor:
@@ -610,8 +635,10 @@ def acting_state(state: torch.Tensor, variant: str) -> torch.Tensor:
 
 def loss_reward(previous_loss: float | torch.Tensor, loss: float | torch.Tensor,
                 features: str = "raw") -> torch.Tensor:
-    """The agent's reward r_t = L_t - L_{t+1} (raw), or log L_t - log L_{t+1} with features='log' (float64)."""
-    if features == "log":
+    """The agent's reward r_t = L_t - L_{t+1} (raw), or log L_t - log L_{t+1} with features 'log' and
+    'control' (float64); over a decision interval, L_t and L_{t+1} are the losses at two decisions, so an
+    episode's rewards sum (telescope) to L_0 - L_T or log L_0 - log L_T."""
+    if features in ("log", "control"):
         return safe_log(previous_loss) - safe_log(loss)
     return as_float64(previous_loss) - as_float64(loss)
 
@@ -728,13 +755,19 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
     def observe(self, loss: float) -> torch.Tensor:
         """State (L_t, L_t - L_{t-1}) (loss_state); the difference is 0 on the first call."""
         return loss_state(loss, self.previous_loss, lr_position(self._last_lr[0], self.schedule),
-                          self.schedule.features, self.agent.dtype)
+                          self.schedule.features, self.agent.dtype,
+                          budget_fraction_left(self.last_epoch, self.schedule))
 
     def step(self, loss: float) -> None:  # type: ignore[override]
+        """Called with the loss after every optimiser step (first with L_0): the agent decides every
+        schedule.decision_interval calls (is_decision_step); in between, the lr is held."""
         loss = float(loss)
         if not math.isfinite(loss):
             raise FloatingPointError(f"RLRScheduler.step got a non-finite loss ({loss}); the model "
                                      "diverged. Nothing was stored; stop or restart the run.")
+        if not is_decision_step(self.last_epoch, self.schedule):
+            self.last_epoch += 1
+            return
         state = self.observe(loss)
         if self.previous_state is not None and self.agent.training:
             reward = float(loss_reward(self.previous_loss, loss, self.schedule.features))
@@ -768,8 +801,9 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state_dict(); the scheduler must have the same grid, start index and actions."""
-        saved = {name: list(value) if isinstance(value, tuple) else value
-                 for name, value in state.get("schedule", self.schedule_fields()).items()}  # older states lack it
+        saved = {name: list(value) if isinstance(value, tuple) else value  # older states lack the schedule
+                 for name, value in state.get("schedule", self.schedule_fields()).items()}
+        saved.setdefault("decision_interval", 1)  # and states before decision intervals, this field
         if saved != self.schedule_fields():
             raise ValueError(f"scheduler state was saved with schedule {saved}, this scheduler has "
                              f"{self.schedule_fields()}")

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from rlr_core import (DQNAgent, DQNConfig, DTYPES, PolynomialData, RLRScheduler, RunSeeds, ScheduleConfig,
-                      TaskConfig, check_float, check_int, derive_seeds, full_batch_loss, loss_reward,
+                      TaskConfig, check_float, check_int, derive_seeds, full_batch_loss, is_decision_step, loss_reward,
                       make_adam, make_model, make_polynomial_dataset)
 from rlr_results import RunResult, atomic_write
 
@@ -463,7 +463,8 @@ def run_agent_steps(scheduler: RLRScheduler, model: nn.Module, data: PolynomialD
         if not (math.isfinite(value) and np.isfinite(series["q_values"][step]).all()):
             return step  # the model's loss or the agent's Q-values left the float range
         series["loss"][step] = value
-        series["reward"][step] = float(loss_reward(previous_value, value, features))
+        decides = is_decision_step(scheduler.last_epoch, scheduler.schedule)  # else no transition, no reward
+        series["reward"][step] = float(loss_reward(previous_value, value, features)) if decides else 0.0
         scheduler.step(value)
         bar.update()
         save(step + 1)

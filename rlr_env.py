@@ -13,13 +13,16 @@ Nothing of the RL logic or of the training step is copied here.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
 
+import rlr_batched
 import rlr_core as rc
 from rlr_engine import Config, adam_step, check_device
 
@@ -42,6 +45,10 @@ class LRControlEnv(gymnasium.Env):
     the lr index back to schedule.start_index. reset() without a seed draws the next task's seed from
     the environment's np_random; the data are redrawn too only with resample_data=True, otherwise the
     data of the last seeded reset stay (a new network, the same regression problem).
+
+    With schedule.decision_interval N > 1 one env step is N Adam steps at the chosen lr (the last one
+    fewer when N does not divide schedule.steps); the observation's change and the reward span them.
+    With features 'log' or 'control' the rewards telescope: an episode's return is log L_0 - log L_T.
 
     An episode is schedule.steps Adam steps long (truncated=True at the end). A non-finite loss ends it
     (terminated=True) with reward divergence_penalty; the observation returned then is the last finite
@@ -72,10 +79,12 @@ class LRControlEnv(gymnasium.Env):
         self.dtype, self.device = rc.DTYPES[dtype], check_device(device)
         # The loss is an MSE (>= 0), its change has either sign; both are finite (a non-finite loss ends
         # the episode), so the bounds are the dtype's largest finite value (as CartPole's velocities).
-        # With features='log' the state is (log L, its change, lr position in [0, 1]).
+        # With features='log' the state is (log L, its change, lr position in [0, 1]); 'control' adds
+        # the fraction of the budget left, in [0, 1].
         largest = np.finfo(np.float32 if dtype == "float32" else np.float64).max
-        low, high = ([0.0, -largest], [largest, largest]) if schedule.features == "raw" else \
-            ([-largest, -largest, 0.0], [largest, largest, 1.0])
+        low, high = {"raw": ([0.0, -largest], [largest, largest]),
+                     "log": ([-largest, -largest, 0.0], [largest, largest, 1.0]),
+                     "control": ([-largest, -largest, 0.0, 0.0], [largest, largest, 1.0, 1.0])}[schedule.features]
         self.observation_space = spaces.Box(low=np.array(low, dtype=largest.dtype),
                                             high=np.array(high, dtype=largest.dtype), dtype=largest.dtype)
         self.action_space = spaces.Discrete(schedule.n_actions)
@@ -134,10 +143,13 @@ class LRControlEnv(gymnasium.Env):
         self.lr_index, self.lr = int(lr_index), float(lr)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        previous_loss = self._loss.item()
-        self._loss = adam_step(self.model, self.optimizer, self.data, self._loss)  # L_{t+1}, with its graph
-        loss = self._loss.item()
-        self.elapsed_steps += 1
+        previous_loss = loss = self._loss.item()
+        for _ in range(min(self.schedule.decision_interval, self.schedule.steps - self.elapsed_steps)):
+            self._loss = adam_step(self.model, self.optimizer, self.data, self._loss)  # L_{t+1}, with its graph
+            loss = self._loss.item()
+            self.elapsed_steps += 1
+            if not math.isfinite(loss):
+                break
         observation = self._state(loss, previous_loss)
         info = self._info()
         if not (math.isfinite(loss) and np.isfinite(observation).all()):
@@ -154,7 +166,152 @@ class LRControlEnv(gymnasium.Env):
     def _state(self, loss: float, previous_loss: float | None) -> np.ndarray:
         """RLRScheduler's state for this loss (rlr_core.loss_state), as a numpy observation."""
         return rc.loss_state(loss, previous_loss, rc.lr_position(self.lr, self.schedule), self.schedule.features,
-                             self.dtype).numpy()
+                             self.dtype, rc.budget_fraction_left(self.elapsed_steps, self.schedule)).numpy()
+
+
+class LRControlVectorEnv(VectorEnv):
+    """num_envs LRControlEnv tasks at once, backed by the batched engine (rlr_batched's StackedMLP,
+    mse_loss_and_grad and BatchedAdam: the training step of the batched runs, one lr per task), with
+    Gymnasium 1.x's next-step autoreset: the step() after a task's episode ended resets that task
+    (observation of the new task, reward 0, neither terminated nor truncated) while the others go on.
+
+    Observations, actions, rewards, decision interval, truncation and divergence are LRControlEnv's,
+    from the same rlr_core rules, one row per task. reset(seed=s) starts task i on seed s + i (Gymnasium's
+    convention); a task that resets later, or a reset without a seed, draws its seed from the
+    environment's np_random. Every reset of a task draws a new data set and a new network from its seed
+    (LRControlEnv(resample_data=True)). options={"reset_mask": mask} resets only the tasks in mask.
+    info holds, per task, lr, lr_index, loss, diverged and episode_seed.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int, task: rc.TaskConfig | None = None, schedule: rc.ScheduleConfig | None = None,
+                 *, divergence_penalty: float = DIVERGENCE_PENALTY, dtype: str = "float32", device: str = "cpu") -> None:
+        rc.check_int("num_envs", num_envs, 1)
+        single = LRControlEnv(task, schedule, resample_data=True, divergence_penalty=divergence_penalty,
+                              dtype=dtype, device=device)  # checks every argument
+        self.num_envs, self.task, self.schedule = num_envs, single.task, single.schedule
+        self.divergence_penalty, self.dtype_name = single.divergence_penalty, dtype
+        self.single_observation_space, self.single_action_space = single.observation_space, single.action_space
+        self.observation_space = batch_space(single.observation_space, num_envs)
+        self.action_space = batch_space(single.action_space, num_envs)
+        self.device = single.device
+        self.net: rlr_batched.StackedMLP | None = None
+        self.autoreset = np.zeros(num_envs, dtype=bool)
+
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        mask = np.ones(self.num_envs, dtype=bool)
+        if options:
+            unknown = set(options) - {"reset_mask"}
+            if unknown:
+                raise ValueError(f"LRControlVectorEnv.reset knows only the option 'reset_mask', got {sorted(unknown)}")
+            mask = np.asarray(options["reset_mask"], dtype=bool)
+            if mask.shape != (self.num_envs,):
+                raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
+        if seed is None or isinstance(seed, (int, np.integer)):
+            super().reset(seed=None if seed is None else int(seed))
+            seeds = [int(seed) + i for i in range(self.num_envs)] if seed is not None else self.draw_seeds()
+        else:
+            seeds = [int(value) for value in seed]
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed must be an int, None or {self.num_envs} ints, got {len(seeds)}")
+        if self.net is None:
+            self.build(seeds)
+        else:
+            for k in np.flatnonzero(mask):
+                self.restart(int(k), seeds[k])
+            self.refresh_loss(mask)
+        self.autoreset[mask] = False
+        self._observation = self.states(None)
+        return self._observation.copy(), self.info(np.zeros(self.num_envs, dtype=bool))
+
+    def draw_seeds(self) -> list[int]:
+        return [int(value) for value in self.np_random.integers(0, 2 ** 63 - 1, size=self.num_envs)]
+
+    def build(self, seeds: Sequence[int]) -> None:
+        """Every task from its seed: data, network and a fresh Adam, through the batched engine's setup."""
+        configs = [Config(seed=seed, dtype=self.dtype_name, device=str(self.device), task=self.task,
+                          schedule=self.schedule) for seed in seeds]
+        _, self.dtype, _, self.inputs, self.targets, self.net = rlr_batched.stack_members(configs)
+        self.optimizer = rlr_batched.BatchedAdam(self.net.params, self.net.rows_of)
+        start = self.schedule.start_index
+        self.lr_index = torch.full((self.num_envs,), start, dtype=torch.int64, device=self.device)
+        self.lr = torch.full((self.num_envs,), self.schedule.lr_grid[start], dtype=torch.float64, device=self.device)
+        self.elapsed = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        self.episode_seeds = list(seeds)
+        with torch.no_grad():
+            self.loss = rlr_batched.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
+
+    def restart(self, k: int, seed: int) -> None:
+        """Task k starts a new episode on seed: its data, network, Adam state, lr and step count."""
+        seeds = rc.derive_seeds(seed)
+        data = rc.make_polynomial_dataset(self.task, seeds.data, dtype=self.dtype, device=self.device)
+        self.inputs[k], self.targets[k] = data.inputs, data.targets
+        self.net.load_run(k, rc.make_model(self.task, seeds.init, self.dtype, self.device))
+        self.optimizer.restart_run(k)
+        self.lr_index[k] = self.schedule.start_index
+        self.lr[k] = self.schedule.lr_grid[self.schedule.start_index]
+        self.elapsed[k] = 0
+        self.episode_seeds[k] = seed
+
+    def refresh_loss(self, restarted: np.ndarray) -> None:
+        """The loss and gradient of every task at its current weights (the restarted tasks' L_0)."""
+        with torch.no_grad():
+            loss = rlr_batched.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
+        self.loss = torch.where(torch.as_tensor(restarted, device=self.device), loss, self.loss)
+
+    def states(self, previous_loss: torch.Tensor | None) -> np.ndarray:
+        position = rc.lr_position(self.lr, self.schedule)
+        budget = rc.budget_fraction_left(self.elapsed, self.schedule)
+        return rc.loss_state(self.loss, previous_loss, position, self.schedule.features, self.dtype, budget).cpu().numpy()
+
+    def info(self, diverged: np.ndarray) -> dict:
+        values = {"lr": self.lr.cpu().numpy(), "lr_index": self.lr_index.cpu().numpy(),
+                  "loss": self.loss.cpu().numpy(), "diverged": diverged, "episode_seed": np.array(self.episode_seeds)}
+        return {**values, **{f"_{key}": np.ones(self.num_envs, dtype=bool) for key in values}}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        if self.net is None:
+            raise RuntimeError("call reset() first")
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,) or not self.action_space.contains(actions.astype(np.int64)):
+            raise ValueError(f"actions must be {self.num_envs} ints in [0, {self.single_action_space.n - 1}], "
+                             f"got {actions!r}")
+        resetting, active = self.autoreset.copy(), torch.as_tensor(~self.autoreset, device=self.device)
+        lr_index, lr = rc.next_lr(self.lr_index, self.lr, torch.as_tensor(actions, device=self.device), self.schedule)
+        self.lr_index, self.lr = torch.where(active, lr_index, self.lr_index), torch.where(active, lr, self.lr)
+        previous_loss = self.loss.clone()
+        diverged = self.train_interval(active)
+        for k in np.flatnonzero(resetting):  # after the others' Adam steps: theirs touched no restarted state
+            self.restart(int(k), self.draw_seeds()[0])
+        self.refresh_loss(resetting)
+        observation = self.states(previous_loss)
+        rewards = rc.loss_reward(previous_loss, self.loss, self.schedule.features).cpu().numpy()
+        terminated = diverged | ~np.isfinite(observation).all(axis=1)
+        observation[terminated] = self._observation[terminated]  # the last finite observation
+        rewards[terminated] = self.divergence_penalty
+        truncated = (self.elapsed >= self.schedule.steps).cpu().numpy() & ~terminated
+        observation[resetting], rewards[resetting] = self.states(None)[resetting], 0.0
+        terminated[resetting], truncated[resetting] = False, False
+        self.autoreset = terminated | truncated
+        self._observation = observation
+        return observation.copy(), rewards, terminated, truncated, self.info(terminated)
+
+    def train_interval(self, active: torch.Tensor) -> np.ndarray:
+        """Up to decision_interval Adam steps for every active task with budget left (the others step at
+        lr 0, which leaves their weights as they are); returns the tasks whose loss went non-finite."""
+        diverged = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        with torch.no_grad():
+            for _ in range(self.schedule.decision_interval):
+                stepping = active & (self.elapsed < self.schedule.steps) & ~diverged
+                if not stepping.any():
+                    break
+                self.optimizer.step(self.net.grad, torch.where(stepping, self.lr, 0.0))
+                loss = rlr_batched.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
+                self.loss = torch.where(stepping, loss, self.loss)
+                self.elapsed += stepping.long()
+                diverged |= stepping & ~torch.isfinite(loss)
+        return diverged.cpu().numpy()
 
 
 def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,

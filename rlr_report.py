@@ -556,6 +556,13 @@ def lr_free_reading(primary: pd.DataFrame, summary: pd.DataFrame, agents: Sequen
     return " ".join(sentences)
 
 
+def smallest_holm_p(n_seeds: int, n_tests: int) -> float:
+    """The smallest Holm-adjusted p-value paired tests over n_seeds can reach: the exact two-sided
+    Wilcoxon signed-rank p when every seed points the same way, 2 / 2**n_seeds, times the n_tests of the
+    family (Holm's factor for the smallest p). Above 0.05, no comparison could ever be significant."""
+    return min(1.0, n_tests * 2.0 / 2 ** n_seeds)
+
+
 def pbt_reading(claims: pd.DataFrame, summary: pd.DataFrame, pbt: str, references: Sequence[str],
                 agents: Sequence[str]) -> str:
     """Notebook 06 in sentences: PBT's test MSE, its comparisons with the references (ratio reference MSE /
@@ -569,6 +576,11 @@ def pbt_reading(claims: pd.DataFrame, summary: pd.DataFrame, pbt: str, reference
         parts = [f"{METRIC_WORDS[test['metric']]} {interval(test['ratio'], test['ci_low'], test['ci_high'])} "
                  f"({outcome(test)})" for _, test in rows.iterrows()]
         lines.append(f"- {method} against {against} (ratio {against} MSE / {method} MSE): " + "; ".join(parts) + ".")
+    smallest = smallest_holm_p(int(row["seeds"]), len(primary))
+    lines.append(f"With {int(row['seeds'])} seeds and {len(primary)} tests, the smallest Holm-adjusted p-value "
+                 f"possible is {smallest:.2g} (every seed one way): "
+                 + ("a difference can be significant." if smallest < 0.05 else
+                    "no difference can be significant at 5%; more seeds are needed."))
     return "\n".join(lines)
 
 

@@ -113,6 +113,13 @@ def test_paired_comparison_uses_scipys_wilcoxon_on_log_ratios():
     assert result["seeds_reaching_2"] == 3
 
 
+def test_the_smallest_holm_p_is_scipys_wilcoxon_with_every_seed_one_way_times_the_tests():
+    for n_seeds in (6, 8, 12):
+        exact = scipy.stats.wilcoxon(np.arange(1.0, n_seeds + 1), method="exact").pvalue
+        assert report.smallest_holm_p(n_seeds, 14) == pytest.approx(min(1.0, 14 * exact))
+    assert report.smallest_holm_p(8, 14) > 0.05 > report.smallest_holm_p(12, 14)
+
+
 def test_bootstrap_interval_rejects_an_unknown_statistic():
     with pytest.raises(ValueError, match="statistic"):
         report.bootstrap_interval([1.0, 2.0, 3.0], "mean")

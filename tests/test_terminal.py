@@ -102,13 +102,17 @@ def test_the_agent_learns_cartpole_with_the_pytorch_tutorials_hyperparameters():
     assert sum(history["episode_terminated"]) > 100, "CartPole ends episodes by termination"
 
 
-def test_stable_baselines3_ppo_and_dqn_train_on_the_environment():
+@pytest.mark.parametrize("schedule", [
+    rc.ScheduleConfig(steps=64, features="log", lr_factors=(0.5, 1.0, 2.0)),
+    rc.ScheduleConfig(steps=320, decision_interval=5, features="control", lr_factors=(0.5, 1.0, 2.0)),
+], ids=["log, every step", "control, every 5 steps"])
+def test_stable_baselines3_ppo_and_dqn_train_on_the_environment(schedule: rc.ScheduleConfig):
     """The environment plugs into the standard RL stack: stable-baselines3's PPO and DQN (unmodified)
-    train on it, and a greedy rollout of each scores a return that telescopes to log L_0 - log L_T. (A few
-    hundred steps show that the pieces connect, not that either learns a good schedule.)"""
+    train on it, also with the controller's decision interval and features, and a greedy rollout of each
+    scores a return that telescopes to log L_0 - log L_T. (A few hundred steps show that the pieces
+    connect, not that either learns a good schedule.)"""
     from stable_baselines3 import DQN, PPO
 
-    schedule = rc.ScheduleConfig(steps=64, features="log", lr_factors=(0.5, 1.0, 2.0))
     env = rlr_env.LRControlEnv(schedule=schedule)
     learners = {"PPO": PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu"),
                 "DQN": DQN("MlpPolicy", env, learning_starts=32, buffer_size=1000, batch_size=32, train_freq=4,

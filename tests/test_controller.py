@@ -1,0 +1,90 @@
+"""The controller options against short-horizon bias (issue: an RL controller done right): a decision
+every N optimiser steps, a state that sees the fraction of the budget left, and a log reward that
+telescopes over the run. The same rules serve RLRScheduler, the reference loop and LRControlEnv."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rlr_batched
+import rlr_core as rc
+import rlr_engine as engine
+import rlr_env
+
+CONTROL = dict(features="control", lr_factors=(0.5, 1.0, 2.0))
+
+
+def test_the_controller_options_are_checked_and_shape_the_state():
+    with pytest.raises(ValueError, match="schedule.decision_interval must be >= 1"):
+        rc.ScheduleConfig(decision_interval=0)
+    with pytest.raises(ValueError, match="schedule.features must be one of"):
+        rc.ScheduleConfig(features="budget")
+    assert rc.ScheduleConfig(features="control").state_dim == 4
+    assert rc.ScheduleConfig().decision_interval == 1  # the original decides every step
+    state = rc.loss_state(torch.tensor([0.5, 0.1]), torch.tensor([1.0, 0.1]), torch.tensor([0.2, 0.4]), "control",
+                          torch.float64, rc.budget_fraction_left(torch.tensor([25, 100]), rc.ScheduleConfig(steps=100)))
+    expected = torch.tensor([[math.log(0.5), math.log(0.5), 0.2, 0.75], [math.log(0.1), 0.0, 0.4, 0.0]],
+                            dtype=torch.float64)
+    assert torch.allclose(state, expected)
+    with pytest.raises(ValueError, match="budget_left"):
+        rc.loss_state(0.5, None, 0.2, "control")
+
+
+@pytest.mark.parametrize("interval, steps", [(10, 95), (1, 30), (7, 7)])
+def test_an_env_step_is_a_decision_interval_and_the_return_telescopes(interval: int, steps: int):
+    schedule = rc.ScheduleConfig(steps=steps, decision_interval=interval, **CONTROL)
+    env = rlr_env.LRControlEnv(schedule=schedule)
+    observation, info = env.reset(seed=3)
+    assert env.observation_space.contains(observation) and observation[3] == 1.0
+    first_loss, total, decisions, done = info["loss"], 0.0, 0, False
+    while not done:
+        observation, reward, terminated, truncated, info = env.step(decisions % 3)
+        total, decisions, done = total + reward, decisions + 1, terminated or truncated
+        assert observation[3] == pytest.approx(1.0 - min(decisions * interval, steps) / steps)
+    assert decisions == math.ceil(steps / interval) and env.elapsed_steps == steps and not terminated
+    assert total == pytest.approx(math.log(first_loss) - math.log(info["loss"]), rel=1e-9, abs=1e-12)
+
+
+def test_holding_the_lr_for_an_interval_is_the_reference_loops_adam_at_that_lr():
+    """Always 'keep' (factor 1): the env's N-step decisions are exactly full-batch Adam at the start lr."""
+    schedule = rc.ScheduleConfig(steps=40, decision_interval=8, **CONTROL)
+    env = rlr_env.LRControlEnv(schedule=schedule)
+    env.reset(seed=4)
+    losses = [env.step(1)[4]["loss"] for _ in range(5)]
+    reference = engine.train_full_batch(engine.Config(seed=4), schedule.lr_grid[schedule.start_index], 40)
+    assert losses == [float(value) for value in reference.series["loss"][7::8]]
+
+
+def test_the_scheduler_decides_every_interval_and_its_rewards_telescope():
+    config = engine.Config(seed=1, schedule=rc.ScheduleConfig(steps=60, decision_interval=6, **CONTROL))
+    run = engine.train_rl_scheduled(config)
+    lr = run.series["lr"]
+    changes = np.flatnonzero(lr[1:] != lr[:-1]) + 1
+    assert len(changes) and (changes % 6 == 0).all(), "the lr moves only at decisions"
+    decisions = np.flatnonzero(run.series["reward"])
+    assert set(decisions + 1) <= set(range(6, 61, 6)), "a reward only where the agent decides"
+    data = rc.make_polynomial_dataset(config.task, rc.derive_seeds(1).data)
+    model = rc.make_model(config.task, rc.derive_seeds(1).init)
+    with torch.no_grad():
+        first = float(rc.full_batch_loss(model, data))
+    assert run.series["reward"].sum() == pytest.approx(math.log(first) - math.log(run.series["loss"][59]), rel=1e-6)
+    assert run.config["schedule"]["decision_interval"] == 6
+
+
+def test_a_scheduler_state_saved_before_decision_intervals_still_loads():
+    model = torch.nn.Linear(2, 1)
+    scheduler = rc.RLRScheduler(torch.optim.Adam(model.parameters()), seed=0)
+    scheduler.step(1.0)
+    state = scheduler.state_dict()
+    del state["schedule"]["decision_interval"]
+    rc.RLRScheduler(torch.optim.Adam(model.parameters()), seed=0).load_state_dict(state)
+
+
+def test_the_batched_engine_refuses_what_it_does_not_run():
+    config = engine.Config(schedule=rc.ScheduleConfig(steps=20, decision_interval=5))
+    with pytest.raises(ValueError, match="decision_interval"):
+        rlr_batched.train_rl_scheduled(config, [0, 1])
