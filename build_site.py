@@ -72,9 +72,12 @@ def site_links(page: str) -> str:
 
 
 def notebook_page(name: str) -> str:
-    """One executed notebook as HTML (nbconvert's lab template), with the site navigation on top."""
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(
-        nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4))
+    """One executed notebook as HTML (nbconvert's lab template), with the site navigation on top.
+    Saved widget state (a notebook progress bar) is dropped: rendering it would fetch the widget manager
+    from a CDN; each widget output keeps its plain-text form."""
+    notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    notebook.metadata.pop("widgets", None)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
     body = site_links(offline(body)).replace("</head>", STYLE + "</head>", 1)
     return re.sub(r"(<body[^>]*>)", lambda match: match.group(1) + navigation(name), body, count=1)
 

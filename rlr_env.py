@@ -225,8 +225,10 @@ class LRControlVectorEnv(VectorEnv):
         self._observation = self.states(None)
         return self._observation.copy(), self.info(np.zeros(self.num_envs, dtype=bool))
 
-    def draw_seeds(self) -> list[int]:
-        return [int(value) for value in self.np_random.integers(0, 2 ** 63 - 1, size=self.num_envs)]
+    def draw_seeds(self, count: int | None = None) -> list[int]:
+        """Task seeds from the environment's np_random: one per task, or count of them."""
+        size = self.num_envs if count is None else count
+        return [int(value) for value in self.np_random.integers(0, 2 ** 63 - 1, size=size)]
 
     def build(self, seeds: Sequence[int]) -> None:
         """Every task from its seed: data, network and a fresh Adam, through the batched engine's setup."""
@@ -283,7 +285,7 @@ class LRControlVectorEnv(VectorEnv):
         previous_loss = self.loss.clone()
         diverged = self.train_interval(active)
         for k in np.flatnonzero(resetting):  # after the others' Adam steps: theirs touched no restarted state
-            self.restart(int(k), self.draw_seeds()[0])
+            self.restart(int(k), self.draw_seeds(1)[0])
         self.refresh_loss(resetting)
         observation = self.states(previous_loss)
         rewards = rc.loss_reward(previous_loss, self.loss, self.schedule.features).cpu().numpy()
@@ -363,6 +365,48 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
             episode_return, episode_length = 0.0, 0
         else:
             observation = next_observation
+    return history
+
+
+def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: int, seed: int | None = None,
+                              updates_per_step: int = 1) -> dict[str, list]:
+    """train_agent_on_env over a vector environment with next-step autoreset (e.g. LRControlVectorEnv):
+    each vector step the agent acts for every task, remembers every real transition (terminated ones as
+    terminal; not the step that autoresets a task, which is no transition) and takes updates_per_step
+    DQN updates. total_steps counts vector steps. Returns episode_returns, episode_lengths and
+    episode_terminated of every finished episode (in the order they finish) and dqn_losses."""
+    if envs.metadata.get("autoreset_mode") != AutoresetMode.NEXT_STEP:
+        raise ValueError("envs must autoreset on the next step (gymnasium.vector.AutoresetMode.NEXT_STEP)")
+    single = envs.single_action_space
+    if not isinstance(single, spaces.Discrete) or int(single.n) != agent.n_actions:
+        raise ValueError(f"envs.single_action_space must be Discrete({agent.n_actions}) for this agent, got {single}")
+    rc.check_int("total_steps", total_steps, 0)
+    rc.check_int("updates_per_step", updates_per_step, 1)
+    history: dict[str, list] = {"episode_returns": [], "episode_lengths": [], "episode_terminated": [],
+                                "dqn_losses": []}
+    observations, _ = envs.reset(seed=seed)
+    returns, lengths = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=np.int64)
+    restarting = np.zeros(envs.num_envs, dtype=bool)
+    for _ in range(total_steps):
+        actions = np.array([agent.act(observation) for observation in observations])
+        next_observations, rewards, terminated, truncated, _ = envs.step(actions)
+        for k in np.flatnonzero(~restarting):
+            if agent.training:
+                agent.remember(observations[k], int(actions[k]), next_observations[k], float(rewards[k]),
+                               terminated=bool(terminated[k]))
+            returns[k] += rewards[k]
+            lengths[k] += 1
+        for k in np.flatnonzero(terminated | truncated):
+            history["episode_returns"].append(float(returns[k]))
+            history["episode_lengths"].append(int(lengths[k]))
+            history["episode_terminated"].append(bool(terminated[k]))
+            returns[k], lengths[k] = 0.0, 0
+        for _ in range(updates_per_step if agent.training else 0):
+            dqn_loss = agent.learn()
+            if dqn_loss is not None:
+                history["dqn_losses"].append(dqn_loss)
+        restarting = terminated | truncated
+        observations = next_observations
     return history
 
 

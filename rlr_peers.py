@@ -319,10 +319,11 @@ def run_pbt_seeds(config: Config, seeds: Sequence[int], steps: int, pbt: PBTConf
                   ) -> tuple[list[RunResult], pd.DataFrame]:
     """run_pbt on each seed (one population per seed, one after another): the chosen members and the
     populations' histories in one table with a seed column."""
-    from tqdm.auto import tqdm
     runs, histories = [], []
-    for seed in tqdm(list(seeds), desc="PBT, one population per seed", disable=not progress, mininterval=2.0):
-        run, history = run_pbt(Config.from_dict({**config.to_dict(), "seed": int(seed)}), steps, pbt)
-        runs.append(run)
-        histories.append(history.assign(seed=int(seed)))
+    with engine.progress_bar(len(seeds), "PBT, one population per seed", progress) as bar:
+        for seed in seeds:
+            run, history = run_pbt(Config.from_dict({**config.to_dict(), "seed": int(seed)}), steps, pbt)
+            runs.append(run)
+            histories.append(history.assign(seed=int(seed)))
+            bar.update()
     return runs, pd.concat(histories, ignore_index=True)

@@ -104,3 +104,17 @@ def test_restarting_one_run_of_batched_adam_is_a_fresh_torch_adam_for_it():
             torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)))):
         for mine, theirs in zip(network.parameters(), networks[k].parameters()):
             torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
+
+
+def test_the_agent_trains_on_the_vector_env_storing_only_real_transitions():
+    """4 tasks, episodes of 4 decisions: 9 vector steps are 2 episodes per task and one autoreset step,
+    which is no transition. Every stored reward is a real one, and each episode's return telescopes."""
+    schedule = rc.ScheduleConfig(steps=40, decision_interval=10, features="control", lr_factors=(0.5, 1.0, 2.0))
+    vector = rlr_env.LRControlVectorEnv(4, schedule=schedule)
+    agent = rc.DQNAgent(schedule.state_dim, schedule.n_actions, rc.DQNConfig(batch_size=8, learning_starts=8), seed=0)
+    history = rlr_env.train_agent_on_vector_env(vector, agent, total_steps=9, seed=0)
+    assert history["episode_lengths"] == [4] * 8 and not any(history["episode_terminated"])
+    assert len(agent.replay) == 4 * 8 and len(history["dqn_losses"]) == 9 - 1  # learns once 8 are stored
+    assert all(np.isfinite(history["episode_returns"])) and all(value > 0 for value in history["episode_returns"])
+    with pytest.raises(ValueError, match="Discrete\\(2\\)"):
+        rlr_env.train_agent_on_vector_env(vector, rc.DQNAgent(4, 2), total_steps=1)
