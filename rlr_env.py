@@ -373,8 +373,9 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
     """train_agent_on_env over a vector environment with next-step autoreset (e.g. LRControlVectorEnv):
     each vector step the agent acts for every task, remembers every real transition (terminated ones as
     terminal; not the step that autoresets a task, which is no transition) and takes updates_per_step
-    DQN updates. total_steps counts vector steps. Returns episode_returns, episode_lengths and
-    episode_terminated of every finished episode (in the order they finish) and dqn_losses."""
+    DQN updates. total_steps counts vector steps. Returns episode_returns, episode_lengths,
+    episode_terminated and episode_seeds (info["episode_seed"], None if the env gives none) of every
+    finished episode, in the order they finish, and dqn_losses."""
     if envs.metadata.get("autoreset_mode") != AutoresetMode.NEXT_STEP:
         raise ValueError("envs must autoreset on the next step (gymnasium.vector.AutoresetMode.NEXT_STEP)")
     single = envs.single_action_space
@@ -383,13 +384,13 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
     rc.check_int("total_steps", total_steps, 0)
     rc.check_int("updates_per_step", updates_per_step, 1)
     history: dict[str, list] = {"episode_returns": [], "episode_lengths": [], "episode_terminated": [],
-                                "dqn_losses": []}
+                                "episode_seeds": [], "dqn_losses": []}
     observations, _ = envs.reset(seed=seed)
     returns, lengths = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=np.int64)
     restarting = np.zeros(envs.num_envs, dtype=bool)
     for _ in range(total_steps):
         actions = np.array([agent.act(observation) for observation in observations])
-        next_observations, rewards, terminated, truncated, _ = envs.step(actions)
+        next_observations, rewards, terminated, truncated, info = envs.step(actions)
         for k in np.flatnonzero(~restarting):
             if agent.training:
                 agent.remember(observations[k], int(actions[k]), next_observations[k], float(rewards[k]),
@@ -400,6 +401,7 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
             history["episode_returns"].append(float(returns[k]))
             history["episode_lengths"].append(int(lengths[k]))
             history["episode_terminated"].append(bool(terminated[k]))
+            history["episode_seeds"].append(int(info["episode_seed"][k]) if "episode_seed" in info else None)
             returns[k], lengths[k] = 0.0, 0
         for _ in range(updates_per_step if agent.training else 0):
             dqn_loss = agent.learn()

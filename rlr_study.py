@@ -573,10 +573,74 @@ def train_agent_on_tasks(config: Config, training_seeds: Sequence[int], agent_se
 def evaluate_frozen_agent(config: Config, agent: rc.DQNAgent, seeds: Sequence[int],
                           progress: bool = False) -> list[RunResult]:
     """The agent's greedy policy, frozen (no exploration, replay or learning), steering Adam on each seed
-    for config.schedule.steps steps (batched engine); the agent itself is left unchanged."""
-    seeds = [int(seed) for seed in seeds]
-    return rlr_batched.train_rl_scheduled(config, seeds, progress=progress,
-                                          initial_policies=[agent.policy_weights()] * len(seeds), frozen=True)
+    for config.schedule.steps steps (batched engine; the reference loop, seed by seed, for a controller's
+    decision interval or control features, which the batched engine does not run); the agent itself is
+    left unchanged."""
+    seeds, policy = [int(seed) for seed in seeds], agent.policy_weights()
+    if config.schedule.decision_interval != 1 or config.schedule.features == "control":
+        return [engine.train_rl_scheduled(Config.from_dict({**config.to_dict(), "seed": seed}),
+                                          initial_policy=policy, frozen=True) for seed in seeds]
+    return rlr_batched.train_rl_scheduled(config, seeds, progress=progress, initial_policies=[policy] * len(seeds),
+                                          frozen=True)
+
+
+@dataclass
+class ControllerConfig:
+    """A learning-rate controller against short-horizon bias (issue: an RL controller done right): a DQN
+    with control features (the budget left in its state), a decision every decision_interval steps and the
+    telescoping log reward, trained over many tasks at once on LRControlVectorEnv."""
+
+    decision_interval: int = 100
+    """optimiser steps per decision (a 10 000-step run is 100 decisions)"""
+    lr_factors: tuple = (0.5, 1.0, 2.0)
+    """what an action does to the lr (clipped to the grid's range)"""
+    lr_range: tuple = (1e-5, 0.3)
+    """the lr's bounds, the range the tuned schedules search; the grid of 12 between them places the start"""
+    start_index: int = 5
+    """grid index of the first lr (about 1e-3 on the default range)"""
+    n_envs: int = 16
+    """tasks trained at once (the vector environment's K)"""
+    training_rounds: int = 8
+    """episodes per task: n_envs x training_rounds training episodes in all, each on a new task seed"""
+    first_training_seed: int = 3000
+    """the first round's task seeds are first_training_seed + i; later ones are drawn by the environment"""
+    updates_per_step: int = 16
+    """DQN updates per vector step (16 with 16 tasks: one per transition, as the original's one per step)"""
+    agent_seed: int = 0
+    """seed of the agent's exploration, replay sampling and Q-network"""
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("decision_interval", 1), ("start_index", 0), ("n_envs", 1), ("training_rounds", 1),
+                              ("first_training_seed", 0), ("updates_per_step", 1), ("agent_seed", 0)):
+            rc.check_int(f"controller.{name}", getattr(self, name), minimum)
+
+    def schedule(self, steps: int) -> rc.ScheduleConfig:
+        """The controller's ScheduleConfig for runs of `steps` optimiser steps (validated there)."""
+        low, high = self.lr_range
+        grid = tuple(float(lr) for lr in np.logspace(math.log10(low), math.log10(high), 12))
+        return rc.ScheduleConfig(lr_grid=grid, start_index=self.start_index, steps=steps, features="control",
+                                 lr_factors=tuple(self.lr_factors), decision_interval=self.decision_interval)
+
+
+def train_controller(config: Config, controller: ControllerConfig) -> tuple[Config, rc.DQNAgent, pd.DataFrame]:
+    """Train a controller (config.dqn's DQN on controller.schedule(config.schedule.steps)) over
+    n_envs x training_rounds task episodes on LRControlVectorEnv. Returns the config its policy runs with
+    (for evaluate_frozen_agent), the agent, and its learning curve: one row per training episode (round,
+    seed, return log L_0 - log L_T, whether it diverged)."""
+    from rlr_env import LRControlVectorEnv, train_agent_on_vector_env
+    run_config = with_overrides(config, {"schedule": asdict(controller.schedule(config.schedule.steps))})
+    schedule = run_config.schedule
+    env = LRControlVectorEnv(controller.n_envs, run_config.task, schedule, dtype=run_config.dtype,
+                             device=run_config.device)
+    agent = rc.DQNAgent(schedule.state_dim, schedule.n_actions, run_config.dqn, controller.agent_seed,
+                        rc.DTYPES[run_config.dtype], run_config.device)
+    decisions = -(-schedule.steps // schedule.decision_interval)
+    history = train_agent_on_vector_env(env, agent, (decisions + 1) * controller.training_rounds,
+                                        controller.first_training_seed, controller.updates_per_step)
+    curve = pd.DataFrame({"episode": range(len(history["episode_returns"])), "seed": history["episode_seeds"],
+                          "return": history["episode_returns"], "diverged": history["episode_terminated"]})
+    curve["round"] = curve["episode"] // controller.n_envs
+    return run_config, agent, curve
 
 
 def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],

@@ -88,3 +88,23 @@ def test_the_batched_engine_refuses_what_it_does_not_run():
     config = engine.Config(schedule=rc.ScheduleConfig(steps=20, decision_interval=5))
     with pytest.raises(ValueError, match="decision_interval"):
         rlr_batched.train_rl_scheduled(config, [0, 1])
+
+
+def test_a_controller_trains_over_many_tasks_and_runs_frozen_on_others():
+    """Two tasks at once, two rounds of 4-decision episodes: the learning curve has a row per episode,
+    its seeds are new tasks, the same seeds give the same curve, and the frozen policy runs the reference
+    loop on evaluation seeds with the controller's schedule."""
+    import rlr_study as study
+    controller = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2, updates_per_step=2)
+    config = engine.Config(schedule=rc.ScheduleConfig(steps=40), dqn=rc.DQNConfig(batch_size=8, learning_starts=8))
+    run_config, agent, curve = study.train_controller(config, controller)
+    assert len(curve) == 4 and list(curve["round"]) == [0, 0, 1, 1] and curve["return"].notna().all()
+    assert list(curve["seed"][:2]) == [3000, 3001] and not set(curve["seed"]) & set(range(16))
+    assert run_config.schedule.features == "control" and run_config.schedule.decision_interval == 10
+    again = study.train_controller(config, controller)[2]
+    assert curve.equals(again)
+    runs = study.evaluate_frozen_agent(run_config, agent, [0, 1])
+    assert [run.seed for run in runs] == [0, 1] and all(len(run.series["loss"]) == 40 for run in runs)
+    assert all(run.method == "rl_described_frozen" for run in runs)
+    with pytest.raises(ValueError, match="controller.decision_interval"):
+        study.ControllerConfig(decision_interval=0)
