@@ -143,8 +143,9 @@ def which_block(root: Path) -> str:
         f"knobs tuned like every family's. Use: {free[0]['use it']}.",
         f"- **Several runs' compute per task**: {labels['pbt']} reached {pbt_test[labels['pbt']]:.2e} on "
         f"{pbt['study']['n_eval_seeds']} seeds, where the {labels['equal_compute']} reached "
-        f"{pbt_test[labels['equal_compute']]:.2e} for the same compute. Use: `rlr_peers.run_pbt(config, steps, "
-        f"rlr_peers.PBTConfig(population={pbt['pbt']['population']}))` (Ray Tune's PopulationBasedTraining).",
+        f"{pbt_test[labels['equal_compute']]:.2e} for the same compute. Use: `rlr_peers.start_ray()`, then "
+        f"`rlr_peers.run_pbt(config, steps, rlr_peers.PBTConfig(population={pbt['pbt']['population']}))` (Ray Tune's "
+        "PopulationBasedTraining on a local Ray; `start_ray(address)` or `RAY_ADDRESS` for a cluster).",
         f"- **The RL scheduler**: the best tuned agent, **{agents[0]['method']}**, reached {agents[0]['test MSE']:.2e}, "
         f"{agents[0]['vs tuned constant']:.2f}x the tuned constant's accuracy (the verdict above has the tests). "
         f"Use: {agents[0]['use it']}."]
