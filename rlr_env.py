@@ -180,7 +180,8 @@ class LRControlVectorEnv(VectorEnv):
     convention); a task that resets later, or a reset without a seed, draws its seed from the
     environment's np_random. Every reset of a task draws a new data set and a new network from its seed
     (LRControlEnv(resample_data=True)). options={"reset_mask": mask} resets only the tasks in mask.
-    info holds, per task, lr, lr_index, loss, diverged and episode_seed.
+    info holds, per task, lr, lr_index, loss, diverged, episode_seed and the losses of the interval's
+    optimiser steps (step_losses, steps_taken).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -197,6 +198,8 @@ class LRControlVectorEnv(VectorEnv):
         self.action_space = batch_space(single.action_space, num_envs)
         self.device = single.device
         self.net: rlr_batched.StackedMLP | None = None
+        self.step_losses = torch.zeros(num_envs, self.schedule.decision_interval, dtype=torch.float64)
+        self.steps_taken = torch.zeros(num_envs, dtype=torch.int64)  # none at a reset
         self.autoreset = np.zeros(num_envs, dtype=bool)
 
     def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -222,6 +225,7 @@ class LRControlVectorEnv(VectorEnv):
                 self.restart(int(k), seeds[k])
             self.refresh_loss(mask)
         self.autoreset[mask] = False
+        self.steps_taken = torch.zeros(self.num_envs, dtype=torch.int64)
         self._observation = self.states(None)
         return self._observation.copy(), self.info(np.zeros(self.num_envs, dtype=bool))
 
@@ -268,8 +272,11 @@ class LRControlVectorEnv(VectorEnv):
         return rc.loss_state(self.loss, previous_loss, position, self.schedule.features, self.dtype, budget).cpu().numpy()
 
     def info(self, diverged: np.ndarray) -> dict:
+        """Per task: lr, lr_index, loss, diverged, episode_seed, and the loss after each optimiser step of
+        the last interval (step_losses [K, decision_interval], the first steps_taken of each row count)."""
         values = {"lr": self.lr.cpu().numpy(), "lr_index": self.lr_index.cpu().numpy(),
-                  "loss": self.loss.cpu().numpy(), "diverged": diverged, "episode_seed": np.array(self.episode_seeds)}
+                  "loss": self.loss.cpu().numpy(), "diverged": diverged, "episode_seed": np.array(self.episode_seeds),
+                  "step_losses": self.step_losses.numpy(), "steps_taken": self.steps_taken.numpy()}
         return {**values, **{f"_{key}": np.ones(self.num_envs, dtype=bool) for key in values}}
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -303,8 +310,10 @@ class LRControlVectorEnv(VectorEnv):
         """Up to decision_interval Adam steps for every active task with budget left (the others step at
         lr 0, which leaves their weights as they are); returns the tasks whose loss went non-finite."""
         diverged = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self.step_losses = torch.zeros(self.num_envs, self.schedule.decision_interval, dtype=torch.float64)
+        self.steps_taken = torch.zeros(self.num_envs, dtype=torch.int64)
         with torch.no_grad():
-            for _ in range(self.schedule.decision_interval):
+            for index in range(self.schedule.decision_interval):
                 stepping = active & (self.elapsed < self.schedule.steps) & ~diverged
                 if not stepping.any():
                     break
@@ -312,6 +321,8 @@ class LRControlVectorEnv(VectorEnv):
                 loss = rlr_batched.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
                 self.loss = torch.where(stepping, loss, self.loss)
                 self.elapsed += stepping.long()
+                self.step_losses[:, index] = loss.cpu()
+                self.steps_taken += stepping.long().cpu()
                 diverged |= stepping & ~torch.isfinite(loss)
         return diverged.cpu().numpy()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -573,15 +574,16 @@ def train_agent_on_tasks(config: Config, training_seeds: Sequence[int], agent_se
 def evaluate_frozen_agent(config: Config, agent: rc.DQNAgent, seeds: Sequence[int],
                           progress: bool = False) -> list[RunResult]:
     """The agent's greedy policy, frozen (no exploration, replay or learning), steering Adam on each seed
-    for config.schedule.steps steps (batched engine; the reference loop, seed by seed, for a controller's
-    decision interval or control features, which the batched engine does not run); the agent itself is
-    left unchanged."""
-    seeds, policy = [int(seed) for seed in seeds], agent.policy_weights()
+    for config.schedule.steps steps, on the batched engine; a controller's decision interval or control
+    features, which that engine does not run, run on LRControlVectorEnv (run_policy, its batched step).
+    The agent itself is left unchanged."""
+    seeds = [int(seed) for seed in seeds]
     if config.schedule.decision_interval != 1 or config.schedule.features == "control":
-        return [engine.train_rl_scheduled(Config.from_dict({**config.to_dict(), "seed": seed}),
-                                          initial_policy=policy, frozen=True) for seed in seeds]
-    return rlr_batched.train_rl_scheduled(config, seeds, progress=progress, initial_policies=[policy] * len(seeds),
-                                          frozen=True)
+        if config.dqn.variant != "described":
+            raise ValueError("a controller's schedule runs the 'described' variant only")
+        return run_policy(config, greedy_policy(agent), seeds, f"rl_{config.dqn.variant}_frozen")
+    return rlr_batched.train_rl_scheduled(config, seeds, progress=progress,
+                                          initial_policies=[agent.policy_weights()] * len(seeds), frozen=True)
 
 
 @dataclass
@@ -641,6 +643,45 @@ def train_controller(config: Config, controller: ControllerConfig) -> tuple[Conf
                           "return": history["episode_returns"], "diverged": history["episode_terminated"]})
     curve["round"] = curve["episode"] // controller.n_envs
     return run_config, agent, curve
+
+
+def greedy_policy(agent: rc.DQNAgent) -> Callable[[np.ndarray], np.ndarray]:
+    """The agent's frozen greedy policy for many observations at once (argmax of its policy network); the
+    agent, its RNG included, is left as it is."""
+    def act(observations: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            states = torch.as_tensor(observations, dtype=agent.dtype, device=agent.device)
+            return agent.policy_net(states).argmax(dim=-1).cpu().numpy()
+    return act
+
+
+def run_policy(config: Config, act: Callable[[np.ndarray], np.ndarray], seeds: Sequence[int],
+               method: str = "policy") -> list[RunResult]:
+    """A policy (observations [K, state_dim] -> actions [K]: greedy_policy, or a stable-baselines3 model's
+    predict) steering Adam for one episode of config.schedule.steps optimiser steps on every seed at once
+    (LRControlVectorEnv, the batched engine): per seed a RunResult logging the loss and lr of every
+    optimiser step, as the reference loop does, and the final network (none for a run that diverged)."""
+    from rlr_env import LRControlVectorEnv
+    seeds = [int(seed) for seed in seeds]
+    env = LRControlVectorEnv(len(seeds), config.task, config.schedule, dtype=config.dtype, device=config.device)
+    observation, _ = env.reset(seed=seeds)
+    series = [{"loss": [], "lr": []} for _ in seeds]
+    finished, diverged_at = np.zeros(len(seeds), dtype=bool), [None] * len(seeds)
+    started = time.perf_counter()
+    while not finished.all():
+        observation, _, terminated, truncated, info = env.step(np.asarray(act(observation)))
+        for k in np.flatnonzero(~finished):
+            losses = info["step_losses"][k, :info["steps_taken"][k]]
+            if terminated[k]:  # the interval's last loss is the non-finite one: the series stop before it
+                diverged_at[k], losses = len(series[k]["loss"]) + len(losses) - 1, losses[:-1]
+            series[k]["loss"] += losses.tolist()
+            series[k]["lr"] += [float(info["lr"][k])] * len(losses)
+        finished |= terminated | truncated
+    seconds = (time.perf_counter() - started) / len(seeds)
+    models = env.net.to_modules(lambda: rc.MaclaurinNet(config.task))
+    return [RunResult(method, Config.from_dict({**config.to_dict(), "seed": seed}).to_dict(),
+                      {name: np.asarray(values) for name, values in series[k].items()}, seconds, diverged_at[k],
+                      models[k] if diverged_at[k] is None else None) for k, seed in enumerate(seeds)]
 
 
 def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],

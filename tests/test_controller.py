@@ -108,3 +108,34 @@ def test_a_controller_trains_over_many_tasks_and_runs_frozen_on_others():
     assert all(run.method == "rl_described_frozen" for run in runs)
     with pytest.raises(ValueError, match="controller.decision_interval"):
         study.ControllerConfig(decision_interval=0)
+
+
+def test_a_policy_on_the_vector_env_logs_what_the_reference_loop_logs():
+    """The trained controller's greedy policy run on every seed at once (evaluate_frozen_agent: run_policy
+    on the vector env) gives the per-step losses, lrs and final networks of the reference loop's frozen
+    runs (RLRScheduler with the same policy), in float64."""
+    import rlr_study as study
+    controller = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2, updates_per_step=2)
+    config = engine.Config(dtype="float64", schedule=rc.ScheduleConfig(steps=45),
+                           dqn=rc.DQNConfig(batch_size=8, learning_starts=8))
+    run_config, agent, _ = study.train_controller(config, controller)
+    batched = study.evaluate_frozen_agent(run_config, agent, [0, 1, 2])  # run_policy with greedy_policy
+    reference = [engine.train_rl_scheduled(engine.Config.from_dict({**run_config.to_dict(), "seed": seed}),
+                                           initial_policy=agent.policy_weights(), frozen=True) for seed in (0, 1, 2)]
+    for mine, theirs in zip(batched, reference):
+        assert mine.seed == theirs.seed and len(mine.series["loss"]) == 45 and mine.diverged_at is None
+        np.testing.assert_allclose(mine.series["loss"], theirs.series["loss"], rtol=1e-9)
+        np.testing.assert_allclose(mine.series["lr"], theirs.series["lr"], rtol=1e-12)
+        assert study.heldout_mse(mine, "test", 64) == pytest.approx(study.heldout_mse(theirs, "test", 64), rel=1e-9)
+
+
+def test_a_policy_run_that_diverges_stops_before_the_non_finite_loss():
+    import rlr_study as study
+    schedule = rc.ScheduleConfig(lr_grid=(1e-3, 1e9), start_index=1, steps=20, decision_interval=5,
+                                 features="control", lr_factors=(1.0, 2.0))
+    runs = study.run_policy(engine.Config(schedule=schedule), lambda observations: np.zeros(len(observations), int),
+                            [0, 1])
+    for run in runs:
+        assert run.diverged_at is not None and len(run.series["loss"]) == run.diverged_at
+        assert np.isfinite(run.series["loss"]).all() and run.model is None
+        assert math.isnan(study.heldout_mse(run, "test", 32))
