@@ -202,16 +202,22 @@ class BatchedAdam:
 
     def fused_adam(self, target: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         if self.run_steps is not None:  # the same kernel over each run's rows, each with its own step count
-            runs = range(len(self.run_steps))
-            target, grad, exp_avg, exp_avg_sq = ([block[k] for k in runs for block in self.rows_of(flat)]
-                                                 for flat in (target, grad, self.exp_avg, self.exp_avg_sq))
-            steps = [self.run_steps[k] for k in runs for _ in self.rows_of(self.params)]
-            torch._fused_adam_(target, grad, exp_avg, exp_avg_sq, [], steps, lr=lr, beta1=self.betas[0],
+            torch._fused_adam_(self.run_rows(target), self.run_rows(grad), self.run_rows(self.exp_avg),
+                               self.run_rows(self.exp_avg_sq), [], self.run_step_list, lr=lr, beta1=self.betas[0],
                                beta2=self.betas[1], weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
             return
         torch._fused_adam_([target], [grad], [self.exp_avg], [self.exp_avg_sq], [], [self.step_count],
                            lr=lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
                            amsgrad=False, maximize=False)
+
+    def run_rows(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """flat's blocks cut into one row per run, run by run (views made once per buffer: this is on
+        every step's path, and making them costs far more than the kernel). Keyed by address: the cached
+        views keep their buffer alive, so no other tensor can take that address meanwhile."""
+        key = flat.data_ptr()
+        if key not in self.row_views:
+            self.row_views[key] = [block[k] for k in range(len(self.run_steps)) for block in self.rows_of(flat)]
+        return self.row_views[key]
 
     @torch.no_grad()
     def restart_run(self, k: int) -> None:
@@ -222,6 +228,9 @@ class BatchedAdam:
         n_runs = self.rows_of(self.params)[0].shape[0]
         if self.run_steps is None:
             self.run_steps = [self.step_count.clone() for _ in range(n_runs)]
+            blocks = len(self.rows_of(self.params))
+            self.run_step_list = [self.run_steps[k] for k in range(n_runs) for _ in range(blocks)]
+            self.row_views: dict[int, list[torch.Tensor]] = {}
         for flat in (self.exp_avg, self.exp_avg_sq):
             for block in self.rows_of(flat):
                 block[k].zero_()
