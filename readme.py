@@ -85,7 +85,27 @@ def verdict_block(root: Path) -> str:
         "is better; Holm-adjusted Wilcoxon signed-rank tests over all of them):",
         report.claims_markdown(claims),
         summary["headroom"]["reading"],
+        *controller_parts(summary),
         summary["seed_zero"]])
+
+
+def controller_parts(summary: dict) -> list[str]:
+    """Notebook 04's learned controllers: every controller trained with its validation MSE, their cost,
+    and the generated reading."""
+    controllers = summary["controllers"]
+    tuning = pd.DataFrame(controllers["tuning"])
+    cost = pd.DataFrame(controllers["cost"])
+    return [f"**Learned controllers** (a decision every {controllers['config']['decision_interval']} optimiser steps, "
+            f"trained on {controllers['config']['n_envs']} tasks at once, {controllers['config']['training_rounds']} "
+            "episodes each, then frozen). Every controller trained, with its validation MSE on the tuning seeds:",
+            report.markdown_table(report.formatted(tuning, {"validation MSE": ".3g", "training seconds": ".0f",
+                                                            "dqn.lr": ".2e", "dqn.horizon": ".3g",
+                                                            "dqn.epsilon_decay": ".3g"}).fillna("-")),
+            "What each controller cost (its training, its tuning, one frozen run):",
+            report.markdown_table(report.formatted(cost, {"training optimiser steps": ",d", "training seconds": ".0f",
+                                                          "tuning: optimiser steps": ",d", "tuning: seconds": ".0f",
+                                                          "seconds per frozen run": ".2f"}).fillna("-")),
+            controllers["reading"]]
 
 
 def headline_block(root: Path) -> str:
@@ -93,7 +113,10 @@ def headline_block(root: Path) -> str:
     choice), then notebook 06's reading on PBT against the tuned constant (its first two lines)."""
     benchmark = read_json(root / "results" / "benchmark_summary.json")
     pbt_lines = read_json(root / "results" / "pbt_summary.json")["reading"].split("\n")
+    controller = benchmark["controllers"]["reading"].split("\n\n")
     return "\n\n".join([benchmark["reading"], f"Headroom: {benchmark['headroom']['reading']}",
+                         f"Learned controllers (notebook 04, best picked on validation): {controller[0]}",
+                         *controller[5:],
                          f"Population Based Training (notebook 06): {pbt_lines[0]} {pbt_lines[1].removeprefix('- ')}"])
 
 
@@ -148,7 +171,12 @@ def which_block(root: Path) -> str:
         "PopulationBasedTraining on a local Ray; `start_ray(address)` or `RAY_ADDRESS` for a cluster).",
         f"- **The RL scheduler**: the best tuned agent, **{agents[0]['method']}**, reached {agents[0]['test MSE']:.2e}, "
         f"{agents[0]['vs tuned constant']:.2f}x the tuned constant's accuracy (the verdict above has the tests). "
-        f"Use: {agents[0]['use it']}."]
+        f"Use: {agents[0]['use it']}.",
+        f"- **A learned controller**, trained once over many tasks and reused frozen: the best one picked on "
+        f"validation, **{bench['controllers']['best']}**, reached {test[bench['controllers']['best']]:.2e}, "
+        f"{tuned / test[bench['controllers']['best']]:.2f}x the tuned constant's accuracy (the verdict above has the "
+        "tests and its cost). Use: `controller = rlr_study.load_controllers(\"results/controllers.pt\")[label]`, then "
+        "`rlr_study.run_policy(rlr_engine.Config.from_dict(controller.run_config), controller.act(), seeds)`."]
     table = pd.DataFrame([{**row, "test MSE": f"{row['test MSE']:.2e}", "vs tuned constant": f"{row['vs tuned constant']:.2f}x"}
                           for row in rows])
     return "\n\n".join(["\n".join(lines), "Every tuned family of notebook 04 with the configuration it chose "
@@ -169,7 +197,14 @@ def transfer_block(root: Path) -> str:
     for task, methods in summary["test_mse"].items():
         table = pd.DataFrame([{"method": method, **row} for method, row in methods.items()]).set_index("method")
         parts += [f"**{task}**", report.summary_markdown(table, "test_mse", references)]
-    return "\n\n".join([*parts, summary["reading"], summary["training_reading"]])
+    controllers = summary["controllers"]
+    parts += [summary["reading"], summary["training_reading"],
+              f"Notebook 04's learned controllers, frozen, on the held-out tasks ({controllers['steps']:,} steps, "
+              "against notebook 04's tuned constant lr and cosine annealing). Test MSE:"]
+    for task, methods in controllers["test_mse"].items():
+        table = pd.DataFrame([{"method": method, **row} for method, row in methods.items()]).set_index("method")
+        parts += [f"**{task}**", report.summary_markdown(table, "test_mse", references)]
+    return "\n\n".join([*parts, controllers["reading"]])
 
 
 def durations_block(root: Path) -> str:

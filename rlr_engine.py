@@ -188,15 +188,16 @@ class AdamHD(torch.optim.Adam):
 
 
 def adam_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: PolynomialData,
-              loss: torch.Tensor) -> torch.Tensor:
+              loss: torch.Tensor, forward: bool = True) -> torch.Tensor | None:
     """One full-batch optimiser step on L_t (loss, with its graph); returns L_{t+1}, with its graph.
 
     One forward and one backward per step: the loss after step t is the loss before step t+1.
+    forward=False skips that forward (returns None): for a caller that must change the weights first.
     """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return full_batch_loss(model, data)
+    return full_batch_loss(model, data) if forward else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -346,12 +347,14 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
     loss = full_batch_loss(model, data)
     with progress_bar(steps, method, progress) as bar:
         for step in range(steps):
-            loss = adam_step(model, optimizer, data, loss)
-            lrs[step] = optimizer.param_groups[0]["lr"]  # the lr this step used (AdamHD sets it in step)
-            value = loss.item()
-            if has_modes:  # the mode switches rewrite the weights in place: take L at y again afterwards
+            if has_modes:  # the mode switches rewrite the weights in place: L at y is taken after them
+                adam_step(model, optimizer, data, loss, forward=False)
                 value = eval_mode_loss(model, optimizer, data)
                 loss = full_batch_loss(model, data)
+            else:
+                loss = adam_step(model, optimizer, data, loss)
+                value = loss.item()
+            lrs[step] = optimizer.param_groups[0]["lr"]  # the lr this step used (AdamHD sets it in step)
             if not math.isfinite(value):
                 diverged_at = step
                 break

@@ -120,15 +120,29 @@ def train_lr_free(name: str, params: dict, config: Config, steps: int) -> RunRes
     return engine.train_full_batch(config, 1.0, steps, name, make_optimizer=lr_free_optimizer(name, params, steps))
 
 
-def run_lr_free(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int) -> list[RunResult]:
-    """train_lr_free on every seed: one Ray task per seed when Ray is started, else one after another."""
-    lr_free_optimizer(name, params, steps)  # checked here, before any task starts
-    configs = [Config.from_dict({**config.to_dict(), "seed": int(seed)}) for seed in seeds]
+def submit_tasks(function: Callable, calls: Sequence[tuple]) -> Callable[[], list]:
+    """function(*call) for every call: one Ray task each (one CPU, torch on one thread) when Ray is started,
+    submitted now; without Ray, nothing runs until the result is asked for. Returns collect(), which gives
+    the results in the order of calls. Submitting before other work lets the Ray workers run while this
+    process does it (the notebooks' batched runs use one core)."""
     import ray
     if not ray.is_initialized():
-        return [train_lr_free(name, params, single, steps) for single in configs]
-    task = ray.remote(num_cpus=1, max_retries=0)(on_one_thread(train_lr_free))
-    return ray.get([task.remote(name, params, single, steps) for single in configs])
+        return lambda: [function(*call) for call in calls]
+    task = ray.remote(num_cpus=1, max_retries=0)(on_one_thread(function))
+    pending = [task.remote(*call) for call in calls]
+    return lambda: ray.get(pending)
+
+
+def submit_lr_free(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int) -> Callable[[], list]:
+    """train_lr_free on every seed, one task per seed (submit_tasks); returns collect()."""
+    lr_free_optimizer(name, params, steps)  # checked here, before any task starts
+    configs = [Config.from_dict({**config.to_dict(), "seed": int(seed)}) for seed in seeds]
+    return submit_tasks(train_lr_free, [(name, params, single, steps) for single in configs])
+
+
+def run_lr_free(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int) -> list[RunResult]:
+    """train_lr_free on every seed: one Ray task per seed when Ray is started, else one after another."""
+    return submit_lr_free(name, params, config, seeds, steps)()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -547,13 +547,83 @@ def lr_free_reading(primary: pd.DataFrame, summary: pd.DataFrame, agents: Sequen
     row = summary.loc[lr_free]
     sentences = [f"The learning-rate-free optimiser picked on validation data, **{lr_free}**, reaches a test MSE of "
                  f"{interval(*row[['geometric mean', 'gm CI low', 'gm CI high']], '.2e')}, "
-                 f"{row['geometric mean'] / summary.loc[tuned, 'geometric mean']:.2f}x the tuned constant lr's."]
+                 f"{mse_times(row['geometric mean'], summary.loc[tuned, 'geometric mean'])} the tuned constant lr's."]
     for agent in agents:
         rows = primary[(primary["method"] == agent) & (primary["against"] == lr_free)]
         parts = [f"{METRIC_WORDS[test['metric']]} {interval(test['ratio'], test['ci_low'], test['ci_high'])} "
                  f"({'agent ' if test['significant'] else ''}{outcome(test)})" for _, test in rows.iterrows()]
         sentences.append(f"**{agent}** against it (ratio {lr_free} MSE / agent MSE): " + "; ".join(parts) + ".")
     return " ".join(sentences)
+
+
+def mse_times(mse: float, reference_mse: float) -> str:
+    """'1.16 times (worse than)' / '0.45 times (better than)': an MSE as a multiple of a reference's, with its
+    direction in words (a ratio of MSEs reads the other way from an accuracy ratio)."""
+    return f"{mse / reference_mse:.2f} times ({'worse than' if mse > reference_mse else 'better than'})"
+
+
+def log_decrease(run: RunResult) -> float:
+    """log L_first - log L_last over a run's logged training losses: the controllers' objective (their
+    telescoping return), computed the same way for any method."""
+    losses = run.series["loss"]
+    return float(np.log(losses[0]) - np.log(losses[-1])) if len(losses) else float("nan")
+
+
+def controller_reading(claims: pd.DataFrame, summary: pd.DataFrame, best: str, references: dict[str, str],
+                       curve: pd.DataFrame, returns: dict[str, float], headroom: str) -> str:
+    """Where the best learned controller stands (test MSE, pre-registered comparisons on both primary
+    metrics), whether the goal is met (a paired test-MSE ratio CI above 1 against the tuned constant and
+    cosine), whether it maximised its own objective (curve: its training episodes; returns: mean frozen
+    log decrease of the training loss on the evaluation seeds, per method) and, when the goal is not met,
+    which of the two reasons the data show. references: role ('tuned constant lr', 'cosine annealing',
+    'the best schedule', 'the best learning-rate-free optimiser') -> label."""
+    primary = claims[claims["primary"] & (claims["method"] == best)]
+    row = summary.loc[best]
+    lines = [f"**{best}** reaches a test MSE of {interval(*row[['geometric mean', 'gm CI low', 'gm CI high']], '.2e')} "
+             f"(geometric mean over {int(row['seeds'])} evaluation seeds); the per-seed pick among the schedules "
+             f"on validation data, the ceiling a per-run choice reaches here ({headroom}), reaches "
+             f"{summary.loc[headroom, 'geometric mean']:.2e}."]
+    for role, label in references.items():
+        parts = [f"{METRIC_WORDS[test['metric']]} {interval(test['ratio'], test['ci_low'], test['ci_high'])} "
+                 f"({outcome(test)})" for _, test in primary[primary["against"] == label].iterrows()]
+        lines.append(f"Against {role} ({label}; ratio its MSE / controller's, Holm-adjusted): " + "; ".join(parts) + ".")
+    test = primary[primary["metric"] == "test_mse"].set_index("against")
+    goal = all(test.loc[references[role], "ci_low"] > 1 for role in ("the tuned constant lr", "cosine annealing"))
+    first, last = (curve.groupby("round")["return"].mean().iloc[index] for index in (0, -1))
+    tuned = references["the tuned constant lr"]
+    lines.append(f"The goal, a paired test-MSE ratio CI above 1 against both the tuned constant lr and cosine "
+                 f"annealing, is **{'met' if goal else 'not met'}**. Its own objective (the return, log L_0 - log L_T "
+                 f"per run): the mean over its first round of training episodes is {first:.2f}, over its last "
+                 f"{last:.2f}; frozen on the evaluation seeds it is {returns[best]:.2f}, against {returns[tuned]:.2f} "
+                 f"for the tuned constant lr's runs.")
+    if not goal:
+        lines.append("Why it does not carry over: " + (
+            "frozen on new tasks it decreases the training loss less than the tuned constant lr does, so the "
+            "policy learned on the training tasks is worse, on its own objective, than one well-chosen constant."
+            if returns[best] < returns[tuned] else
+            "it decreases the training loss more than the tuned constant lr does, but that gain does not reach "
+            "the test MSE: the return rewards the training loss, and held-out data do not follow it."))
+    return "\n\n".join(lines)
+
+
+def controller_costs(controllers: dict, tuning: pd.DataFrame, runs: dict[str, Sequence[RunResult]],
+                     steps: int, family_tuning_steps: int) -> pd.DataFrame:
+    """What each learned controller cost: its training (episodes, optimiser steps, seconds), its tuning
+    (every configuration trained), and one frozen run, beside a tuned family's one-off tuning."""
+    rows = []
+    for label, trained in controllers.items():
+        tried = tuning[tuning["controller"] == label]
+        rows.append({"method": label, "training episodes": len(trained.curve),
+                     "training optimiser steps": trained.training_optimiser_steps,
+                     "training seconds": trained.training_seconds,
+                     "tuning: optimiser steps": int(tried["training episodes"].sum()) * steps,
+                     "tuning: seconds": float(tried["training seconds"].sum()),
+                     "seconds per frozen run": float(np.mean([run.wall_seconds for run in runs[label]]))})
+    rows.append({"method": "a tuned family (schedule or optimiser)", "training episodes": 0,
+                 "training optimiser steps": 0, "training seconds": 0.0,
+                 "tuning: optimiser steps": family_tuning_steps, "tuning: seconds": float("nan"),
+                 "seconds per frozen run": float("nan")})
+    return pd.DataFrame(rows).set_index("method")
 
 
 def smallest_holm_p(n_seeds: int, n_tests: int) -> float:
@@ -671,8 +741,8 @@ def transfer_reading(summary: pd.DataFrame, runs: dict[str, dict[str, Sequence[R
         for agent in agents:
             row = part.loc[agent]
             final_lr = float(np.median([run.series["lr"][-1] for run in runs[task][agent]]))
-            parts.append(f"{agent}: {row['geometric mean'] / part.loc[reference, 'geometric mean']:.2f}x the "
-                         f"{reference}'s test MSE, wins {row[f'wins vs {reference}']:.0%} of seeds, median final "
+            parts.append(f"{agent}: test MSE {mse_times(row['geometric mean'], part.loc[reference, 'geometric mean'])} "
+                         f"the {reference}'s, wins {row[f'wins vs {reference}']:.0%} of seeds, median final "
                          f"lr {final_lr:.1e}")
         lines.append(f"- **{task}**: lowest test MSE {best}. " + "; ".join(parts) + ".")
     return "\n".join(lines)

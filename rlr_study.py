@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -233,13 +235,15 @@ def run_family(name: str, params: dict, config: Config, seeds: Sequence[int], st
     return rlr_batched.train_full_batch(config, seeds, lr, steps, name, progress, **options)
 
 
-def tune_family(name: str, config: Config, study: StudyConfig, progress: bool = False
-                ) -> tuple[dict, pd.DataFrame]:
+def tune_family(name: str, config: Config, study: StudyConfig, progress: bool = False,
+                submitted: Sequence[Callable[[], list]] | None = None) -> tuple[dict, pd.DataFrame]:
     """The family's configuration with the lowest geometric-mean validation MSE over the tuning seeds
-    (a diverged run scores +inf: never chosen), and one row per configuration tried."""
+    (a diverged run scores +inf: never chosen), and one row per configuration tried. submitted: for a
+    learning-rate-free family, the collect() of each configuration's runs already submitted (tune_families)."""
     rows = []
     for index, params in enumerate(family_configurations(FAMILIES[name], study.tuning_budget, study.search_seed)):
-        runs = run_family(name, params, config, study.tuning_seeds, study.steps, progress)
+        runs = submitted[index]() if submitted else run_family(name, params, config, study.tuning_seeds, study.steps,
+                                                                progress)
         scores = [heldout_mse(run, "validation", study.n_heldout_examples) for run in runs]
         score = float(gmean([np.inf if not np.isfinite(value) else value for value in scores]))
         rows.append({"family": name, "configuration": index, **params, "validation MSE": score,
@@ -269,9 +273,15 @@ def tuning_edges(table: pd.DataFrame) -> dict[str, dict[str, str]]:
 def tune_families(config: Config, study: StudyConfig, names: Sequence[str] | None = None,
                   progress: bool = False) -> tuple[dict[str, dict], pd.DataFrame]:
     """tune_family for every family (default: all of FAMILIES): chosen configurations and one table."""
+    names = list(FAMILIES) if names is None else list(names)
+    # the per-seed optimisers' runs are submitted first: Ray's workers run them while this process runs the
+    # batched families (the same numbers in any order)
+    submitted = {name: [peers.submit_lr_free(name, params, config, study.tuning_seeds, study.steps) for params in
+                        family_configurations(FAMILIES[name], study.tuning_budget, study.search_seed)]
+                 for name in names if FAMILIES[name].kind == "optimiser"}
     chosen, tables = {}, []
-    for name in (list(FAMILIES) if names is None else names):
-        chosen[name], table = tune_family(name, config, study, progress)
+    for name in names:
+        chosen[name], table = tune_family(name, config, study, progress, submitted.get(name))
         tables.append(table)
     return chosen, pd.concat(tables, ignore_index=True)
 
@@ -310,9 +320,12 @@ def tuned_label(name: str) -> str:
 
 def run_tuned(chosen: dict[str, dict], config: Config, study: StudyConfig, progress: bool = False
               ) -> dict[str, list[RunResult]]:
-    """Every tuned family at its chosen configuration on the evaluation seeds."""
-    return {tuned_label(name): run_family(name, params, config, study.eval_seeds, study.steps, progress)
-            for name, params in chosen.items()}
+    """Every tuned family at its chosen configuration on the evaluation seeds (the per-seed optimisers'
+    runs submitted first, as in tune_families)."""
+    submitted = {name: peers.submit_lr_free(name, params, config, study.eval_seeds, study.steps)
+                 for name, params in chosen.items() if FAMILIES[name].kind == "optimiser"}
+    return {tuned_label(name): submitted[name]() if name in submitted else
+            run_family(name, params, config, study.eval_seeds, study.steps, progress) for name, params in chosen.items()}
 
 
 def pick_per_seed(candidates: dict[str, Sequence[RunResult]], split: str, n_examples: int
@@ -378,9 +391,26 @@ BEST_LR_FREE_RULE = ("the learning-rate-free optimiser whose chosen configuratio
 
 def best_lr_free(tuning: pd.DataFrame) -> str:
     """The tuned label of the learning-rate-free family picked by BEST_LR_FREE_RULE from the tuning table."""
-    chosen = tuning[tuning["chosen"] & tuning["family"].isin(list(peers.LR_FREE))]
+    return best_chosen(tuning, list(peers.LR_FREE), "learning-rate-free")
+
+
+BEST_SCHEDULE_RULE = ("the schedule family other than the constant lr whose chosen configuration has the lowest "
+                      "validation MSE on the tuning seeds")
+"""How the pre-registered best schedule is picked: on validation data, never on test data."""
+
+
+def best_schedule(tuning: pd.DataFrame) -> str:
+    """The tuned label of the schedule family picked by BEST_SCHEDULE_RULE from the tuning table."""
+    return best_chosen(tuning, [name for name, family in FAMILIES.items()
+                                if family.kind == "schedule" and name != "constant lr"], "schedule")
+
+
+def best_chosen(tuning: pd.DataFrame, families: Sequence[str], what: str) -> str:
+    """The tuned label of the family, among families, whose chosen configuration scored the lowest
+    validation MSE in the tuning table."""
+    chosen = tuning[tuning["chosen"] & tuning["family"].isin(list(families))]
     if chosen.empty:
-        raise ValueError("the tuning table holds no learning-rate-free family")
+        raise ValueError(f"the tuning table holds no {what} family")
     return tuned_label(str(chosen.loc[chosen["validation MSE"].idxmin(), "family"]))
 
 
@@ -455,18 +485,33 @@ def preregistered_comparisons(agents: Sequence[str], lr_free: str | None = None)
         *([("same optimiser steps", agent, lr_free)] if lr_free is not None else []))]
 
 
+def controller_comparisons(controllers: Sequence[str], best: str, lr_free: str) -> list[tuple[str, str, str]]:
+    """(budget, controller, reference) for each learned controller, at the same optimiser steps: against the
+    tuned constant lr, the tuned cosine annealing, the schedule picked by BEST_SCHEDULE_RULE (label best)
+    and the learning-rate-free optimiser picked by BEST_LR_FREE_RULE (label lr_free)."""
+    references = list(dict.fromkeys([TUNED, tuned_label("cosine annealing"), best, lr_free]))
+    return [("same optimiser steps", controller, reference) for controller in controllers for reference in references]
+
+
 PRIMARY_METRICS = ("train_median_last_100", "test_mse")
 """The verdict's metrics: training MSE as the median of the last 100 losses (the original's metric, made
 robust to the last step's noise) and test MSE of the final weights. The final training loss is
 reported beside them, descriptive only."""
 
 
-def claim_table(table: pd.DataFrame, agents: Sequence[str], lr_free: str | None = None) -> pd.DataFrame:
+def claim_table(table: pd.DataFrame, agents: Sequence[str], lr_free: str | None = None,
+                controllers: Sequence[str] = (), best: str | None = None) -> pd.DataFrame:
     """The original's ratio (reference MSE / agent MSE, paired by seed) per budget, agent, reference and
     metric, with its 95% CI, the number of seeds reaching 2, and the pre-registered paired tests on
     the primary metrics (Wilcoxon, Holm-adjusted over all of them); the final training loss follows,
-    Holm-adjusted as a family of its own (descriptive)."""
-    return comparison_claims(table, preregistered_comparisons(agents, lr_free))
+    Holm-adjusted as a family of its own (descriptive). controllers: learned controllers, compared as
+    controller_comparisons (best: the best schedule's label) in the same Holm family."""
+    comparisons = preregistered_comparisons(agents, lr_free)
+    if controllers:
+        if best is None or lr_free is None:
+            raise ValueError("comparing controllers needs best (the best schedule) and lr_free")
+        comparisons += controller_comparisons(controllers, best, lr_free)
+    return comparison_claims(table, comparisons)
 
 
 def comparison_claims(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str]]) -> pd.DataFrame:
@@ -477,13 +522,19 @@ def comparison_claims(table: pd.DataFrame, comparisons: Sequence[tuple[str, str,
     return pd.concat([primary.assign(primary=True), secondary.assign(primary=False)], ignore_index=True)
 
 
+def benchmark_summary(results_dir: str | Path) -> dict:
+    """Notebook 04's summary (results/benchmark_summary.json); FileNotFoundError before notebook 04 ran."""
+    path = Path(results_dir) / "benchmark_summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run notebook 04 first")
+    return json.loads(path.read_text())
+
+
 def load_benchmark(results_dir: str | Path, study: StudyConfig) -> tuple[dict, pd.DataFrame]:
     """Notebook 04's summary and its rows at the same optimiser steps on study's evaluation seeds, checked
     to be comparable (same steps and held-out size, and every seed present): other notebooks compare with them."""
     folder = Path(results_dir)
-    if not (folder / "benchmark_summary.json").exists():
-        raise FileNotFoundError(f"{folder / 'benchmark_summary.json'} is missing: run notebook 04 first")
-    summary = json.loads((folder / "benchmark_summary.json").read_text())
+    summary = benchmark_summary(folder)
     for name in ("steps", "n_heldout_examples"):
         if summary["study"][name] != getattr(study, name):
             raise ValueError(f"{name}={getattr(study, name)} differs from notebook 04's {summary['study'][name]}: "
@@ -602,8 +653,9 @@ class ControllerConfig:
     """grid index of the first lr (about 1e-3 on the default range)"""
     n_envs: int = 16
     """tasks trained at once (the vector environment's K)"""
-    training_rounds: int = 8
-    """episodes per task: n_envs x training_rounds training episodes in all, each on a new task seed"""
+    training_rounds: int = 4
+    """episodes per task: n_envs x training_rounds training episodes in all, each on a new task seed (16 x 4
+    x 10 000 optimiser steps: what tuning one family costs, 8 configurations x 8 seeds)"""
     first_training_seed: int = 3000
     """the first round's task seeds are first_training_seed + i; later ones are drawn by the environment"""
     updates_per_step: int = 16
@@ -684,13 +736,240 @@ def run_policy(config: Config, act: Callable[[np.ndarray], np.ndarray], seeds: S
                       models[k] if diverged_at[k] is None else None) for k, seed in enumerate(seeds)]
 
 
+# ---------------------------------------------------------------------------------------------------
+# Learned controllers (notebook 04, reused frozen in notebook 05): a DQN controller tuned with the same
+# budget as every family, and stable-baselines3's PPO and DQN as learners nobody here wrote, all trained on
+# LRControlVectorEnv over task seeds of their own, then frozen.
+# ---------------------------------------------------------------------------------------------------
+
+CONTROLLER_RANGES = {"dqn.lr": (1e-5, 1e-2, "log"), "dqn.horizon": (10.0, 1000.0, "log"),
+                     "dqn.epsilon_decay": (100.0, 10_000.0, "log")}
+"""The DQN controller's search, fixed before any controller result: the Q-network's Adam lr, the discount
+as a horizon in decisions (10 decisions = 1 000 optimiser steps; 1 000 is about gamma 1 over a 100-decision
+run: no short-horizon bias) and the exploration time constant in acts (a training of 4 rounds on 16 tasks
+acts about 6 500 times)."""
+
+CONTROLLER_DQN = {"double_dqn": True, "replay_capacity": 100_000, "learning_starts": 256}
+"""The controller DQN's fixed settings: Double DQN, a replay memory holding every transition of its training."""
+
+DQN_CONTROLLER, SB3_PPO, SB3_DQN = "DQN controller, tuned", "PPO controller (stable-baselines3)", \
+    "DQN controller (stable-baselines3)"
+"""Labels of the learned controllers in the tables."""
+
+BEST_CONTROLLER_RULE = ("the learned controller with the lowest validation MSE on the tuning seeds (for the "
+                        "tuned DQN controller, its chosen configuration's)")
+"""How the pre-registered best RL controller is picked: on validation data, never on test data."""
+
+
+@dataclass
+class TrainedController:
+    """A controller trained over many tasks, then frozen: what notebook 04 evaluates and notebook 05 reloads."""
+
+    label: str
+    """its label in the tables"""
+    learner: str
+    """'dqn' (rlr_core.DQNAgent) or an SB3_LEARNERS name"""
+    run_config: dict
+    """Config.to_dict() of the runs its policy steers (the controller's schedule)"""
+    policy: object
+    """the policy's weights: the DQN's policy_net state_dict, or an SB3 model's saved zip (bytes)"""
+    curve: pd.DataFrame
+    """one row per training episode: episode, round, seed, return (log L_0 - log L_T), diverged"""
+    training_seconds: float
+    """wall seconds of its training (one process, one thread)"""
+    params: dict = field(default_factory=dict)
+    """the configuration it was trained with (the tuned knobs)"""
+    validation_mse: list = field(default_factory=list)
+    """its frozen runs' validation MSE on the tuning seeds (NaN: diverged)"""
+
+    def act(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The frozen greedy policy: observations [K, state_dim] -> actions [K] (for run_policy)."""
+        config = Config.from_dict(self.run_config)
+        if self.learner == "dqn":
+            agent = rc.DQNAgent(config.schedule.state_dim, config.schedule.n_actions, config.dqn, 0,
+                                rc.DTYPES[config.dtype], config.device)
+            agent.policy_net.load_state_dict(self.policy)
+            return greedy_policy(agent)
+        import io
+
+        import stable_baselines3
+        with quiet_sb3():
+            model = getattr(stable_baselines3, SB3_LEARNERS[self.learner][0]).load(io.BytesIO(self.policy),
+                                                                                 device="cpu")
+        return lambda observations: model.predict(observations, deterministic=True)[0]
+
+    @property
+    def training_optimiser_steps(self) -> int:
+        return len(self.curve) * Config.from_dict(self.run_config).schedule.steps
+
+
+@contextmanager
+def quiet_sb3():
+    """SB3's two expected warnings silenced: PPO's (64 does not divide a rollout of 16 x 101, so the last
+    mini-batch is smaller) and DQN's (its target update follows each vector step, as sb3_dqn intends)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You have specified a mini-batch size|The number of environments used")
+        yield
+
+
+def sb3_ppo(env, seed: int, decisions: int):
+    """SB3's PPO at its defaults, except a rollout of one episode per task (n_steps = decisions; the
+    default 2048 per task would be 20 episodes each, more than a training holds)."""
+    from stable_baselines3 import PPO
+    return PPO("MlpPolicy", env, n_steps=decisions, seed=seed, device="cpu")
+
+
+def sb3_dqn(env, seed: int, decisions: int):
+    """SB3's DQN with the controller DQN's design (CONTROLLER_DQN, DQNConfig's defaults: batch 64, Adam 1e-3,
+    gamma 0.99, soft target update, epsilon from 0.9 to 0.05 over the first quarter, one update per
+    transition); SB3 updates the target once per vector step, so its tau is the pull of n_envs updates at
+    tau 0.005. SB3's DQN has no Double DQN."""
+    from stable_baselines3 import DQN
+    return DQN("MlpPolicy", env, learning_rate=1e-3, buffer_size=CONTROLLER_DQN["replay_capacity"],
+               learning_starts=CONTROLLER_DQN["learning_starts"], batch_size=64, tau=1 - 0.995 ** env.num_envs,
+               gamma=0.99,
+               train_freq=1, gradient_steps=env.num_envs, target_update_interval=1, exploration_fraction=0.25,
+               exploration_initial_eps=0.9, exploration_final_eps=0.05, seed=seed, device="cpu")
+
+
+SB3_LEARNERS = {"ppo": ("PPO", sb3_ppo, SB3_PPO), "dqn-sb3": ("DQN", sb3_dqn, SB3_DQN)}
+"""stable-baselines3 learners: name -> (its class in stable_baselines3, builder, label)."""
+
+
+def validate_controller(trained: TrainedController, study: StudyConfig) -> TrainedController:
+    """Its frozen policy on the tuning seeds (never an evaluation seed): validation MSE per seed."""
+    runs = run_policy(Config.from_dict(trained.run_config), trained.act(), study.tuning_seeds, trained.label)
+    trained.validation_mse = [heldout_mse(run, "validation", study.n_heldout_examples) for run in runs]
+    return trained
+
+
+def train_dqn_controller(config: Config, study: StudyConfig, controller: ControllerConfig, params: dict
+                         ) -> TrainedController:
+    """One configuration of the DQN controller (CONTROLLER_RANGES' knobs), trained and validated."""
+    overrides = agent_overrides(DQN_CONTROLLER, params)
+    dqn_config = with_overrides(config, {"dqn": {**CONTROLLER_DQN, **overrides["dqn"]}})
+    started = time.perf_counter()
+    run_config, agent, curve = train_controller(dqn_config, controller)
+    trained = TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), agent.policy_net.state_dict(), curve,
+                                time.perf_counter() - started, dict(params))
+    return validate_controller(trained, study)
+
+
+def train_sb3_controller(config: Config, study: StudyConfig, controller: ControllerConfig, learner: str
+                         ) -> TrainedController:
+    """An SB3 learner on the controller's environment, task seeds, episodes and reward; validated."""
+    import io
+    from rlr_env import LRControlVectorEnv, SB3VectorEnv
+    run_config = with_overrides(config, {"schedule": asdict(controller.schedule(config.schedule.steps))})
+    schedule = run_config.schedule
+    env = SB3VectorEnv(LRControlVectorEnv(controller.n_envs, run_config.task, schedule, dtype=run_config.dtype,
+                                          device=run_config.device))
+    decisions = -(-schedule.steps // schedule.decision_interval)
+    _, build, label = SB3_LEARNERS[learner]
+    started = time.perf_counter()
+    with quiet_sb3():
+        model = build(env, controller.agent_seed, decisions)
+    env.seed(controller.first_training_seed)  # after the model: SB3 seeds the env with its own seed
+    model.learn(controller.n_envs * decisions * controller.training_rounds)
+    seconds = time.perf_counter() - started
+    curve = pd.DataFrame(env.episodes).rename(columns={"terminated": "diverged"})
+    curve.insert(0, "episode", range(len(curve)))
+    curve["round"] = curve["episode"] // controller.n_envs
+    saved = io.BytesIO()
+    model.save(saved)
+    trained = TrainedController(label, learner, run_config.to_dict(), saved.getvalue(), curve, seconds)
+    return validate_controller(trained, study)
+
+
+def submit_controllers(config: Config, study: StudyConfig, controller: ControllerConfig
+                       ) -> Callable[[], list[TrainedController]]:
+    """Start training every controller: the DQN controller at study.tuning_budget configurations of
+    CONTROLLER_RANGES (scrambled Sobol, as every family) and the SB3 learners (untuned, one configuration
+    each), one Ray task per training when Ray is started (peers.submit_tasks: they train while this process
+    goes on). Returns collect(), for choose_controllers."""
+    configurations = family_configurations(Family("controller", CONTROLLER_RANGES), study.tuning_budget,
+                                           study.search_seed)
+    collect_dqn = peers.submit_tasks(train_dqn_controller, [(config, study, controller, params)
+                                                            for params in configurations])
+    collect_sb3 = peers.submit_tasks(train_sb3_controller, [(config, study, controller, learner)
+                                                            for learner in SB3_LEARNERS])
+    return lambda: collect_dqn() + collect_sb3()
+
+
+def choose_controllers(candidates: Sequence[TrainedController], study: StudyConfig
+                       ) -> tuple[dict[str, TrainedController], pd.DataFrame]:
+    """The DQN controller configuration with the lowest geometric-mean validation MSE on the tuning seeds
+    (a diverged run scores +inf) and every SB3 learner: label -> trained controller, and one row per
+    controller trained. RuntimeError if any trained on an evaluation or tuning seed."""
+    seen = {int(seed) for trained in candidates for seed in trained.curve["seed"]}
+    if seen & (set(study.eval_seeds) | set(study.tuning_seeds)):
+        raise RuntimeError("a controller trained on an evaluation or tuning seed: move controller.first_training_seed")
+    rows = []
+    for index, trained in enumerate(candidates):
+        scores = np.array([np.inf if not np.isfinite(value) else value for value in trained.validation_mse])
+        rows.append({"controller": trained.label, "configuration": index if trained.learner == "dqn" else 0,
+                     **trained.params, "validation MSE": float(gmean(scores)), "diverged": int(np.isinf(scores).sum()),
+                     "training episodes": len(trained.curve), "training seconds": trained.training_seconds})
+    table = pd.DataFrame(rows)
+    dqn_rows = table[table["controller"] == DQN_CONTROLLER]
+    best = int(dqn_rows["validation MSE"].idxmin()) if np.isfinite(dqn_rows["validation MSE"]).any() else 0
+    table["chosen"] = (table["controller"] != DQN_CONTROLLER) | (table.index == best)
+    return {trained.label: trained for index, trained in enumerate(candidates) if table.loc[index, "chosen"]}, table
+
+
+def tune_controllers(config: Config, study: StudyConfig, controller: ControllerConfig
+                     ) -> tuple[dict[str, TrainedController], pd.DataFrame]:
+    """submit_controllers, then choose_controllers: label -> trained controller, and the tuning table."""
+    return choose_controllers(submit_controllers(config, study, controller)(), study)
+
+
+def best_controller(table: pd.DataFrame) -> str:
+    """The label picked by BEST_CONTROLLER_RULE from tune_controllers' table."""
+    chosen = table[table["chosen"]]
+    return str(chosen.loc[chosen["validation MSE"].idxmin(), "controller"])
+
+
+def run_controllers(controllers: dict[str, TrainedController], seeds: Sequence[int], config: Config | None = None
+                    ) -> dict[str, list[RunResult]]:
+    """Every frozen controller on the seeds (run_policy); config: another task's run config (its task and
+    steps replace the controller's), e.g. notebook 05's held-out tasks."""
+    runs = {}
+    for label, trained in controllers.items():
+        run_config = Config.from_dict(trained.run_config)
+        if config is not None:
+            run_config = with_overrides(run_config, {"task": asdict(config.task),
+                                                     "schedule": {"steps": config.schedule.steps}})
+        runs[label] = run_policy(run_config, trained.act(), seeds, label)
+    return runs
+
+
+def save_controllers(controllers: dict[str, TrainedController], path: str | Path) -> Path:
+    """The frozen controllers in one file (atomic), for notebook 05."""
+    from rlr_results import atomic_write
+    payload = {label: {**{key: getattr(trained, key) for key in ("label", "learner", "run_config", "policy",
+                                                                  "training_seconds", "params", "validation_mse")},
+                       "curve": trained.curve.to_dict(orient="list")} for label, trained in controllers.items()}
+    return atomic_write(path, lambda file: torch.save(payload, file))
+
+
+def load_controllers(path: str | Path) -> dict[str, TrainedController]:
+    """save_controllers' file back (a pickle: load only files this project wrote)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} is missing: run notebook 04 first")
+    payload = torch.load(path, weights_only=False)
+    return {label: TrainedController(**{**fields, "curve": pd.DataFrame(fields["curve"])})
+            for label, fields in payload.items()}
+
+
 def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],
                                agents: dict[str, tuple[Config, rc.DQNAgent]], tuned: dict[str, dict],
-                               seeds: Sequence[int], progress: bool = False) -> dict[str, dict[str, list[RunResult]]]:
+                               seeds: Sequence[int], progress: bool = False,
+                               controllers: dict[str, TrainedController] | None = None
+                               ) -> dict[str, dict[str, list[RunResult]]]:
     """task label -> method label -> one run per seed: the tuned constant lr and the tuned cosine
-    annealing (tuned: family -> chosen configuration, from tune_family on the training task) and every
-    frozen agent, all config.schedule.steps full-batch Adam steps on the same data and initial weights
-    of each seed. agents: label -> (the config it was trained with, agent)."""
+    annealing (tuned: family -> chosen configuration, from tune_family on the training task), every
+    frozen agent and every frozen controller, all config.schedule.steps full-batch Adam steps on the same
+    data and initial weights of each seed. agents: label -> (the config it was trained with, agent)."""
     steps = config.schedule.steps
     runs: dict[str, dict[str, list[RunResult]]] = {}
     for task_label, task in tasks.items():
@@ -701,6 +980,7 @@ def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],
         for agent_label, (agent_config, agent) in agents.items():
             agent_task_config = with_overrides(agent_config, {"task": asdict(task), "schedule": {"steps": steps}})
             runs[task_label][agent_label] = evaluate_frozen_agent(agent_task_config, agent, seeds, progress)
+        runs[task_label].update(run_controllers(controllers or {}, seeds, task_config))
     return runs
 
 

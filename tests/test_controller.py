@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -139,3 +140,66 @@ def test_a_policy_run_that_diverges_stops_before_the_non_finite_loss():
         assert run.diverged_at is not None and len(run.series["loss"]) == run.diverged_at
         assert np.isfinite(run.series["loss"]).all() and run.model is None
         assert math.isnan(study.heldout_mse(run, "test", 32))
+
+
+def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expects():
+    """SB3VectorEnv over LRControlVectorEnv: a finished task comes back as a new task at once (budget 1 in
+    its observation), its last observation in info["terminal_observation"], truncation marked; every
+    episode's return telescopes to log L_0 - log L_T of its own task (checked against LRControlEnv on its seed)."""
+    schedule = rc.ScheduleConfig(steps=30, decision_interval=10, **CONTROL)
+    env = rlr_env.SB3VectorEnv(rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64"))
+    env.seed(11)
+    observation = env.reset()
+    assert observation.shape == (2, 4) and (observation[:, 3] == 1.0).all()
+    for step in range(3):
+        observation, rewards, dones, infos = env.step(np.array([1, 2]))
+        assert rewards.dtype == np.float32 and dones.tolist() == [step == 2] * 2
+    assert all(info["TimeLimit.truncated"] and info["terminal_observation"][3] == 0.0 for info in infos)
+    assert (observation[:, 3] == 1.0).all(), "the returned observation is the new task's"
+    assert [episode["seed"] for episode in env.episodes] == [11, 12]
+    for episode, action in zip(env.episodes, (1, 2)):
+        single = rlr_env.LRControlEnv(schedule=schedule, dtype="float64")
+        _, info = single.reset(seed=episode["seed"])
+        first = info["loss"]
+        for _ in range(3):
+            info = single.step(action)[4]
+        assert episode["return"] == pytest.approx(math.log(first) - math.log(info["loss"]), rel=1e-5)
+        assert episode["length"] == 3 and not episode["terminated"]
+    with pytest.raises(TypeError, match="LRControlVectorEnv"):
+        rlr_env.SB3VectorEnv(rlr_env.LRControlEnv(schedule=schedule))
+
+
+def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again(tmp_path):
+    """The DQN controller at two Sobol configurations and the SB3 learners, on 2 tasks for 1 round: one row
+    per training, the DQN configuration with the lowest validation MSE kept (SB3 ones always), the same
+    numbers on a second training, no training seed among the evaluation or tuning seeds, and a saved and
+    reloaded controller steering the same runs, on the original task and on another."""
+    import rlr_study as study
+    setup = study.StudyConfig(first_eval_seed=0, n_eval_seeds=2, n_tuning_seeds=2, steps=40, n_heldout_examples=32,
+                              tuning_budget=2)
+    controller = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=1)
+    config = study.study_config(engine.Config(), setup)
+    controllers, table = study.tune_controllers(config, setup, controller)
+    assert list(table["controller"]) == [study.DQN_CONTROLLER] * 2 + [study.SB3_PPO, study.SB3_DQN]
+    dqn = table[table["controller"] == study.DQN_CONTROLLER]
+    assert table.loc[dqn["validation MSE"].idxmin(), "chosen"] and table["chosen"].sum() == 3
+    assert set(controllers) == {study.DQN_CONTROLLER, study.SB3_PPO, study.SB3_DQN}
+    assert study.best_controller(table) == table.loc[table[table["chosen"]]["validation MSE"].idxmin(), "controller"]
+    again, table_again = study.tune_controllers(config, setup, controller)
+    pd.testing.assert_frame_equal(table.drop(columns="training seconds"), table_again.drop(columns="training seconds"))
+    runs = study.run_controllers(controllers, setup.eval_seeds)
+    path = study.save_controllers(controllers, tmp_path / "controllers.pt")
+    loaded = study.load_controllers(path)
+    assert all(loaded[label].curve.equals(controllers[label].curve) for label in controllers)
+    for label, runs_again in study.run_controllers(loaded, setup.eval_seeds).items():
+        for run, run_again in zip(runs[label], runs_again):
+            np.testing.assert_array_equal(run.series["loss"], run_again.series["loss"])
+            assert len(run.series["loss"]) == 40 and run.method == label
+    other = study.with_overrides(config, {"task": {"hidden_sizes": (8, 8)}, "schedule": {"steps": 20}})
+    moved = study.run_controllers({study.SB3_PPO: loaded[study.SB3_PPO]}, [0], other)[study.SB3_PPO][0]
+    assert len(moved.series["loss"]) == 20 and tuple(moved.config["task"]["hidden_sizes"]) == (8, 8)
+    clash = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=1, first_training_seed=1)
+    with pytest.raises(RuntimeError, match="evaluation or tuning seed"):
+        study.tune_controllers(config, setup, clash)
+    with pytest.raises(FileNotFoundError, match="notebook 04"):
+        study.load_controllers(tmp_path / "missing.pt")

@@ -32,7 +32,8 @@ SMALL_PARAMETERS = {
     "02_rlr_agent": {"seed": SEEDS[0], "n_seeds": len(SEEDS), "steps": 200, "progress": False},
     "03_comparison": {},
     "04_benchmark": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 3, "n_tuning_seeds": 2, "steps": 40,
-                     "n_heldout_examples": 32, "tuning_budget": 2, "progress": False},
+                     "n_heldout_examples": 32, "tuning_budget": 2, "controller_interval": 10, "controller_tasks": 2,
+                     "controller_rounds": 1, "progress": False},
     "05_transfer": {"n_training_episodes": 3, "episode_steps": 100, "n_tuning_seeds": 2, "n_eval_seeds": 4,
                     "n_heldout_examples": 64, "tuning_budget": 2, "progress": False},
     "06_pbt": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 2, "steps": 40, "n_heldout_examples": 32,
@@ -40,8 +41,8 @@ SMALL_PARAMETERS = {
 }
 EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
                     "03_comparison_passes", "03_comparison_steps", "04_test_mse_intervals", "04_loss_curves",
-                    "04_lr_trajectories", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
-                    "05_lr_trajectories_degree6", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr"]
+                    "04_lr_trajectories", "04_controller_training", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
+                    "05_lr_trajectories_degree6", "05_controllers_test_mse_intervals", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr"]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,17 @@ def test_the_verdict_includes_the_learning_rate_free_reference_and_pbt_is_compar
     tuning = pd.read_csv(results / "benchmark_tuning.csv")
     assert benchmark["lr_free"] == study.best_lr_free(tuning)  # recomputed from the saved tuning table
     claims = pd.DataFrame(benchmark["claims"])
-    assert set(claims.loc[claims["against"] == benchmark["lr_free"], "method"]) == set(benchmark["agents"])
+    controllers = benchmark["controllers"]
+    assert set(claims.loc[claims["against"] == benchmark["lr_free"], "method"]) == {*benchmark["agents"],
+                                                                                   *controllers["labels"]}
+    # the best schedule and the best controller recomputed from the saved tuning tables (validation only)
+    assert benchmark["best_schedule"] == study.best_schedule(tuning)
+    assert controllers["best"] == study.best_controller(pd.read_csv(results / "controller_tuning.csv"))
+    assert set(claims.loc[claims["method"] == controllers["best"], "against"]) == {
+        study.TUNED, study.tuned_label("cosine annealing"), benchmark["best_schedule"], benchmark["lr_free"]}
+    assert ("is **met**" in controllers["reading"]) != ("is **not met**" in controllers["reading"])
+    transfer = json.loads((results / "transfer_summary.json").read_text())
+    assert set(transfer["controllers"]["labels"]) == set(controllers["labels"])
     pbt = json.loads((results / "pbt_summary.json").read_text())
     parameters = SMALL_PARAMETERS["06_pbt"]
     seeds = list(range(parameters["first_eval_seed"], parameters["first_eval_seed"] + parameters["n_eval_seeds"]))

@@ -310,3 +310,57 @@ def test_every_usage_line_of_the_readme_runs_as_written():
                 scope["optimizer"] = value
         assert isinstance(built, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
                                   torch.optim.lr_scheduler.ReduceLROnPlateau, rlr_core.RLRScheduler)), name
+
+
+def test_the_best_schedule_is_picked_on_validation_among_schedules_other_than_the_constant():
+    table = pd.DataFrame({"family": ["constant lr", "cosine annealing", "ReduceLROnPlateau", "ReduceLROnPlateau",
+                                     "Prodigy"],
+                          "validation MSE": [1e-9, 3e-5, 1e-6, 2e-5, 1e-8], "chosen": [True, True, False, True, True]})
+    assert study.best_schedule(table) == "ReduceLROnPlateau, tuned"  # its chosen row beats cosine's
+    with pytest.raises(ValueError, match="no schedule family"):
+        study.best_schedule(table.iloc[[0, 4]])
+
+
+def test_each_controller_is_compared_once_with_each_reference_in_the_agents_holm_family():
+    cosine = study.tuned_label("cosine annealing")
+    comparisons = study.controller_comparisons(["c1", "c2"], cosine, "Prodigy, tuned")
+    assert comparisons == [("same optimiser steps", controller, reference) for controller in ("c1", "c2")
+                           for reference in (study.TUNED, cosine, "Prodigy, tuned")]  # cosine is not repeated
+    rows = [{"budget": "same optimiser steps", "method": method, "seed": seed, "train_final": value,
+             "train_median_last_100": value, "test_mse": value, "diverged_at": None}
+            for seed in range(6) for method, value in ((study.TUNED, 1.0), (cosine, 1.5), ("best", 0.5), ("free", 3.0), ("c", 0.1 + seed))]
+    claims = study.claim_table(pd.DataFrame(rows), [], "free", ["c"], "best")
+    primary = claims[claims["primary"]]
+    assert len(primary) == 2 * 4 and set(primary[primary["method"] == "c"]["against"]) == {
+        study.TUNED, cosine, "best", "free"}
+    assert primary["p_holm"].to_numpy() == pytest.approx(report.holm_adjusted(primary["p_value"].to_numpy()))
+    with pytest.raises(ValueError, match="best"):
+        study.claim_table(pd.DataFrame(rows), [], "free", ["c"])
+
+
+def controller_inputs(controller_mse: float, controller_return: float):
+    """Claims and a test-MSE summary for one controller 'c' against four references, and its curve."""
+    cosine = study.tuned_label("cosine annealing")
+    references = {"the tuned constant lr": study.TUNED, "cosine annealing": cosine, "the best schedule": "best",
+                  "the best learning-rate-free optimiser": "free"}
+    rows = [{"budget": "same optimiser steps", "method": method, "seed": seed, "train_final": value,
+             "train_median_last_100": value, "test_mse": value * (1 + 0.01 * seed), "diverged_at": None}
+            for seed in range(8) for method, value in ((study.TUNED, 1.0), (cosine, 1.0), ("best", 0.5),
+                                                       ("free", 1.2), ("c", controller_mse), ("headroom", 0.4))]
+    table = pd.DataFrame(rows)
+    claims = study.comparison_claims(table, study.controller_comparisons(["c"], "best", "free"))
+    summary = report.summary_with_win_rates(table, "test_mse", {"tuned constant": study.TUNED})
+    curve = pd.DataFrame({"round": [0, 0, 1, 1], "return": [1.0, 2.0, 5.0, 6.0]})
+    returns = {"c": controller_return, study.TUNED: 10.0}
+    return report.controller_reading(claims, summary, "c", references, curve, returns, "headroom")
+
+
+def test_the_controller_reading_says_whether_the_goal_is_met_and_why_not_from_the_numbers():
+    met = controller_inputs(0.5, 12.0)
+    assert "is **met**" in met and "Why it does not carry over" not in met
+    assert "first round of training episodes is 1.50, over its last 5.50" in met
+    assert "4.14e-01" in met, "the headroom (0.4 x 1.00..1.07 over seeds) is shown beside it"
+    short_of_objective = controller_inputs(2.0, 8.0)
+    assert "is **not met**" in short_of_objective and "decreases the training loss less" in short_of_objective
+    assert "decreases the training loss more" in controller_inputs(2.0, 12.0)
+    assert report.mse_times(1.16, 1.0) == "1.16 times (worse than)" and "better" in report.mse_times(0.5, 1.0)
