@@ -929,18 +929,39 @@ def best_controller(table: pd.DataFrame) -> str:
     return str(chosen.loc[chosen["validation MSE"].idxmin(), "controller"])
 
 
+def frozen_controller_runs(trained: TrainedController, seeds: Sequence[int], config: Config | None = None
+                           ) -> list[RunResult]:
+    """A frozen controller on the seeds (run_policy); config: another task's run config (its task and steps
+    replace the controller's), e.g. notebook 05's held-out tasks."""
+    run_config = Config.from_dict(trained.run_config)
+    if config is not None:
+        run_config = with_overrides(run_config, {"task": asdict(config.task), "schedule": {"steps": config.schedule.steps}})
+    return run_policy(run_config, trained.act(), seeds, trained.label)
+
+
+def submit_controller_runs(controllers: dict[str, TrainedController], seeds: Sequence[int],
+                           configs: dict[str, Config | None]) -> Callable[[], dict[str, dict[str, list[RunResult]]]]:
+    """frozen_controller_runs of every controller under every config (label -> a task's run config, None
+    for the controller's own), one Ray task each when Ray is started (peers.submit_tasks). Returns
+    collect(): config label -> controller label -> runs."""
+    calls = [(trained, list(seeds), config) for config in configs.values() for trained in controllers.values()]
+    collect = peers.submit_tasks(frozen_controller_runs, calls)
+
+    def gather() -> dict[str, dict[str, list[RunResult]]]:
+        runs = iter(collect())
+        return {name: {label: next(runs) for label in controllers} for name in configs}
+    return gather
+
+
 def run_controllers(controllers: dict[str, TrainedController], seeds: Sequence[int], config: Config | None = None
                     ) -> dict[str, list[RunResult]]:
-    """Every frozen controller on the seeds (run_policy); config: another task's run config (its task and
-    steps replace the controller's), e.g. notebook 05's held-out tasks."""
-    runs = {}
-    for label, trained in controllers.items():
-        run_config = Config.from_dict(trained.run_config)
-        if config is not None:
-            run_config = with_overrides(run_config, {"task": asdict(config.task),
-                                                     "schedule": {"steps": config.schedule.steps}})
-        runs[label] = run_policy(run_config, trained.act(), seeds, label)
-    return runs
+    """Every frozen controller on the seeds (submit_controller_runs under one config): label -> runs."""
+    return submit_controller_runs(controllers, seeds, {"runs": config})()["runs"]
+
+
+def task_configs(config: Config, tasks: dict[str, rc.TaskConfig]) -> dict[str, Config]:
+    """config with each task in place of its own: task label -> run config."""
+    return {label: with_overrides(config, {"task": asdict(task)}) for label, task in tasks.items()}
 
 
 def save_controllers(controllers: dict[str, TrainedController], path: str | Path) -> Path:
@@ -964,23 +985,24 @@ def load_controllers(path: str | Path) -> dict[str, TrainedController]:
 def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],
                                agents: dict[str, tuple[Config, rc.DQNAgent]], tuned: dict[str, dict],
                                seeds: Sequence[int], progress: bool = False,
-                               controllers: dict[str, TrainedController] | None = None
+                               controller_runs: dict[str, dict[str, list[RunResult]]] | None = None
                                ) -> dict[str, dict[str, list[RunResult]]]:
     """task label -> method label -> one run per seed: the tuned constant lr and the tuned cosine
-    annealing (tuned: family -> chosen configuration, from tune_family on the training task), every
-    frozen agent and every frozen controller, all config.schedule.steps full-batch Adam steps on the same
-    data and initial weights of each seed. agents: label -> (the config it was trained with, agent)."""
+    annealing (tuned: family -> chosen configuration, from tune_family on the training task) and every
+    frozen agent, all config.schedule.steps full-batch Adam steps on the same data and initial weights
+    of each seed, then the frozen controllers' runs on those tasks and seeds, if given (task label ->
+    label -> runs: submit_controller_runs). agents: label -> (the config it was trained with, agent)."""
     steps = config.schedule.steps
     runs: dict[str, dict[str, list[RunResult]]] = {}
-    for task_label, task in tasks.items():
-        task_config = with_overrides(config, {"task": asdict(task)})
+    for task_label, task_config in task_configs(config, tasks).items():
         runs[task_label] = {TUNED_CONSTANT: run_family("constant lr", tuned["constant lr"], task_config, seeds, steps,
                                                        progress),
                             COSINE: run_family(COSINE, tuned[COSINE], task_config, seeds, steps, progress)}
         for agent_label, (agent_config, agent) in agents.items():
-            agent_task_config = with_overrides(agent_config, {"task": asdict(task), "schedule": {"steps": steps}})
+            agent_task_config = with_overrides(agent_config, {"task": asdict(task_config.task),
+                                                              "schedule": {"steps": steps}})
             runs[task_label][agent_label] = evaluate_frozen_agent(agent_task_config, agent, seeds, progress)
-        runs[task_label].update(run_controllers(controllers or {}, seeds, task_config))
+        runs[task_label].update((controller_runs or {}).get(task_label, {}))
     return runs
 
 

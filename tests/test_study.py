@@ -338,29 +338,38 @@ def test_each_controller_is_compared_once_with_each_reference_in_the_agents_holm
         study.claim_table(pd.DataFrame(rows), [], "free", ["c"])
 
 
-def controller_inputs(controller_mse: float, controller_return: float):
+def controller_inputs(controller_mse: float, controller_return: float, cosine_mse: float = 1.0):
     """Claims and a test-MSE summary for one controller 'c' against four references, and its curve."""
     cosine = study.tuned_label("cosine annealing")
     references = {"the tuned constant lr": study.TUNED, "cosine annealing": cosine, "the best schedule": "best",
                   "the best learning-rate-free optimiser": "free"}
     rows = [{"budget": "same optimiser steps", "method": method, "seed": seed, "train_final": value,
              "train_median_last_100": value, "test_mse": value * (1 + 0.01 * seed), "diverged_at": None}
-            for seed in range(8) for method, value in ((study.TUNED, 1.0), (cosine, 1.0), ("best", 0.5),
+            for seed in range(8) for method, value in ((study.TUNED, 1.0), (cosine, cosine_mse), ("best", 0.5),
                                                        ("free", 1.2), ("c", controller_mse), ("headroom", 0.4))]
     table = pd.DataFrame(rows)
     claims = study.comparison_claims(table, study.controller_comparisons(["c"], "best", "free"))
     summary = report.summary_with_win_rates(table, "test_mse", {"tuned constant": study.TUNED})
     curve = pd.DataFrame({"round": [0, 0, 1, 1], "return": [1.0, 2.0, 5.0, 6.0]})
-    returns = {"c": controller_return, study.TUNED: 10.0}
+    returns = {"c": controller_return, study.TUNED: 10.0, cosine: 11.0}
     return report.controller_reading(claims, summary, "c", references, curve, returns, "headroom")
 
 
 def test_the_controller_reading_says_whether_the_goal_is_met_and_why_not_from_the_numbers():
     met = controller_inputs(0.5, 12.0)
-    assert "is **met**" in met and "Why it does not carry over" not in met
+    assert "is **met**" in met and "Why it does not beat" not in met
     assert "first round of training episodes is 1.50, over its last 5.50" in met
+    assert "12.00, against 10.00 for the tuned constant lr and 11.00 for cosine annealing" in met
     assert "4.14e-01" in met, "the headroom (0.4 x 1.00..1.07 over seeds) is shown beside it"
+    assert "Against the best schedule (best)" in met and "Against the tuned constant lr (ratio" in met
     short_of_objective = controller_inputs(2.0, 8.0)
-    assert "is **not met**" in short_of_objective and "decreases the training loss less" in short_of_objective
-    assert "decreases the training loss more" in controller_inputs(2.0, 12.0)
+    assert "is **not met**" in short_of_objective
+    assert "Why it does not beat the tuned constant lr: frozen on new tasks it decreases the training loss less " \
+           "(8.00 against 10.00)" in short_of_objective
+    assert "Why it does not beat cosine annealing: frozen on new tasks it decreases the training loss less" in short_of_objective
+    # better than the tuned constant, not than cosine: only cosine gets a reason, and here the return is higher
+    only_cosine = controller_inputs(0.5, 12.0, cosine_mse=0.3)
+    assert "is **not met**" in only_cosine and "Why it does not beat the tuned constant lr" not in only_cosine
+    assert "Why it does not beat cosine annealing: it decreases the training loss as much or more (12.00 against " \
+           "11.00)" in only_cosine
     assert report.mse_times(1.16, 1.0) == "1.16 times (worse than)" and "better" in report.mse_times(0.5, 1.0)
