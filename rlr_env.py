@@ -178,8 +178,8 @@ class LRControlVectorEnv(VectorEnv):
 
     Observations, actions, rewards, decision interval, truncation and divergence are LRControlEnv's,
     from the same rlr_core rules, one row per task. reset(seed=s) starts task i on seed s + i (Gymnasium's
-    convention); a task that resets later, or a reset without a seed, draws its seed from the
-    environment's np_random. Every reset of a task draws a new data set and a new network from its seed
+    convention), reset(seed=[s_0, ..., s_K-1]) task i on s_i (np_random then seeded with s_0); a task that
+    resets later, or a reset without a seed, draws its seed from the environment's np_random. Every reset of a task draws a new data set and a new network from its seed
     (LRControlEnv(resample_data=True)). options={"reset_mask": mask} resets only the tasks in mask.
     info holds, per task, lr, lr_index, loss, diverged, episode_seed and the losses of the interval's
     optimiser steps (step_losses, steps_taken).
@@ -219,6 +219,7 @@ class LRControlVectorEnv(VectorEnv):
             seeds = [int(value) for value in seed]
             if len(seeds) != self.num_envs:
                 raise ValueError(f"seed must be an int, None or {self.num_envs} ints, got {len(seeds)}")
+            super().reset(seed=seeds[0])  # later tasks' seeds come from np_random: seeded, as with an int seed
         if self.net is None:
             self.build(seeds)
         else:

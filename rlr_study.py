@@ -460,6 +460,22 @@ def seconds_per_unit(configs: dict[str, Config], config: Config, study: StudyCon
     return seconds
 
 
+def run_budgets(config: Config, study: StudyConfig, chosen: dict[str, dict], wall_clock: dict[str, dict],
+                same_steps_epochs: int) -> tuple[list[RunResult], list[RunResult], dict[str, dict[str, list[RunResult]]]]:
+    """The references' runs of the three budgets, one Ray task each when Ray is started (peers.submit_tasks;
+    the same runs as in this process): the original baseline at the same optimiser steps (same_steps_epochs
+    epochs) and at the same passes (study.steps epochs), and per agent the baseline and the tuned constant
+    lr at that agent's wall-clock (wall_clock: agent -> wall_clock_budget). Returns the two baseline run
+    lists and agent -> {BASELINE: runs, TUNED: runs}."""
+    constants = peers.submit_tasks(run_family, [("constant lr", chosen["constant lr"], config, study.eval_seeds,
+                                                 budget["full_batch_steps"]) for budget in wall_clock.values()])
+    baselines = peers.submit_tasks(run_baselines, [(config, study, epochs) for epochs in (
+        same_steps_epochs, study.steps, *[budget["baseline_epochs"] for budget in wall_clock.values()])])
+    same_steps, same_passes, *per_agent = baselines()
+    return same_steps, same_passes, {agent: {BASELINE: baseline, TUNED: constant} for agent, baseline, constant
+                                     in zip(wall_clock, per_agent, constants())}
+
+
 def wall_clock_budget(agent_seconds_per_step: float, seconds: dict[str, float], study: StudyConfig) -> dict:
     """What one agent run's time buys the references: full-batch Adam steps and baseline epochs."""
     agent_seconds = study.steps * agent_seconds_per_step

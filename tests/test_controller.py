@@ -177,7 +177,7 @@ def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again
     import rlr_study as study
     setup = study.StudyConfig(first_eval_seed=0, n_eval_seeds=2, n_tuning_seeds=2, steps=40, n_heldout_examples=32,
                               tuning_budget=2)
-    controller = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=1)
+    controller = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2)
     config = study.study_config(engine.Config(), setup)
     controllers, table = study.tune_controllers(config, setup, controller)
     assert list(table["controller"]) == [study.DQN_CONTROLLER] * 2 + [study.SB3_PPO, study.SB3_DQN]
@@ -187,6 +187,8 @@ def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again
     assert study.best_controller(table) == table.loc[table[table["chosen"]]["validation MSE"].idxmin(), "controller"]
     again, table_again = study.tune_controllers(config, setup, controller)
     pd.testing.assert_frame_equal(table.drop(columns="training seconds"), table_again.drop(columns="training seconds"))
+    for label, trained in controllers.items():  # the second round's tasks too (drawn by the env: seeded)
+        assert len(trained.curve) == 4 and trained.curve.equals(again[label].curve), label
     runs = study.run_controllers(controllers, setup.eval_seeds)
     path = study.save_controllers(controllers, tmp_path / "controllers.pt")
     loaded = study.load_controllers(path)
