@@ -109,14 +109,15 @@ def controller_parts(summary: dict) -> list[str]:
 
 
 def headline_block(root: Path) -> str:
-    """The verdict first: notebook 04's generated reading and its headroom (the ceiling of a per-run
-    choice), then notebook 06's reading on PBT against the tuned constant (its first two lines)."""
+    """The verdict first: notebook 04's generated reading, its headroom (the ceiling of a per-run choice) and
+    the best learned controller's reading, then notebook 06's reading on PBT against the tuned constant
+    (its first two lines)."""
     benchmark = read_json(root / "results" / "benchmark_summary.json")
     pbt_lines = read_json(root / "results" / "pbt_summary.json")["reading"].split("\n")
     controller = benchmark["controllers"]["reading"].split("\n\n")
     return "\n\n".join([benchmark["reading"], f"Headroom: {benchmark['headroom']['reading']}",
                          f"Learned controllers (notebook 04, best picked on validation): {controller[0]}",
-                         *controller[5:],
+                         *controller[1:],
                          f"Population Based Training (notebook 06): {pbt_lines[0]} {pbt_lines[1].removeprefix('- ')}"])
 
 
