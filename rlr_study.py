@@ -854,7 +854,7 @@ SB3_LEARNERS = {"ppo": ("PPO", sb3_ppo, SB3_PPO), "dqn-sb3": ("DQN", sb3_dqn, SB
 
 def validate_controller(trained: TrainedController, study: StudyConfig) -> TrainedController:
     """Its frozen policy on the tuning seeds (never an evaluation seed): validation MSE per seed."""
-    runs = run_policy(Config.from_dict(trained.run_config), trained.act(), study.tuning_seeds, trained.label)
+    runs = frozen_controller_runs(trained, study.tuning_seeds)
     trained.validation_mse = [heldout_mse(run, "validation", study.n_heldout_examples) for run in runs]
     return trained
 
