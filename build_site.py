@@ -7,6 +7,12 @@ generated readings). nbconvert renders the notebooks (figures are embedded in th
 HTML); mistune (nbconvert's own markdown renderer) renders the README and docs/original.md. The pages
 load nothing from the network: the notebook template's script tags for require.js and MathJax, which
 point to a CDN, are removed (no notebook here uses either).
+
+What a page shows is sanitised (nh3, a well-kept HTML sanitiser): markdown cells, outputs (text/html
+included) and the README keep their text, tables, figures and links, but no script, event handler,
+style element, form or javascript: URL reaches the reader; each page's Content-Security-Policy forbids
+scripts altogether. The builder empties its output folder only when the folder is empty or holds the marker
+file a previous build wrote there; it refuses any other folder.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import nh3
 from nbconvert import HTMLExporter
 from nbconvert.filters.markdown_mistune import markdown2html_mistune
 
@@ -44,6 +51,44 @@ main.page img { max-width: 100%; } p.source { font-size: 0.85em; color: #555; }
 </style>"""
 
 
+SITE_MARKER = ".rlr-site"
+"""written into every folder the builder fills: the only kind of non-empty folder it will empty"""
+
+CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                           "font-src 'self' data:; script-src 'none'; object-src 'none'; base-uri 'none'; "
+                           "form-action 'none'")
+"""No script of any kind runs on a page; images, styles and fonts come from the page or the site itself."""
+
+ALLOWED_TAGS = set(nh3.ALLOWED_TAGS) | {"main", "section"}
+ALLOWED_ATTRIBUTES = {**{tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()},
+                      "a": {"href", "title"}, "img": {"src", "alt", "width", "height", "title"},
+                      "th": set(nh3.ALLOWED_ATTRIBUTES["th"]) | {"title"}}
+IMAGE_DATA = re.compile(r"data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]*", re.I)
+
+
+def keep_attribute(element: str, attribute: str, value: str) -> str | None:
+    """nh3's attribute filter: a data: URL only as an image's own bitmap (PNG, JPEG, GIF, WebP), never as a
+    link or an SVG (which can carry script)."""
+    if value.strip().lower().startswith("data:") and not (element == "img" and attribute == "src"
+                                                          and IMAGE_DATA.fullmatch(value.strip())):
+        return None
+    return value
+
+
+def sanitised(fragment: str) -> str:
+    """An HTML fragment with only the tags, attributes and URL schemes a study page needs (nh3): scripts,
+    event handlers, style elements, iframes, forms and javascript: URLs are dropped."""
+    return nh3.clean(fragment, tags=ALLOWED_TAGS, attributes={**ALLOWED_ATTRIBUTES, "*": {"class", "id"}},
+                     url_schemes={"http", "https", "mailto", "data"}, attribute_filter=keep_attribute,
+                     link_rel="noopener noreferrer", strip_comments=True)
+
+
+def page_head(title: str, styles: str = "") -> str:
+    """A page's head: charset, the Content-Security-Policy, the title (escaped), the template's styles, ours."""
+    return (f'<head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy" '
+            f'content="{CONTENT_SECURITY_POLICY}"><title>{html.escape(title)}</title>{styles}{STYLE}</head>')
+
+
 def title_of(name: str) -> str:
     return name.replace("_", " ", 1).replace("_", " ")
 
@@ -58,11 +103,6 @@ def navigation(current: str) -> str:
         for target, label in links) + "</nav>"
 
 
-def offline(page: str) -> str:
-    """The page without script tags that load from the network (require.js, MathJax)."""
-    return re.sub(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>', "", page)
-
-
 def site_links(page: str) -> str:
     """Links between the repository's documents rewritten as links between the site's pages."""
     page = re.sub(r'href="(?:\.\./)?docs/original\.md(#[^"]*)?"', lambda m: f'href="original.html{m.group(1) or ""}"', page)
@@ -71,15 +111,22 @@ def site_links(page: str) -> str:
                   lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', page)
 
 
-def notebook_page(name: str) -> str:
-    """One executed notebook as HTML (nbconvert's lab template), with the site navigation on top.
-    Saved widget state (a notebook progress bar) is dropped: rendering it would fetch the widget manager
-    from a CDN; each widget output keeps its plain-text form."""
-    notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+def notebook_page(name: str, root: Path = ROOT) -> str:
+    """One executed notebook as HTML (nbconvert's lab template), with the site navigation on top. The body
+    is sanitised; the head is the site's own with the template's style sheets (the template's scripts,
+    require.js and MathJax from a CDN, are dropped: no notebook here uses them). Saved widget state (a
+    notebook progress bar) is dropped too: rendering it would fetch the widget manager from a CDN; each
+    widget output keeps its plain-text form."""
+    notebook = nbformat.read(root / "notebooks" / f"{name}.ipynb", as_version=4)
     notebook.metadata.pop("widgets", None)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
-    body = site_links(offline(body)).replace("</head>", STYLE + "</head>", 1)
-    return re.sub(r"(<body[^>]*>)", lambda match: match.group(1) + navigation(name), body, count=1)
+    page, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    head = page[page.index("<head"):page.index("</head>")]
+    styles = "".join(re.findall(r"<style[^>]*>.*?</style>", head, flags=re.S))
+    body = re.search(r"<body([^>]*)>(.*)</body>", page, flags=re.S)
+    body_class = re.search(r'class="([\w\s-]*)"', body.group(1))
+    return (f"<!DOCTYPE html>\n<html>{page_head(title_of(name), styles)}"
+            f"<body{' class=' + chr(34) + body_class.group(1) + chr(34) if body_class else ''}>{navigation(name)}"
+            f"{site_links(sanitised(body.group(2)))}</body></html>\n")
 
 
 def github_anchors(content: str) -> str:
@@ -94,8 +141,8 @@ def github_anchors(content: str) -> str:
 
 def markdown_page(markdown: str, current: str, title: str) -> str:
     """A markdown document as a standalone page; links to .md files become links to their pages."""
-    content = github_anchors(site_links(markdown2html_mistune(markdown)))
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>{STYLE}</head>"
+    content = github_anchors(site_links(sanitised(markdown2html_mistune(markdown))))
+    return (f"<!DOCTYPE html>\n<html>{page_head(title)}"
             f"<body>{navigation(current)}<main class=\"page\">{content}</main></body></html>\n")
 
 
@@ -112,19 +159,38 @@ def with_sources(markdown: str) -> str:
     return re.sub(r"<!-- end: ([\w-]+) -->", source, markdown)
 
 
-def build(output: Path) -> list[Path]:
-    """Write the whole site under output (emptied first); return the pages written."""
-    missing = [name for name in NOTEBOOKS if not (ROOT / "notebooks" / f"{name}.ipynb").exists()]
+def prepare_output(output: Path) -> None:
+    """An empty output folder with the site marker in it. An existing folder is emptied only if it is empty
+    already or holds SITE_MARKER (a folder this builder filled); a file, a link, the checkout, a folder
+    above it or any other folder is refused with a ValueError, and nothing is deleted."""
+    output = Path(output)
+    if output.is_symlink() or (output.exists() and not output.is_dir()):
+        raise ValueError(f"--output {output}: not a folder (a file or a link); give a folder for the site")
+    resolved = output.resolve()
+    if resolved == ROOT or resolved in ROOT.parents or resolved == Path.home().resolve():
+        raise ValueError(f"--output {output}: the checkout, a folder above it or the home folder; give a folder "
+                         "of its own (default build/site)")
+    if output.exists() and any(output.iterdir()):
+        marker = output / SITE_MARKER
+        if not marker.is_file() or marker.is_symlink():
+            raise ValueError(f"--output {output} is not empty and was not written by build_site.py (no "
+                             f"{SITE_MARKER} in it): refusing to delete it; give a new or empty folder")
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / SITE_MARKER).write_text("written by build_site.py: the builder may empty this folder\n")
+
+
+def build(output: Path, root: Path = ROOT) -> list[Path]:
+    """Write the whole site under output (see prepare_output) from the checkout at root; return the pages."""
+    missing = [name for name in NOTEBOOKS if not (root / "notebooks" / f"{name}.ipynb").exists()]
     if missing:
         raise FileNotFoundError(f"notebooks {missing} are missing: run `make reproduce` first")
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
-    shutil.copytree(ROOT / "figures", output / "figures")
-    shutil.copytree(ROOT / "docs", output / "docs", ignore=shutil.ignore_patterns("*.md"))  # the screenshots
-    pages = {"index": markdown_page(with_sources((ROOT / "README.md").read_text()), "index", "RLR Scheduler"),
-             "original": markdown_page((ROOT / "docs" / "original.md").read_text(), "original", "The original"),
-             **{name: notebook_page(name) for name in NOTEBOOKS}}
+    prepare_output(output)
+    shutil.copytree(root / "figures", output / "figures")
+    shutil.copytree(root / "docs", output / "docs", ignore=shutil.ignore_patterns("*.md"))  # the screenshots
+    pages = {"index": markdown_page(with_sources((root / "README.md").read_text()), "index", "RLR Scheduler"),
+             "original": markdown_page((root / "docs" / "original.md").read_text(), "original", "The original"),
+             **{name: notebook_page(name, root) for name in NOTEBOOKS}}
     written = []
     for name, page in pages.items():
         path = output / f"{name}.html"
@@ -135,9 +201,13 @@ def build(output: Path) -> list[Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=ROOT / "build" / "site", help="folder to write (emptied first)")
+    parser.add_argument("--output", type=Path, default=ROOT / "build" / "site", help="folder to write: new, empty, or one an earlier build wrote (emptied first)")
     args = parser.parse_args()
-    pages = build(args.output)
+    try:
+        pages = build(args.output)
+    except ValueError as error:
+        print(f"build_site.py: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {len(pages)} pages to {args.output}; open {args.output / 'index.html'} "
           f"or run: python -m http.server --directory {args.output}")
     return 0

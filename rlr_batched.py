@@ -153,10 +153,12 @@ class StackedMLP:
         return self.grad
 
     def to_modules(self, make_network: Callable[[], nn.Module]) -> list[nn.Module]:
-        """Copy each run's parameters into a fresh network from make_network() (for inspection, tests)."""
+        """Copy each run's parameters into a fresh network from make_network() (for inspection, tests). The
+        global RNG that make_network's default initialisation draws from is left as it was."""
         networks = []
         for k in range(self.n_runs):
-            network = make_network().to(dtype=self.params.dtype, device=self.params.device)
+            with rlr_core.global_rng_preserved():
+                network = make_network().to(dtype=self.params.dtype, device=self.params.device)
             layers = [m for m in network.modules() if isinstance(m, nn.Linear)]
             with torch.no_grad():
                 for weight, bias, layer in zip(self.weights, self.biases, layers):

@@ -13,11 +13,13 @@ Nothing here touches global state: random draws come from explicit seeds and gen
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
+import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +53,48 @@ def check_float(name: str, value: Any, low: float, high: float, *, low_open: boo
     if not math.isfinite(value) or too_low or too_high:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
+
+
+def check_seed(name: str, value: Any) -> int:
+    """value as a seed (an int >= 0, numpy ints included; a bool, float or string is refused)."""
+    check_int(name, value, 0)
+    return int(value)
+
+
+def check_seeds(name: str, value: Any, count: int) -> list[int]:
+    """value as a list of count seeds (check_seed each; a string or a bare number is no list)."""
+    values = check_sequence(name, value)
+    if len(values) != count:
+        raise ValueError(f"{name} must hold {count} seeds, got {len(values)}")
+    return [check_seed(f"{name}[{index}]", item) for index, item in enumerate(values)]
+
+
+def check_int_array(name: str, value: Any, shape: tuple[int, ...], low: int, high: int) -> np.ndarray:
+    """value as an int64 array of shape with entries in [low, high]. Booleans and floats are refused: numpy
+    and torch take a bool (or uint8) array as a mask, not as indices, and a float action is not an action."""
+    array = np.asarray(value)
+    what = "an int" if shape == () else f"{math.prod(shape)} ints"
+    if array.dtype == np.bool_ or array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be {what} in [{low}, {high}], got dtype {array.dtype} ({value!r})")
+    if array.shape != shape:
+        raise ValueError(f"{name} must be {what} in [{low}, {high}] (shape {shape}), got shape {array.shape}")
+    if array.size and (array.min() < low or array.max() > high):
+        raise ValueError(f"{name} must be {what} in [{low}, {high}], got {array.tolist()}")
+    return array.astype(np.int64)
+
+
+@contextlib.contextmanager
+def global_rng_preserved() -> Iterator[None]:
+    """Run a block that touches the global random state (a package that seeds torch, numpy and random, a
+    module whose constructor draws from torch's RNG) and put all three back afterwards: library code never
+    changes the caller's random stream."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 def check_sequence(name: str, value: Any) -> tuple:
@@ -154,6 +198,9 @@ class ScheduleConfig:
         for i, factor in enumerate(self.lr_factors):
             check_float(f"schedule.lr_factors[{i}]", factor, 0.0, math.inf, high_open=True)
         check_int("schedule.decision_interval", self.decision_interval, 1)
+        if self.decision_interval > self.steps:
+            raise ValueError(f"schedule.decision_interval must be at most schedule.steps ({self.steps}): a "
+                             f"decision holds its lr that many steps, got {self.decision_interval}")
 
     @property
     def state_dim(self) -> int:
@@ -794,9 +841,11 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
             "base_lrs": list(self.base_lrs)})
 
     def schedule_fields(self) -> dict:
-        """What of the schedule a saved state must agree on (the run length is the loop's business)."""
+        """What of the schedule a saved state must agree on: all of it, except the run length where the state
+        does not see it (with features='control' the budget left is part of the state, so the length is too)."""
         schedule = asdict(self.schedule)
-        del schedule["steps"]
+        if self.schedule.features != "control":
+            del schedule["steps"]
         return {name: list(value) if isinstance(value, tuple) else value for name, value in schedule.items()}
 
     def load_state_dict(self, state: dict) -> None:

@@ -90,6 +90,11 @@ class Config:
         misspelt field must not silently fall back to its default."""
         parts = {"task": TaskConfig, "baseline": BaselineConfig, "schedule": ScheduleConfig,
                  "dqn": DQNConfig}
+        if not isinstance(data, dict):
+            raise TypeError(f"config must be a dict of Config fields (Config.to_dict()), got {type(data).__name__}")
+        wrong = [name for name in parts if name in data and not isinstance(data[name], (dict, parts[name]))]
+        if wrong:
+            raise TypeError(f"config.{wrong[0]} must be a dict of its fields, got {type(data[wrong[0]]).__name__}")
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         unknown += [f"{name}.{key}" for name, kind in parts.items() if isinstance(data.get(name), dict)
                     for key in sorted(set(data[name]) - {f.name for f in fields(kind)})]
@@ -248,14 +253,29 @@ def save_checkpoint(path: str | Path, config: Config, method: str, step: int, se
 
 def load_checkpoint(path: str | Path, config: Config, method: str, series: dict[str, np.ndarray],
                     **parts: Any) -> tuple[int, float]:
-    """Restore parts and series[name][:step] from a save_checkpoint file; return (step, wall_seconds so far)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """Restore parts and series[name][:step] from a save_checkpoint file; return (step, wall_seconds so far).
+    ValueError naming the file for one that is not a checkpoint (empty, truncated, random bytes, another
+    payload) or that holds another run."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # empty or truncated file (EOFError with no message), random bytes, code
+        first_line = str(error).splitlines()[0] if str(error) else "the file ends early"
+        raise ValueError(f"checkpoint_path {str(path)!r} is not a checkpoint written by save_checkpoint "
+                         f"({type(error).__name__}: {first_line}): delete it or pass resume=False") from error
+    expected = {"method", "config", "step", "wall_seconds", "series", "parts"}
+    if not isinstance(checkpoint, dict) or set(checkpoint) != expected or not isinstance(checkpoint["series"], dict) \
+            or not isinstance(checkpoint["parts"], dict) or not isinstance(checkpoint["config"], dict):
+        raise ValueError(f"checkpoint_path {str(path)!r} is not a checkpoint written by save_checkpoint (it needs "
+                         f"{sorted(expected)}): delete it or pass resume=False")
     step = int(checkpoint["step"])
     differences = config_differences(checkpoint["config"], config.to_dict())
     if checkpoint["method"] != method or differences or set(checkpoint["series"]) != set(series):
         raise ValueError(f"checkpoint_path {str(path)!r} holds another run (method {checkpoint['method']!r}, "
                          f"config differs in {differences}, series {sorted(checkpoint['series'])}): delete it "
                          "or pass resume=False")
+    if set(checkpoint["parts"]) != set(parts):
+        raise ValueError(f"checkpoint_path {str(path)!r} holds parts {sorted(checkpoint['parts'])}, this loop has "
+                         f"{sorted(parts)}: delete it or pass resume=False")
     if step > len(series["loss"]):
         raise ValueError(f"checkpoint_path {str(path)!r} is at step {step}, past this run's {len(series['loss'])}")
     for name, values in checkpoint["series"].items():

@@ -138,9 +138,8 @@ class LRControlEnv(gymnasium.Env):
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._episode_over:
             raise RuntimeError("the episode is over (or never started): call reset() first")
-        if not self.action_space.contains(action):
-            raise ValueError(f"action must be an int in [0, {self.action_space.n - 1}], got {action!r}")
-        lr_index, lr = rc.next_lr(self.lr_index, self.lr, int(action), self.schedule)
+        action = int(rc.check_int_array("action", action, (), 0, int(self.action_space.n) - 1))
+        lr_index, lr = rc.next_lr(self.lr_index, self.lr, action, self.schedule)
         self.lr_index, self.lr = int(lr_index), float(lr)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
@@ -209,16 +208,22 @@ class LRControlVectorEnv(VectorEnv):
             unknown = set(options) - {"reset_mask"}
             if unknown:
                 raise ValueError(f"LRControlVectorEnv.reset knows only the option 'reset_mask', got {sorted(unknown)}")
-            mask = np.asarray(options["reset_mask"], dtype=bool)
+            mask = np.asarray(options["reset_mask"])
+            if mask.dtype != np.bool_:
+                raise TypeError(f"reset_mask must hold booleans, got dtype {mask.dtype} ({options['reset_mask']!r})")
             if mask.shape != (self.num_envs,):
                 raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
-        if seed is None or isinstance(seed, (int, np.integer)):
-            super().reset(seed=None if seed is None else int(seed))
-            seeds = [int(seed) + i for i in range(self.num_envs)] if seed is not None else self.draw_seeds()
+        if seed is None:
+            super().reset(seed=None)
+            seeds = self.draw_seeds()
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            super().reset(seed=rc.check_seed("seed", seed))
+            seeds = [int(seed) + i for i in range(self.num_envs)]
         else:
-            seeds = [int(value) for value in seed]
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"seed must be an int, None or {self.num_envs} ints, got {len(seeds)}")
+            if isinstance(seed, (float, np.floating, bool, np.bool_)):
+                raise TypeError(f"seed must be None, an int or a list of {self.num_envs} ints, got "
+                                f"{type(seed).__name__} ({seed!r})")
+            seeds = rc.check_seeds("seed", seed, self.num_envs)
             super().reset(seed=seeds[0])  # later tasks' seeds come from np_random: seeded, as with an int seed
         if self.net is None:
             self.build(seeds)
@@ -284,10 +289,7 @@ class LRControlVectorEnv(VectorEnv):
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         if self.net is None:
             raise RuntimeError("call reset() first")
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,) or not self.action_space.contains(actions.astype(np.int64)):
-            raise ValueError(f"actions must be {self.num_envs} ints in [0, {self.single_action_space.n - 1}], "
-                             f"got {actions!r}")
+        actions = rc.check_int_array("actions", actions, (self.num_envs,), 0, int(self.single_action_space.n) - 1)
         resetting, active = self.autoreset.copy(), torch.as_tensor(~self.autoreset, device=self.device)
         lr_index, lr = rc.next_lr(self.lr_index, self.lr, torch.as_tensor(actions, device=self.device), self.schedule)
         self.lr_index, self.lr = torch.where(active, lr_index, self.lr_index), torch.where(active, lr, self.lr)
@@ -378,8 +380,21 @@ class SB3VectorEnv(VecEnv):
     def close(self) -> None:
         self.env.close()
 
+    def seed(self, seed: int | None = None) -> Sequence[None | int]:
+        """SB3's VecEnv.seed (task i on seed + i at the next reset), with the seed checked first."""
+        return super().seed(None if seed is None else rc.check_seed("seed", seed))
+
     def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        return [getattr(self, attr_name, None) for _ in self._get_indices(indices)]
+        """Per task: its value of an attribute that differs between tasks (episode_seed, lr, lr_index, the
+        running return and length), else the shared value (render_mode, the spaces, the schedule...)."""
+        per_task = {"episode_seed": lambda k: int(self.env.episode_seeds[k]),
+                    "lr": lambda k: float(self.env.lr[k]), "lr_index": lambda k: int(self.env.lr_index[k]),
+                    "episode_return": lambda k: float(self.returns[k]),
+                    "episode_length": lambda k: int(self.lengths[k])}
+        if attr_name in per_task:
+            return [per_task[attr_name](k) for k in self._get_indices(indices)]
+        shared = getattr(self, attr_name) if hasattr(self, attr_name) else getattr(self.env, attr_name)
+        return [shared for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
         raise AttributeError("SB3VectorEnv's tasks have no attributes to set")

@@ -88,15 +88,24 @@ ranges: Schedule-Free AdamW's lr and warm-up (as a fraction of the run), Prodigy
 D-Adaptation Adam's lr multiplier (1 is the package's default)."""
 
 
+LR_FREE_DEFAULTS: dict[str, dict] = {"Schedule-Free AdamW": {"warmup_fraction": 0.0}}
+"""Knobs a run may leave out, with the value it then gets (every other knob must be given)."""
+
+
 def lr_free_optimizer(name: str, params: dict, steps: int) -> Callable:
     """make_optimizer(parameters, lr) for rlr_engine.train_full_batch: the named LR_FREE optimiser with
     the given knobs (the lr argument of train_full_batch is ignored: the knobs hold it). Knobs are checked
     before any work, naming the one that is wrong."""
     if name not in LR_FREE:
         raise ValueError(f"name must be one of {list(LR_FREE)}, got {name!r}")
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of {name}'s knobs, got {type(params).__name__}")
     unknown = sorted(set(params) - set(LR_FREE[name]))
     if unknown:
         raise ValueError(f"{name} has no knob(s) {unknown}; its knobs are {sorted(LR_FREE[name])}")
+    missing = sorted(set(LR_FREE[name]) - set(params) - set(LR_FREE_DEFAULTS.get(name, {})))
+    if missing:
+        raise ValueError(f"{name} needs its knob(s) {missing} (its knobs are {sorted(LR_FREE[name])})")
     for knob, value in params.items():  # a fraction in [0, 1]; every other knob a positive finite number
         fraction = knob == "warmup_fraction"
         rc.check_float(f"{name}.{knob}", value, 0.0, 1.0 if fraction else math.inf, low_open=not fraction,
@@ -104,7 +113,7 @@ def lr_free_optimizer(name: str, params: dict, steps: int) -> Callable:
     rc.check_int("steps", steps, 1)
     if name == "Schedule-Free AdamW":
         import schedulefree
-        warmup = round(params.get("warmup_fraction", 0.0) * steps)
+        warmup = round({**LR_FREE_DEFAULTS[name], **params}["warmup_fraction"] * steps)
         return lambda parameters, lr: schedulefree.AdamWScheduleFree(parameters, lr=params["lr"], warmup_steps=warmup)
     if name == "Prodigy":
         import prodigyopt
@@ -174,7 +183,7 @@ class PBTConfig:
         rc.check_int("pbt.population", self.population, 2)
         rc.check_int("pbt.perturbation_interval", self.perturbation_interval, 1)
         rc.check_float("pbt.quantile_fraction", self.quantile_fraction, 0.0, 0.5, low_open=True)
-        rc.check_float("pbt.resample_probability", self.resample_probability, 0.0, 1.0)
+        rc.check_float("pbt.resample_probability", self.resample_probability, 0.0, 1.0, low_open=False)
         self.lr_range = rc.check_sequence("pbt.lr_range", self.lr_range)
         if len(self.lr_range) != 2:
             raise ValueError(f"pbt.lr_range must be (low, high), got {self.lr_range}")
@@ -184,6 +193,13 @@ class PBTConfig:
             raise ValueError(f"pbt.lr_range must be increasing, got {self.lr_range}")
         rc.check_int("pbt.n_heldout_examples", self.n_heldout_examples, 1)
         rc.check_int("pbt.seed", self.seed, 0)
+
+    def check_steps(self, steps: int) -> None:
+        """ValueError naming pbt.perturbation_interval if runs of `steps` hold no exploit/explore round."""
+        rc.check_int("steps", steps, 1)
+        if self.perturbation_interval > steps:
+            raise ValueError(f"pbt.perturbation_interval ({self.perturbation_interval}) must be at most the "
+                             f"run's steps ({steps})")
 
     def initial_lrs(self) -> list[float]:
         from scipy.stats import qmc
@@ -207,7 +223,7 @@ def pbt_member(settings: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / "member.pt", weights_only=False)
+            state = torch.load(Path(folder) / "member.pt", weights_only=True)  # tensors and plain values only
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, copied_from = state["history"], state["writer"]
@@ -242,9 +258,9 @@ def run_pbt(config: Config, steps: int, pbt: PBTConfig, storage: str | os.PathLi
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.schedulers import pbt as pbt_module
-    rc.check_int("steps", steps, 1)
     if not isinstance(pbt, PBTConfig):
         raise TypeError(f"pbt must be a PBTConfig, got {type(pbt).__name__}")
+    pbt.check_steps(steps)
     redraw = np.random.default_rng(pbt.seed)  # PBT's redraws from our generator, not numpy's global one
     low, high = (math.log(value) for value in pbt.lr_range)
     scheduler = PopulationBasedTraining(
@@ -268,7 +284,7 @@ def run_pbt(config: Config, steps: int, pbt: PBTConfig, storage: str | os.PathLi
                                           verbose=1 if progress else 0, callbacks=[recorder(rows)]))
             best = tuner.fit().get_best_result(metric="validation_mse", mode="min", scope="last")
             with best.checkpoint.as_directory() as checkpoint:
-                state_of_best = torch.load(Path(checkpoint) / "member.pt", weights_only=False)
+                state_of_best = torch.load(Path(checkpoint) / "member.pt", weights_only=True)
     finally:
         pbt_module.random = shared_random
     return pbt_result(config, state_of_best, time.perf_counter() - started), history_table(rows)

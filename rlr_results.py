@@ -89,6 +89,33 @@ def git_state(folder: Path) -> dict:
             "git_dirty_checked": "when the result was written"}
 
 
+def check_parameters(annotations: dict[str, Any], namespace: dict[str, Any]) -> None:
+    """A notebook's parameters (the annotated names of its parameters cell: pass __annotations__ and
+    globals()) against their declared types, in its first code cell: papermill injects plain values, so
+    seed=1.5, progress="no" or results_dir=3 would otherwise reach the run. An int is accepted for a float;
+    a bool is never an int. TypeError naming the parameter."""
+    for name, kind in annotations.items():
+        if not isinstance(kind, type):
+            continue  # a string annotation (from __future__ import annotations): nothing to check against
+        value = namespace[name]
+        if kind is float:
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is int:
+            fits = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            fits = isinstance(value, kind)
+        if not fits:
+            raise TypeError(f"parameter {name} must be a {kind.__name__}, got {type(value).__name__} ({value!r})")
+
+
+def check_input_file(name: str, path: str | Path, made_by: str) -> Path:
+    """path if it is a file; FileNotFoundError naming the parameter and the notebook that writes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: {path} is missing: run {made_by} first (with the same {name})")
+    return path
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -176,7 +203,9 @@ def save_results(results: Sequence[RunResult], path: str | Path) -> Path:
     """Save several runs (e.g. one per seed): a readable JSON index (method, seed, config, summary,
     versions per run) and their series in a sibling .npz (keys 'run<i>/<series>'), both atomic.
 
-    The arrays are written first, so a JSON on disk always has its arrays beside it.
+    The two are one unit: the arrays are written first and the JSON, written last, records their sha256,
+    so a write that fails between the two renames (the arrays new, the JSON old) leaves a pair that
+    load_results refuses instead of mixing one run's summary with another run's series.
     """
     if len(results) == 0:
         raise ValueError("results must hold at least one RunResult")
@@ -187,17 +216,41 @@ def save_results(results: Sequence[RunResult], path: str | Path) -> Path:
         del entry["series"], entry["versions"]
         runs.append(entry)
         arrays.update({f"run{i}/{name}": np.asarray(values) for name, values in result.series.items()})
-    save_arrays_npz(path.with_suffix(".npz"), **arrays)
+    arrays_path = save_arrays_npz(path.with_suffix(".npz"), **arrays)
     return atomic_write_text(path, json.dumps({"runs": runs, "versions": package_versions(),
-                                               "arrays": path.with_suffix(".npz").name},
+                                               "arrays": arrays_path.name, "arrays_sha256": file_sha256(arrays_path)},
                                               indent=1, allow_nan=False))
 
 
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_results(path: str | Path) -> list[RunResult]:
-    """Read runs written by save_results (series back from the sibling .npz)."""
+    """Read runs written by save_results (series back from the sibling .npz). ValueError, naming the file,
+    for an index that is not save_results' or arrays whose hash is not the one the index recorded."""
     path = Path(path)
-    index = json.loads(path.read_text())
-    with np.load(path.with_name(index["arrays"])) as arrays:
+    try:
+        index = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a results index written by save_results ({error})") from error
+    if not isinstance(index, dict) or not {"runs", "arrays", "arrays_sha256"} <= set(index):
+        raise ValueError(f"{path}: not a results index written by save_results (it needs runs, arrays, arrays_sha256)")
+    name = index["arrays"]
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") \
+            or not path.with_name(name).is_file():
+        raise ValueError(f"{path}: its arrays {name!r} are not a file beside it")
+    arrays_path = path.with_name(name)
+    if file_sha256(arrays_path) != index["arrays_sha256"]:
+        raise ValueError(f"{path}: {arrays_path.name} is not the file this index was written with (sha256 "
+                         "differs): a write was interrupted between the two; re-run what wrote them")
+    with np.load(arrays_path, allow_pickle=False) as arrays:
         results = []
         for i, run in enumerate(index["runs"]):
             prefix = f"run{i}/"
@@ -238,11 +291,11 @@ def load_agent(path: str | Path, seed: int = 0, device: str | torch.device = "cp
     raises FileNotFoundError.
     """
     where = f"load_agent({str(path)!r})"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{where}: no such file")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as error:  # random bytes, JSON, a pickle with code in it...: not an agent file
+    except Exception as error:  # OSError included: torch reports a truncated zip as [Errno 22]  # random bytes, JSON, a pickle with code in it...: not an agent file
         raise ValueError(f"{where}: not a file written by save_agent (torch.load failed: "
                          f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
     config, dtype = check_agent_file(content, where, {"state_dim": state_dim, "n_actions": n_actions})

@@ -15,7 +15,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -653,6 +653,10 @@ def evaluate_frozen_agent(config: Config, agent: rc.DQNAgent, seeds: Sequence[in
                                           initial_policies=[agent.policy_weights()] * len(seeds), frozen=True)
 
 
+CONTROLLER_GRID_SIZE = 12
+"""points of the controller's lr grid between lr_range's ends (the grid places the start and clips the lr)"""
+
+
 @dataclass
 class ControllerConfig:
     """A learning-rate controller against short-horizon bias (issue: an RL controller done right): a DQN
@@ -683,11 +687,46 @@ class ControllerConfig:
         for name, minimum in (("decision_interval", 1), ("start_index", 0), ("n_envs", 1), ("training_rounds", 1),
                               ("first_training_seed", 0), ("updates_per_step", 1), ("agent_seed", 0)):
             rc.check_int(f"controller.{name}", getattr(self, name), minimum)
+        self.lr_range = rc.check_sequence("controller.lr_range", self.lr_range)
+        if len(self.lr_range) != 2:
+            raise ValueError(f"controller.lr_range must be (low, high), got {self.lr_range}")
+        for index, value in enumerate(self.lr_range):
+            rc.check_float(f"controller.lr_range[{index}]", value, 0.0, math.inf, high_open=True)
+        if not self.lr_range[0] < self.lr_range[1]:
+            raise ValueError(f"controller.lr_range must be increasing, got {self.lr_range}")
+        self.lr_factors = rc.check_sequence("controller.lr_factors", self.lr_factors)
+        if len(self.lr_factors) < 2:  # an empty tuple would mean index shifts to ScheduleConfig
+            raise ValueError(f"controller.lr_factors must name at least two lr multipliers, got {self.lr_factors}")
+        for index, value in enumerate(self.lr_factors):
+            rc.check_float(f"controller.lr_factors[{index}]", value, 0.0, math.inf, high_open=True)
+        if self.start_index >= CONTROLLER_GRID_SIZE:
+            raise ValueError(f"controller.start_index must be in [0, {CONTROLLER_GRID_SIZE - 1}] (on the grid of "
+                             f"{CONTROLLER_GRID_SIZE}), got {self.start_index}")
+
+    def first_round_seeds(self) -> list[int]:
+        """The task seeds of the first training round (later rounds draw 63-bit seeds from the environment)."""
+        return list(range(self.first_training_seed, self.first_training_seed + self.n_envs))
+
+    def check_disjoint(self, seeds: Sequence[int], what: str = "evaluation or tuning seeds") -> None:
+        """ValueError, before any training, if the controller's first-round task seeds meet the given seeds."""
+        shared = sorted(set(self.first_round_seeds()) & {int(seed) for seed in seeds})
+        if shared:
+            raise ValueError(f"the controllers' training task seeds {self.first_training_seed}.."
+                             f"{self.first_training_seed + self.n_envs - 1} (controller.first_training_seed) overlap "
+                             f"the {what} {shared[:5]}{'...' if len(shared) > 5 else ''}: move one of them")
+
+    def check_steps(self, steps: int) -> None:
+        """ValueError naming controller.decision_interval if runs of `steps` cannot hold one decision."""
+        rc.check_int("steps", steps, 1)
+        if self.decision_interval > steps:
+            raise ValueError(f"controller.decision_interval ({self.decision_interval}) must be at most the run's "
+                             f"steps ({steps})")
 
     def schedule(self, steps: int) -> rc.ScheduleConfig:
         """The controller's ScheduleConfig for runs of `steps` optimiser steps (validated there)."""
         low, high = self.lr_range
-        grid = tuple(float(lr) for lr in np.logspace(math.log10(low), math.log10(high), 12))
+        self.check_steps(steps)
+        grid = tuple(float(lr) for lr in np.logspace(math.log10(low), math.log10(high), CONTROLLER_GRID_SIZE))
         return rc.ScheduleConfig(lr_grid=grid, start_index=self.start_index, steps=steps, features="control",
                                  lr_factors=tuple(self.lr_factors), decision_interval=self.decision_interval)
 
@@ -787,8 +826,9 @@ class TrainedController:
     """'dqn' (rlr_core.DQNAgent) or an SB3_LEARNERS name"""
     run_config: dict
     """Config.to_dict() of the runs its policy steers (the controller's schedule)"""
-    policy: object
-    """the policy's weights: the DQN's policy_net state_dict, or an SB3 model's saved zip (bytes)"""
+    policy: dict
+    """the policy's weights as plain tensors: the DQN's policy_net state_dict, or the SB3 model's
+    policy.state_dict() (rebuilt by sb3_policy from the learner's class and the run's spaces, never unpickled)"""
     curve: pd.DataFrame
     """one row per training episode: episode, round, seed, return (log L_0 - log L_T), diverged"""
     training_seconds: float
@@ -806,13 +846,8 @@ class TrainedController:
                                 rc.DTYPES[config.dtype], config.device)
             agent.policy_net.load_state_dict(self.policy)
             return greedy_policy(agent)
-        import io
-
-        import stable_baselines3
-        with quiet_sb3():
-            model = getattr(stable_baselines3, SB3_LEARNERS[self.learner][0]).load(io.BytesIO(self.policy),
-                                                                                 device="cpu")
-        return lambda observations: model.predict(observations, deterministic=True)[0]
+        policy = sb3_policy(self.learner, config, self.policy)
+        return lambda observations: policy.predict(observations, deterministic=True)[0]
 
     @property
     def training_optimiser_steps(self) -> int:
@@ -828,14 +863,14 @@ def quiet_sb3():
         yield
 
 
-def sb3_ppo(env, seed: int, decisions: int):
+def _sb3_ppo(env, seed: int, decisions: int):
     """SB3's PPO at its defaults, except a rollout of one episode per task (n_steps = decisions; the
     default 2048 per task would be 20 episodes each, more than a training holds)."""
     from stable_baselines3 import PPO
     return PPO("MlpPolicy", env, n_steps=decisions, seed=seed, device="cpu")
 
 
-def sb3_dqn(env, seed: int, decisions: int):
+def _sb3_dqn(env, seed: int, decisions: int):
     """SB3's DQN with the controller DQN's design (CONTROLLER_DQN, DQNConfig's defaults: batch 64, Adam 1e-3,
     gamma 0.99, soft target update, epsilon from 0.9 to 0.05 over the first quarter, one update per
     transition); SB3 updates the target once per vector step, so its tau is the pull of n_envs updates at
@@ -848,8 +883,30 @@ def sb3_dqn(env, seed: int, decisions: int):
                exploration_initial_eps=0.9, exploration_final_eps=0.05, seed=seed, device="cpu")
 
 
-SB3_LEARNERS = {"ppo": ("PPO", sb3_ppo, SB3_PPO), "dqn-sb3": ("DQN", sb3_dqn, SB3_DQN)}
-"""stable-baselines3 learners: name -> (its class in stable_baselines3, builder, label)."""
+SB3_LEARNERS = {"ppo": ("PPO", _sb3_ppo, SB3_PPO), "dqn-sb3": ("DQN", _sb3_dqn, SB3_DQN)}
+"""stable-baselines3 learners: name -> (its class in stable_baselines3, builder, label). The builders are private:
+SB3 seeds torch, numpy and random globally when it builds a model and draws from them while it learns, so
+building and learning happen together inside one rc.global_rng_preserved() block (train_sb3_controller)."""
+
+
+def sb3_policy(learner: str, config: Config, weights: dict):
+    """An SB3 learner's trained policy rebuilt from plain tensors: its algorithm's MlpPolicy at the builders'
+    (default) architecture for the run's observation and action spaces, with weights loaded (strict) and in
+    eval mode. SB3's own load() is not used: it unpickles the saved zip's data with cloudpickle, so a stored
+    file could run code. The global random state is left as it was (building the policy draws its initial
+    weights, which the loaded ones replace)."""
+    import importlib
+
+    from rlr_env import LRControlEnv
+    if learner not in SB3_LEARNERS:
+        raise ValueError(f"learner must be one of {sorted(SB3_LEARNERS)}, got {learner!r}")
+    policy_class = importlib.import_module(f"stable_baselines3.{SB3_LEARNERS[learner][0].lower()}").MlpPolicy
+    spaces = LRControlEnv(config.task, config.schedule, dtype=config.dtype)
+    with rc.global_rng_preserved():
+        policy = policy_class(spaces.observation_space, spaces.action_space, lr_schedule=lambda _: 0.0)
+    policy.load_state_dict(weights)
+    policy.set_training_mode(False)
+    return policy
 
 
 def validate_controller(trained: TrainedController, study: StudyConfig) -> TrainedController:
@@ -874,7 +931,6 @@ def train_dqn_controller(config: Config, study: StudyConfig, controller: Control
 def train_sb3_controller(config: Config, study: StudyConfig, controller: ControllerConfig, learner: str
                          ) -> TrainedController:
     """An SB3 learner on the controller's environment, task seeds, episodes and reward; validated."""
-    import io
     from rlr_env import LRControlVectorEnv, SB3VectorEnv
     run_config = with_overrides(config, {"schedule": asdict(controller.schedule(config.schedule.steps))})
     schedule = run_config.schedule
@@ -883,17 +939,16 @@ def train_sb3_controller(config: Config, study: StudyConfig, controller: Control
     decisions = -(-schedule.steps // schedule.decision_interval)
     _, build, label = SB3_LEARNERS[learner]
     started = time.perf_counter()
-    with quiet_sb3():
+    with quiet_sb3(), rc.global_rng_preserved():  # SB3 seeds torch, numpy and random globally
         model = build(env, controller.agent_seed, decisions)
-    env.seed(controller.first_training_seed)  # after the model: SB3 seeds the env with its own seed
-    model.learn(controller.n_envs * decisions * controller.training_rounds)
+        env.seed(controller.first_training_seed)  # after the model: SB3 seeds the env with its own seed
+        model.learn(controller.n_envs * decisions * controller.training_rounds)
     seconds = time.perf_counter() - started
     curve = pd.DataFrame(env.episodes).rename(columns={"terminated": "diverged"})
     curve.insert(0, "episode", range(len(curve)))
     curve["round"] = curve["episode"] // controller.n_envs
-    saved = io.BytesIO()
-    model.save(saved)
-    trained = TrainedController(label, learner, run_config.to_dict(), saved.getvalue(), curve, seconds)
+    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.policy.state_dict().items()}
+    trained = TrainedController(label, learner, run_config.to_dict(), weights, curve, seconds)
     return validate_controller(trained, study)
 
 
@@ -980,22 +1035,74 @@ def task_configs(config: Config, tasks: dict[str, rc.TaskConfig]) -> dict[str, C
     return {label: with_overrides(config, {"task": asdict(task)}) for label, task in tasks.items()}
 
 
+CONTROLLERS_FILE_FORMAT, CONTROLLERS_FILE_VERSION = "rlr_scheduler.controllers", 2
+"""save_controllers' file: version 2 holds plain tensors and values only (version 1 held SB3's pickled zips)."""
+
+CONTROLLER_FIELDS = {"label": str, "learner": str, "run_config": dict, "policy": dict, "curve": dict,
+                     "training_seconds": float, "params": dict, "validation_mse": list}
+"""Every field a saved controller holds, with its type on disk (the curve as a dict of columns)."""
+
+
 def save_controllers(controllers: dict[str, TrainedController], path: str | Path) -> Path:
-    """The frozen controllers in one file (atomic), for notebook 05."""
+    """The frozen controllers in one file (atomic), for notebook 05 and your own loop: plain tensors, strings,
+    numbers, lists and dicts, so that torch.load(path, weights_only=True) reads it and nothing is unpickled."""
     from rlr_results import atomic_write
-    payload = {label: {**{key: getattr(trained, key) for key in ("label", "learner", "run_config", "policy",
-                                                                  "training_seconds", "params", "validation_mse")},
-                       "curve": trained.curve.to_dict(orient="list")} for label, trained in controllers.items()}
+    payload = {"format": CONTROLLERS_FILE_FORMAT, "format_version": CONTROLLERS_FILE_VERSION, "controllers": {
+        label: {"label": trained.label, "learner": trained.learner, "run_config": trained.run_config,
+                "policy": {name: tensor.detach().cpu() for name, tensor in trained.policy.items()},
+                "curve": trained.curve.to_dict(orient="list"), "training_seconds": float(trained.training_seconds),
+                "params": dict(trained.params), "validation_mse": [float(value) for value in trained.validation_mse]}
+        for label, trained in controllers.items()}}
     return atomic_write(path, lambda file: torch.save(payload, file))
 
 
 def load_controllers(path: str | Path) -> dict[str, TrainedController]:
-    """save_controllers' file back (a pickle: load only files this project wrote)."""
-    if not Path(path).exists():
+    """save_controllers' file back, read with weights_only=True (tensors and plain values, no code).
+    FileNotFoundError for a missing file; ValueError naming the file and what is wrong for anything that is
+    not such a file (random, truncated or empty bytes, another payload, missing fields, weights of the wrong
+    shape for the controller's network)."""
+    path = Path(path)
+    if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run notebook 04 first")
-    payload = torch.load(path, weights_only=False)
-    return {label: TrainedController(**{**fields, "curve": pd.DataFrame(fields["curve"])})
-            for label, fields in payload.items()}
+    where = f"load_controllers({str(path)!r})"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # random, truncated or empty bytes, or a pickle that is not plain data
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(f"{where}: not a file written by save_controllers (torch.load with weights_only=True "
+                         f"failed: {type(error).__name__}: {first_line})") from error
+    if not isinstance(payload, dict) or payload.get("format") != CONTROLLERS_FILE_FORMAT:
+        raise ValueError(f"{where}: not a file written by save_controllers (no format={CONTROLLERS_FILE_FORMAT!r})")
+    if payload.get("format_version") != CONTROLLERS_FILE_VERSION:
+        raise ValueError(f"{where}: format_version {payload.get('format_version')!r}, this code reads "
+                         f"version {CONTROLLERS_FILE_VERSION}")
+    if not isinstance(payload.get("controllers"), dict) or not payload["controllers"]:
+        raise ValueError(f"{where}: 'controllers' must be a non-empty dict of label -> controller")
+    return {label: checked_controller(fields, f"{where}[{label!r}]") for label, fields in payload["controllers"].items()}
+
+
+def checked_controller(fields: Any, where: str) -> TrainedController:
+    """One saved controller's fields as a TrainedController whose policy loads, or ValueError saying why."""
+    if not isinstance(fields, dict) or set(fields) != set(CONTROLLER_FIELDS):
+        keys = sorted(map(str, fields)) if isinstance(fields, dict) else type(fields).__name__
+        raise ValueError(f"{where}: a controller holds exactly {sorted(CONTROLLER_FIELDS)}, got {keys}")
+    for name, kind in CONTROLLER_FIELDS.items():
+        if not isinstance(fields[name], kind) or (kind is float and isinstance(fields[name], bool)):
+            raise ValueError(f"{where}: {name} must be a {kind.__name__}, got {type(fields[name]).__name__}")
+    if fields["learner"] != "dqn" and fields["learner"] not in SB3_LEARNERS:
+        raise ValueError(f"{where}: learner must be 'dqn' or one of {sorted(SB3_LEARNERS)}, got {fields['learner']!r}")
+    if not all(isinstance(tensor, torch.Tensor) for tensor in fields["policy"].values()):
+        raise ValueError(f"{where}: policy must map names to tensors")
+    curve = fields["curve"]
+    if not {"episode", "seed", "return"} <= set(curve) or len({len(column) for column in curve.values()}) != 1:
+        raise ValueError(f"{where}: curve must hold equally long columns episode, seed, return, ...")
+    try:
+        trained = TrainedController(**{**fields, "curve": pd.DataFrame(curve)})
+        trained.act()  # rebuilds the network from run_config and loads the weights (strict: names and shapes)
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{where}: its run_config or policy weights do not make a controller: {first_line}") from error
+    return trained
 
 
 def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],

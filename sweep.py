@@ -126,13 +126,16 @@ def load_spec(notebook: str | Path, grid_file: str | Path, name: str | None = No
     for key, values in parameters.items():
         if not values:
             raise ValueError(f"{grid_file}: parameter {key!r} has no values")
-    spec = SweepSpec(notebook=Path(notebook), name=name or grid.get("name") or Path(grid_file).stem,
-                     parameters=parameters,
-                     seeds_per_task=int(seeds_per_task or grid.get("seeds_per_task") or 1))
+    per_task = seeds_per_task if seeds_per_task is not None else grid.get("seeds_per_task", 1)
+    check_int("seeds_per_task", per_task, 1)
+    spec = SweepSpec(notebook=Path(notebook), name=check_sweep_name(name or grid.get("name") or Path(grid_file).stem),
+                     parameters=parameters, seeds_per_task=int(per_task))
     seeds = grid.get("seeds")
     if seeds is not None:
         if not isinstance(seeds, dict) or set(seeds) != {"first", "count"}:
             raise ValueError(f"{grid_file}: 'seeds' must be {{first: <int>, count: <int>}}, got {seeds!r}")
+        check_int("seeds.first", seeds["first"], 0)
+        check_int("seeds.count", seeds["count"], 1)
         spec.first_seed, spec.n_seeds = int(seeds["first"]), int(seeds["count"])
     check_spec(spec)
     return spec
@@ -143,8 +146,7 @@ def check_spec(spec: SweepSpec) -> None:
     import papermill
     if not spec.notebook.is_file():
         raise ValueError(f"no notebook at {spec.notebook}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", spec.name):
-        raise ValueError(f"sweep name {spec.name!r}: use letters, digits, '_', '-', '.'")
+    check_sweep_name(spec.name)
     if spec.seeds_per_task < 1 or spec.n_seeds < 1:
         raise ValueError(f"seeds_per_task and seeds.count must be >= 1, got {spec.seeds_per_task}, {spec.n_seeds}")
     accepted = set(papermill.inspect_notebook(str(spec.notebook)))
@@ -155,6 +157,42 @@ def check_spec(spec: SweepSpec) -> None:
     reserved = set(spec.parameters) & {"seed", "n_seeds", "results_dir", "figures_dir", "progress"}
     if reserved:
         raise ValueError(f"set {sorted(reserved)} through 'seeds' / the sweep, not in 'parameters'")
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """value if it is an int >= minimum (a bool, float or string is refused, never truncated)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_sweep_name(name: Any) -> str:
+    """A sweep name is one plain folder name: letters, digits, '_', '-' and '.', starting with a letter, a
+    digit or '_' (so never '.', '..' or a hidden folder); ValueError naming it otherwise."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"sweep name {name!r}: one folder name of letters, digits, '_', '-', '.', starting "
+                         "with a letter, a digit or '_' (not '.', '..' or a path)")
+    return name
+
+
+def sweep_folder(output_root: str | Path, name: str) -> Path:
+    """The sweep's folder, resolved: output_root/name, checked to be a direct child of the resolved output
+    root (every path a sweep writes lies under it)."""
+    root = Path(output_root).resolve()
+    folder = (root / check_sweep_name(name)).resolve()
+    if folder.parent != root:
+        raise ValueError(f"sweep name {name!r} leads outside the output root {root} (to {folder})")
+    return folder
+
+
+def inside(folder: Path, path: Path) -> Path:
+    """path, resolved, if it lies inside folder (resolved); ValueError otherwise: the last check before a write."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder.resolve()) or resolved == folder.resolve():
+        raise ValueError(f"{path} is not inside {folder}: the sweep writes only inside its own folder")
+    return resolved
 
 
 def seed_blocks(first_seed: int, n_seeds: int, seeds_per_task: int) -> list[tuple[int, int]]:
@@ -185,6 +223,7 @@ def point_folder_name(parameters: dict[str, Any], key: str) -> str:
 def expand_points(spec: SweepSpec, output_root: Path) -> list[Point]:
     """Every combination of parameter values and seed blocks, in grid order."""
     code_hash = notebook_code_hash(spec.notebook)
+    folder = sweep_folder(output_root, spec.name)
     blocks = (seed_blocks(spec.first_seed, spec.n_seeds, spec.seeds_per_task)
               if spec.first_seed is not None else [None])
     points = []
@@ -194,7 +233,7 @@ def expand_points(spec: SweepSpec, output_root: Path) -> list[Point]:
             if block is not None:
                 parameters.update(seed=block[0], n_seeds=block[1])
             key = point_key(code_hash, parameters)
-            points.append(Point(parameters, key, output_root / spec.name / point_folder_name(parameters, key)))
+            points.append(Point(parameters, key, inside(folder, folder / point_folder_name(parameters, key))))
     return points
 
 
@@ -322,13 +361,13 @@ def run_sweep(spec: SweepSpec, output_root: Path = DEFAULT_OUTPUT_ROOT, retries:
         bar.update(1)
         bar.set_postfix(failed=len(report.failed))
     bar.close()
-    sweep_folder = Path(output_root).resolve() / spec.name
+    folder = sweep_folder(output_root, spec.name)
     finished = [point for point in points if point in report.done or point in report.skipped]
-    report.table_path = sweep_folder / "table.csv"
+    report.table_path = inside(folder, folder / "table.csv")
     report.n_rows = gather_table(finished, report.table_path)
     report.wall_seconds = time.perf_counter() - start
     failed = {id(point): error for point, error in report.failed}
-    results_io.atomic_write_text(sweep_folder / "sweep.json", json.dumps(results_io.json_ready({
+    results_io.atomic_write_text(inside(folder, folder / "sweep.json"), json.dumps(results_io.json_ready({
         "notebook": str(spec.notebook), "name": spec.name, "wall_seconds": report.wall_seconds,
         "counts": {"done": len(report.done), "skipped": len(report.skipped), "failed": len(report.failed)},
         "points": [{"folder": point.folder.name, "parameters": point.parameters, "key": point.key,
