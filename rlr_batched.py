@@ -300,7 +300,7 @@ def member_configs(config: Config, seeds: Sequence[int]) -> list[Config]:
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must name at least one run")
-    return [dataclasses.replace(config, seed=int(seed)) for seed in seeds]
+    return [config.with_seed(seed) for seed in seeds]
 
 
 def stack_members(configs: list[Config]) -> tuple[list[rlr_core.RunSeeds], torch.dtype, torch.device,

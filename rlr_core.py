@@ -737,8 +737,8 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
             loss = compute_loss(); scheduler.step(loss.item())
 
     step(L_{t+1}) finishes transition t (reward L_t - L_{t+1}, next state), stores it, runs one DQN
-    update (train mode), then chooses the next action and writes the new lr into every param group:
-    exactly the original's order of operations. State s_t = (L_t, L_t - L_{t-1}); with the agent's
+    update (train mode), then chooses the next action and writes the new lr into the param groups (each
+    at its ratio to the first): exactly the original's order of operations. State s_t = (L_t, L_t - L_{t-1}); with the agent's
     variant 'as_coded' the state acted on is (L_t, 0), as in the original's code (docs/original.md).
 
     The grid: pass schedule=ScheduleConfig(...), or for short lr_grid=[...] (and optionally
@@ -746,7 +746,9 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
     (where the grid is validated). Without an agent, a fresh DQNAgent seeded with `seed` (default 0)
     learns online; or pass a trained one (load_agent) and call eval() to use its policy frozen.
     Like torch's schedulers it sets `initial_lr` in the param groups and keeps base_lrs, last_epoch
-    (the number of step() calls) and get_last_lr().
+    (the number of step() calls) and get_last_lr(). The agent controls the first param group's lr; every
+    other group keeps the ratio of its lr to the first group's at construction (as LambdaLR scales each
+    group's base lr), so a head at 10x the body's lr stays at 10x.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, agent: DQNAgent | None = None,
@@ -774,16 +776,19 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         self.previous_state: torch.Tensor | None = None
         self.last_action: int | None = None
         self.last_epoch = 0
+        self.group_ratios = lr_ratios(optimizer)
         first_lr = schedule.lr_grid[self.lr_index]
-        for group in optimizer.param_groups:
-            group["initial_lr"] = first_lr
-        self.base_lrs = [first_lr] * len(optimizer.param_groups)
+        for group, ratio in zip(optimizer.param_groups, self.group_ratios):
+            group["initial_lr"] = first_lr * ratio
+        self.base_lrs = [first_lr * ratio for ratio in self.group_ratios]
         self._set_lr(first_lr)
 
     def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
+        """The controlled lr into the first param group, and into every other group times its ratio to the
+        first (as torch's schedulers scale each group's base lr): per-group lr ratios are kept."""
+        self._last_lr = [lr * ratio for ratio in self.group_ratios]
+        for group, group_lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = group_lr
 
     def get_lr(self) -> list[float]:
         """The lr of every param group, as chosen by the last step() (the agent, not a closed form)."""
@@ -869,6 +874,22 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         self.last_epoch = int(state["last_epoch"])
         self.base_lrs = [float(lr) for lr in state.get("base_lrs", self.base_lrs)]
         self._set_lr(float(state["last_lr"][0]))  # with lr_factors the lr need not be a grid value
+
+
+def lr_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Each param group's lr over the first group's, read when a scheduler is built: the first group's lr is
+    the one the agent controls, the others keep their ratio to it. ValueError if the first lr is not > 0."""
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    first = lrs[0]
+    if isinstance(first, torch.Tensor):
+        first = float(first)
+    if not (isinstance(first, (int, float)) and math.isfinite(first) and first > 0):
+        raise ValueError(f"optimizer.param_groups[0]['lr'] must be a finite number > 0 (the other groups keep their "
+                         f"ratio to it), got {lrs[0]!r}")
+    ratios = [float(lr) / first for lr in lrs]
+    if not all(math.isfinite(ratio) and ratio >= 0 for ratio in ratios):
+        raise ValueError(f"every param group's lr must be a finite number >= 0, got {lrs}")
+    return ratios
 
 
 def schedule_from(schedule: ScheduleConfig | None, lr_grid: Iterable[float] | None,

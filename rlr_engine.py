@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,8 +26,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from rlr_core import (DQNAgent, DQNConfig, DTYPES, PolynomialData, RLRScheduler, RunSeeds, ScheduleConfig,
-                      TaskConfig, check_float, check_int, derive_seeds, full_batch_loss, is_decision_step, loss_reward,
-                      make_adam, make_model, make_polynomial_dataset)
+                      TaskConfig, check_float, check_int, check_seed, derive_seeds, full_batch_loss, is_decision_step,
+                      loss_reward, make_adam, make_model, make_polynomial_dataset)
 from rlr_results import RunResult, atomic_write
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,6 +83,10 @@ class Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_seed(self, seed: int) -> "Config":
+        """This config on another seed (checked: an int >= 0): the one way a run's seed is replaced."""
+        return replace(self, seed=check_seed("seed", seed))
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":

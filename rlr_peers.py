@@ -145,7 +145,7 @@ def submit_tasks(function: Callable, calls: Sequence[tuple]) -> Callable[[], lis
 def submit_lr_free(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int) -> Callable[[], list]:
     """train_lr_free on every seed, one task per seed (submit_tasks); returns collect()."""
     lr_free_optimizer(name, params, steps)  # checked here, before any task starts
-    configs = [Config.from_dict({**config.to_dict(), "seed": int(seed)}) for seed in seeds]
+    configs = [config.with_seed(seed) for seed in seeds]
     return submit_tasks(train_lr_free, [(name, params, single, steps) for single in configs])
 
 
@@ -352,7 +352,7 @@ def run_pbt_seeds(config: Config, seeds: Sequence[int], steps: int, pbt: PBTConf
     runs, histories = [], []
     with engine.progress_bar(len(seeds), "PBT, one population per seed", progress) as bar:
         for seed in seeds:
-            run, history = run_pbt(Config.from_dict({**config.to_dict(), "seed": int(seed)}), steps, pbt)
+            run, history = run_pbt(config.with_seed(seed), steps, pbt)
             runs.append(run)
             histories.append(history.assign(seed=int(seed)))
             bar.update()

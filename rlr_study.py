@@ -53,7 +53,7 @@ def train_seeds(mode: str, config: Config, seeds: Sequence[int], progress: bool 
     if not seeds:
         raise ValueError("seeds must not be empty")
     if len(seeds) == 1:
-        single = Config.from_dict({**config.to_dict(), "seed": seeds[0]})
+        single = config.with_seed(seeds[0])
         if mode == "baseline":
             return [engine.train_baseline(single, progress=progress)]
         if mode == "full_batch":
@@ -786,7 +786,7 @@ def run_policy(config: Config, act: Callable[[np.ndarray], np.ndarray], seeds: S
         finished |= terminated | truncated
     seconds = (time.perf_counter() - started) / len(seeds)
     models = env.net.to_modules(lambda: rc.MaclaurinNet(config.task))
-    return [RunResult(method, Config.from_dict({**config.to_dict(), "seed": seed}).to_dict(),
+    return [RunResult(method, config.with_seed(seed).to_dict(),
                       {name: np.asarray(values) for name, values in series[k].items()}, seconds, diverged_at[k],
                       models[k] if diverged_at[k] is None else None) for k, seed in enumerate(seeds)]
 
@@ -931,7 +931,8 @@ def train_dqn_controller(config: Config, study: StudyConfig, controller: Control
 def train_sb3_controller(config: Config, study: StudyConfig, controller: ControllerConfig, learner: str
                          ) -> TrainedController:
     """An SB3 learner on the controller's environment, task seeds, episodes and reward; validated."""
-    from rlr_env import LRControlVectorEnv, SB3VectorEnv
+    from rlr_env import LRControlVectorEnv
+    from rlr_sb3 import SB3VectorEnv
     run_config = with_overrides(config, {"schedule": asdict(controller.schedule(config.schedule.steps))})
     schedule = run_config.schedule
     env = SB3VectorEnv(LRControlVectorEnv(controller.n_envs, run_config.task, schedule, dtype=run_config.dtype,

@@ -18,13 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "rlr_core": 1,
     "rlr_results": 2, "rlr_engine": 2, "rlr_batched": 2,
-    "rlr_env": 3, "rlr_peers": 3,
+    "rlr_env": 3, "rlr_sb3": 3, "rlr_peers": 3,
     "rlr_report": 4, "rlr_study": 4,
     "sweep": 5, "readme": 5, "build_site": 5,
 }
 """Each library module's layer (README, Layout); entry points (notebooks, benchmarks, sweep) are 5."""
 
 WITHIN_LAYER = {("rlr_engine", "rlr_results"), ("rlr_batched", "rlr_engine"), ("rlr_batched", "rlr_results"),
+                ("rlr_sb3", "rlr_env"),
                 ("rlr_study", "rlr_report"), ("build_site", "readme")}
 """The allowed imports inside one layer (the other direction would be a cycle)."""
 
@@ -125,3 +126,14 @@ def test_rlr_scheduler_refuses_a_state_saved_with_another_grid() -> None:
     state = rc.RLRScheduler(optimizer, lr_grid=[1e-3, 1e-2]).state_dict()
     with pytest.raises(ValueError, match="saved with schedule"):
         rc.RLRScheduler(optimizer, lr_grid=[1e-3, 1e-1]).load_state_dict(state)
+
+
+@pytest.mark.parametrize("module, heavy", [("rlr_env", {"stable_baselines3", "ray"}), ("rlr_core", {"stable_baselines3", "ray", "gymnasium"})])
+def test_light_modules_import_no_heavy_package(module: str, heavy: set[str]) -> None:
+    """Checked in a fresh interpreter: gymnasium.make needs `import rlr_env`, which must stay light."""
+    import subprocess
+    import sys
+    code = f"import sys, {module}; print(sorted(name for name in {sorted(heavy)!r} if name in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", f"import {module} imported {run.stdout.strip()}"

@@ -15,6 +15,7 @@ import rlr_batched
 import rlr_core as rc
 import rlr_engine as engine
 import rlr_env
+import rlr_sb3
 
 CONTROL = dict(features="control", lr_factors=(0.5, 1.0, 2.0))
 
@@ -147,7 +148,7 @@ def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expec
     its observation), its last observation in info["terminal_observation"], truncation marked; every
     episode's return telescopes to log L_0 - log L_T of its own task (checked against LRControlEnv on its seed)."""
     schedule = rc.ScheduleConfig(steps=30, decision_interval=10, **CONTROL)
-    env = rlr_env.SB3VectorEnv(rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64"))
+    env = rlr_sb3.SB3VectorEnv(rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64"))
     env.seed(11)
     observation = env.reset()
     assert observation.shape == (2, 4) and (observation[:, 3] == 1.0).all()
@@ -166,7 +167,7 @@ def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expec
         assert episode["return"] == pytest.approx(math.log(first) - math.log(info["loss"]), rel=1e-5)
         assert episode["length"] == 3 and not episode["terminated"]
     with pytest.raises(TypeError, match="LRControlVectorEnv"):
-        rlr_env.SB3VectorEnv(rlr_env.LRControlEnv(schedule=schedule))
+        rlr_sb3.SB3VectorEnv(rlr_env.LRControlEnv(schedule=schedule))
 
 
 def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again(tmp_path):

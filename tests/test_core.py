@@ -192,28 +192,29 @@ def forced_actions(monkeypatch, agent: DQNAgent, actions) -> list[torch.Tensor]:
     return shown
 
 
-def test_lr_index_is_clipped_to_grid_and_written_to_every_param_group(monkeypatch):
+def test_lr_index_is_clipped_to_grid_and_written_to_every_param_group_at_its_ratio(monkeypatch):
     first, second = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
     optimizer = torch.optim.SGD([{"params": [first]}, {"params": [second], "lr": 0.5}], lr=0.1)
     agent = DQNAgent(2, 3, seed=0)
     actions = [2] * 8 + [1] * 2 + [0] * 15 + [2, 1]
     forced_actions(monkeypatch, agent, actions)
     scheduler = RLRScheduler(optimizer, agent, ScheduleConfig())
-    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([GRID[6]] * 2, rel=1e-12)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([GRID[6], 5 * GRID[6]], rel=1e-12)
     expected = hand_index_path(actions)
     assert max(expected) == 11 and min(expected) == 0  # the sequence really hits both ends
     for k, action in enumerate(actions):
         scheduler.step(1.0 / (k + 1))
         assert scheduler.lr_index == expected[k]
         assert len(optimizer.param_groups) == 2
-        for group in optimizer.param_groups:
-            assert group["lr"] == pytest.approx(GRID[expected[k]], rel=1e-12)
-        assert scheduler.get_last_lr() == pytest.approx([GRID[expected[k]]] * 2, rel=1e-12)
+        for group, ratio in zip(optimizer.param_groups, (1, 5)):  # the second group keeps 0.5 / 0.1
+            assert group["lr"] == pytest.approx(ratio * GRID[expected[k]], rel=1e-12)
+        assert scheduler.get_last_lr() == pytest.approx([GRID[expected[k]], 5 * GRID[expected[k]]], rel=1e-12)
     assert scheduler.lr_index == 1  # 0, then +1
 
 
 def test_scheduler_lr_is_used_by_the_next_optimizer_step(monkeypatch):
-    """Plain SGD on sum(p^2): each step must move p by -grid[index] * 2p in both param groups."""
+    """Plain SGD on sum(p^2): each step must move p by -grid[index] * 2p, and q (a group at 7/5 of the first's
+    lr) by -7/5 grid[index] * 2q."""
     p = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
     q = nn.Parameter(torch.tensor([3.0], dtype=torch.float64))
     optimizer = torch.optim.SGD([{"params": [p]}, {"params": [q], "lr": 7.0}], lr=5.0)
@@ -235,7 +236,7 @@ def test_scheduler_lr_is_used_by_the_next_optimizer_step(monkeypatch):
         optimizer.step()
         lr = GRID[path[t]]
         np.testing.assert_allclose(p.detach().numpy(), before_p - lr * 2 * before_p, rtol=1e-13)
-        np.testing.assert_allclose(q.detach().numpy(), before_q - lr * 2 * before_q, rtol=1e-13)
+        np.testing.assert_allclose(q.detach().numpy(), before_q - lr * 7.0 / 5.0 * 2 * before_q, rtol=1e-13)
         loss = loss_fn()
         scheduler.step(loss.item())
 

@@ -21,7 +21,8 @@ import rlr_engine as engine
 import rlr_peers as peers
 import rlr_results as results_io
 import rlr_study as study
-from rlr_env import LRControlEnv, LRControlVectorEnv, SB3VectorEnv
+from rlr_env import LRControlEnv, LRControlVectorEnv
+from rlr_sb3 import SB3VectorEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_TASK = rc.TaskConfig(n_examples=32, n_points=7, coeff_scale=(1.0, 0.5, 0.25), hidden_sizes=(8, 8, 4))

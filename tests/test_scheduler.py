@@ -352,3 +352,26 @@ def test_log_feature_run_rewards_are_log_loss_decreases():
     ratios = result.series["lr"][1:] / result.series["lr"][:-1]
     on_edge = np.isin(result.series["lr"][1:], [config.schedule.lr_grid[0], config.schedule.lr_grid[-1]])
     assert np.all(np.isclose(ratios, 0.5) | np.isclose(ratios, 1.0) | np.isclose(ratios, 2.0) | on_edge)
+
+
+def test_each_param_group_keeps_its_ratio_to_the_first_groups_lr():
+    """As torch's LambdaLR scales each group's base lr: a head at 10x the body's lr stays at 10x."""
+    body, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)
+    optimizer = torch.optim.Adam([{"params": body.parameters(), "lr": 1e-3},
+                                  {"params": head.parameters(), "lr": 1e-2}])
+    scheduler = rc.RLRScheduler(optimizer, seed=0)
+    reference = torch.optim.lr_scheduler.LambdaLR(torch.optim.Adam(
+        [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0},
+         {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 10.0}]), lambda epoch: 1.0)
+    assert [lr / reference.get_last_lr()[0] for lr in reference.get_last_lr()] == [1.0, 10.0]
+    for loss in (1.0, 0.9, 0.8, 0.85, 0.7):
+        scheduler.step(loss)
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        assert lrs == scheduler.get_last_lr() and lrs[1] == pytest.approx(10 * lrs[0], rel=1e-12)
+        assert lrs[0] in scheduler.schedule.lr_grid
+    again = rc.RLRScheduler(torch.optim.Adam([{"params": body.parameters(), "lr": 1e-3},
+                                           {"params": head.parameters(), "lr": 1e-2}]), seed=0)
+    again.load_state_dict(scheduler.state_dict())
+    assert again.get_last_lr() == scheduler.get_last_lr()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
+        rc.RLRScheduler(torch.optim.SGD(body.parameters(), lr=0.0))

@@ -108,7 +108,8 @@ def test_the_rebuilt_sb3_policy_acts_like_the_model_it_was_saved_from(tmp_path):
     import numpy as np
     from stable_baselines3 import PPO
 
-    from rlr_env import LRControlVectorEnv, SB3VectorEnv
+    from rlr_env import LRControlVectorEnv
+    from rlr_sb3 import SB3VectorEnv
     config = Config(schedule=study.ControllerConfig(decision_interval=5).schedule(20))
     env = SB3VectorEnv(LRControlVectorEnv(2, config.task, config.schedule))
     import rlr_core as rc
