@@ -69,6 +69,18 @@ def check_seeds(name: str, value: Any, count: int) -> list[int]:
     return [check_seed(f"{name}[{index}]", item) for index, item in enumerate(values)]
 
 
+def check_lr_range(name: str, value: Any) -> tuple[float, float]:
+    """value as (low, high): two finite learning rates > 0 with low < high; errors name the field."""
+    values = check_sequence(name, value)
+    if len(values) != 2:
+        raise ValueError(f"{name} must be (low, high), got {values}")
+    for index, item in enumerate(values):
+        check_float(f"{name}[{index}]", item, 0.0, math.inf, high_open=True)
+    if not values[0] < values[1]:
+        raise ValueError(f"{name} must be increasing, got {values}")
+    return float(values[0]), float(values[1])
+
+
 def check_int_array(name: str, value: Any, shape: tuple[int, ...], low: int, high: int) -> np.ndarray:
     """value as an int64 array of shape with entries in [low, high]. Booleans and floats are refused: numpy
     and torch take a bool (or uint8) array as a mask, not as indices, and a float action is not an action."""

@@ -184,13 +184,7 @@ class PBTConfig:
         rc.check_int("pbt.perturbation_interval", self.perturbation_interval, 1)
         rc.check_float("pbt.quantile_fraction", self.quantile_fraction, 0.0, 0.5, low_open=True)
         rc.check_float("pbt.resample_probability", self.resample_probability, 0.0, 1.0, low_open=False)
-        self.lr_range = rc.check_sequence("pbt.lr_range", self.lr_range)
-        if len(self.lr_range) != 2:
-            raise ValueError(f"pbt.lr_range must be (low, high), got {self.lr_range}")
-        for index, value in enumerate(self.lr_range):
-            rc.check_float(f"pbt.lr_range[{index}]", value, 0.0, math.inf, high_open=True)
-        if not self.lr_range[0] < self.lr_range[1]:
-            raise ValueError(f"pbt.lr_range must be increasing, got {self.lr_range}")
+        self.lr_range = rc.check_lr_range("pbt.lr_range", self.lr_range)
         rc.check_int("pbt.n_heldout_examples", self.n_heldout_examples, 1)
         rc.check_int("pbt.seed", self.seed, 0)
 

@@ -687,13 +687,7 @@ class ControllerConfig:
         for name, minimum in (("decision_interval", 1), ("start_index", 0), ("n_envs", 1), ("training_rounds", 1),
                               ("first_training_seed", 0), ("updates_per_step", 1), ("agent_seed", 0)):
             rc.check_int(f"controller.{name}", getattr(self, name), minimum)
-        self.lr_range = rc.check_sequence("controller.lr_range", self.lr_range)
-        if len(self.lr_range) != 2:
-            raise ValueError(f"controller.lr_range must be (low, high), got {self.lr_range}")
-        for index, value in enumerate(self.lr_range):
-            rc.check_float(f"controller.lr_range[{index}]", value, 0.0, math.inf, high_open=True)
-        if not self.lr_range[0] < self.lr_range[1]:
-            raise ValueError(f"controller.lr_range must be increasing, got {self.lr_range}")
+        self.lr_range = rc.check_lr_range("controller.lr_range", self.lr_range)
         self.lr_factors = rc.check_sequence("controller.lr_factors", self.lr_factors)
         if len(self.lr_factors) < 2:  # an empty tuple would mean index shifts to ScheduleConfig
             raise ValueError(f"controller.lr_factors must name at least two lr multipliers, got {self.lr_factors}")
