@@ -61,10 +61,11 @@ def check_seed(name: str, value: Any) -> int:
     return int(value)
 
 
-def check_seeds(name: str, value: Any, count: int) -> list[int]:
-    """value as a list of count seeds (check_seed each; a string or a bare number is no list)."""
+def check_seeds(name: str, value: Any, count: int | None = None) -> list[int]:
+    """value as a list of seeds, count of them when given (check_seed each, never truncated: 1.5 or '1' is
+    refused; a string or a bare number is no list)."""
     values = check_sequence(name, value)
-    if len(values) != count:
+    if count is not None and len(values) != count:
         raise ValueError(f"{name} must hold {count} seeds, got {len(values)}")
     return [check_seed(f"{name}[{index}]", item) for index, item in enumerate(values)]
 

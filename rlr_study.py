@@ -49,7 +49,7 @@ def train_seeds(mode: str, config: Config, seeds: Sequence[int], progress: bool 
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    seeds = [int(seed) for seed in seeds]
+    seeds = rc.check_seeds("seeds", seeds)
     if not seeds:
         raise ValueError("seeds must not be empty")
     if len(seeds) == 1:
@@ -219,7 +219,7 @@ def schedule_factory(name: str, params: dict, steps: int) -> Callable | None:
 def run_family(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int,
                progress: bool = False) -> list[RunResult]:
     """One configuration of a family on some seeds, for `steps` optimiser steps (batched engine)."""
-    family, seeds = FAMILIES[name], list(seeds)
+    family, seeds = FAMILIES[name], rc.check_seeds("seeds", seeds)
     if family.kind == "optimiser":
         return peers.run_lr_free(name, params, config, seeds, steps)
     if family.kind == "agent":
@@ -621,7 +621,7 @@ def train_agent_on_tasks(config: Config, training_seeds: Sequence[int], agent_se
     return of the seeded episode (log L_0 - log L_T for log features) and whether it diverged.
     """
     engine.check_run(config)
-    seeds = [int(seed) for seed in training_seeds]
+    seeds = rc.check_seeds("training_seeds", training_seeds)
     if not seeds:
         raise ValueError("training_seeds must not be empty")
     env = LRControlEnv.from_config(config)
@@ -644,7 +644,7 @@ def evaluate_frozen_agent(config: Config, agent: rc.DQNAgent, seeds: Sequence[in
     for config.schedule.steps steps, on the batched engine; a controller's decision interval or control
     features, which that engine does not run, run on LRControlVectorEnv (run_policy, its batched step).
     The agent itself is left unchanged."""
-    seeds = [int(seed) for seed in seeds]
+    seeds = rc.check_seeds("seeds", seeds)
     if config.schedule.decision_interval != 1 or config.schedule.features == "control":
         if config.dqn.variant != "described":
             raise ValueError("a controller's schedule runs the 'described' variant only")
@@ -703,7 +703,7 @@ class ControllerConfig:
 
     def check_disjoint(self, seeds: Sequence[int], what: str = "evaluation or tuning seeds") -> None:
         """ValueError, before any training, if the controller's first-round task seeds meet the given seeds."""
-        shared = sorted(set(self.first_round_seeds()) & {int(seed) for seed in seeds})
+        shared = sorted(set(self.first_round_seeds()) & set(rc.check_seeds("seeds", seeds)))
         if shared:
             raise ValueError(f"the controllers' training task seeds {self.first_training_seed}.."
                              f"{self.first_training_seed + self.n_envs - 1} (controller.first_training_seed) overlap "
@@ -763,7 +763,7 @@ def run_policy(config: Config, act: Callable[[np.ndarray], np.ndarray], seeds: S
     (LRControlVectorEnv, the batched engine): per seed a RunResult logging the loss and lr of every
     optimiser step, as the reference loop does, and the final network (none for a run that diverged)."""
     from rlr_env import LRControlVectorEnv
-    seeds = [int(seed) for seed in seeds]
+    seeds = rc.check_seeds("seeds", seeds)
     env = LRControlVectorEnv(len(seeds), config.task, config.schedule, dtype=config.dtype, device=config.device)
     observation, _ = env.reset(seed=seeds)
     series = [{"loss": [], "lr": []} for _ in seeds]

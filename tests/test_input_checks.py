@@ -382,3 +382,14 @@ def test_check_parameters_takes_the_declared_types():
                       {"a": 1, "b": 1.0, "c": 3, "d": True}, {"a": 1, "b": 1.0, "c": "x", "d": 1}):
         with pytest.raises(TypeError, match="parameter"):
             results_io.check_parameters({"a": int, "b": float, "c": str, "d": bool}, namespace)
+
+
+@pytest.mark.parametrize("seeds", [[1.5], ["1"], [True], 3, "12"])
+def test_the_study_runs_refuse_seeds_they_would_truncate(seeds, saved_controllers):
+    config = engine.Config(task=SMALL_TASK, schedule=rc.ScheduleConfig(steps=5))
+    with pytest.raises(TypeError, match="seeds"):
+        study.run_policy(config, lambda observations: np.ones(len(observations), dtype=np.int64), seeds)
+    with pytest.raises(TypeError, match="seeds"):
+        study.frozen_controller_runs(study.load_controllers(saved_controllers)["c"], seeds)
+    with pytest.raises(TypeError, match="seeds"):
+        study.run_family("constant lr", {"lr": 1e-3}, config, seeds, 5)
