@@ -109,11 +109,12 @@ class LRControlEnv(gymnasium.Env):
                 "loss": float(self._loss.item())}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        if options:
+        if options:  # both checked before np_random is reseeded
             raise ValueError(f"LRControlEnv.reset takes no options, got {options!r}")
         if seed is not None:
-            rc.check_int("seed", seed, 0)
+            rc.check_seed("seed", seed)
+        super().reset(seed=seed)
+        if seed is not None:
             self.episode_seed = int(seed)
         else:
             self.episode_seed = int(self.np_random.integers(0, 2 ** 63 - 1))

@@ -178,11 +178,15 @@ def save_result(result: RunResult, path: str | Path) -> Path:
 
 
 def load_result(path: str | Path) -> RunResult:
-    """Read a result written by save_result back into a RunResult (series as numpy arrays)."""
-    data = json.loads(Path(path).read_text())
-    return RunResult(data["method"], data["config"],
-                     {name: np.asarray(values) for name, values in data["series"].items()},
-                     data["summary"]["wall_seconds"], data["summary"]["diverged_at"])
+    """Read a result written by save_result back into a RunResult (series as numpy arrays); ValueError naming
+    the file for anything else."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return RunResult(data["method"], data["config"],
+                         {name: np.asarray(values) for name, values in data["series"].items()},
+                         data["summary"]["wall_seconds"], data["summary"]["diverged_at"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a result written by save_result ({type(error).__name__}: {error})") from error
 
 
 def json_ready(value: Any) -> Any:
@@ -250,6 +254,17 @@ def load_results(path: str | Path) -> list[RunResult]:
     if file_sha256(arrays_path) != index["arrays_sha256"]:
         raise ValueError(f"{path}: {arrays_path.name} is not the file this index was written with (sha256 "
                          "differs): a write was interrupted between the two; re-run what wrote them")
+    runs = index["runs"]
+    if not isinstance(runs, list) or not all(isinstance(run, dict) and {"method", "config", "summary"} <= set(run)
+                                             for run in runs):
+        raise ValueError(f"{path}: runs must be a list of runs with method, config and summary")
+    try:
+        with np.load(arrays_path, allow_pickle=False) as arrays:
+            prefixes = {key.split("/", 1)[0] for key in arrays.files}
+    except ValueError as error:
+        raise ValueError(f"{path}: {arrays_path.name} holds no plain arrays ({error})") from error
+    if prefixes != {f"run{i}" for i in range(len(runs))}:
+        raise ValueError(f"{path}: the index lists {len(runs)} runs, {arrays_path.name} holds {sorted(prefixes)}")
     with np.load(arrays_path, allow_pickle=False) as arrays:
         results = []
         for i, run in enumerate(index["runs"]):

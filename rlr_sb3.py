@@ -65,8 +65,9 @@ class SB3VectorEnv(VecEnv):
         self.env.close()
 
     def seed(self, seed: int | None = None) -> Sequence[None | int]:
-        """SB3's VecEnv.seed (task i on seed + i at the next reset), with the seed checked first."""
-        return super().seed(None if seed is None else rc.check_seed("seed", seed))
+        """SB3's VecEnv.seed (task i on seed + i at the next reset), with the seed checked first; without a
+        seed, one from the environment's own generator (SB3 would draw it from numpy's global RNG)."""
+        return super().seed(self.env.draw_seeds(1)[0] if seed is None else rc.check_seed("seed", seed))
 
     def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
         """Per task: its value of an attribute that differs between tasks (episode_seed, lr, lr_index, the

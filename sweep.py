@@ -242,7 +242,8 @@ def is_done(point: Point) -> bool:
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("key") == point.key
+        content = json.loads(marker.read_text())
+        return isinstance(content, dict) and content.get("key") == point.key
     except (OSError, ValueError):
         return False
 
@@ -403,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.notebook, args.grid, args.name, args.seeds_per_task)
-    except (ValueError, OSError, yaml.YAMLError) as error:
+    except (TypeError, ValueError, OSError, yaml.YAMLError) as error:
         parser.error(str(error))
     import ray
 

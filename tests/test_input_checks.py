@@ -393,3 +393,29 @@ def test_the_study_runs_refuse_seeds_they_would_truncate(seeds, saved_controller
         study.frozen_controller_runs(study.load_controllers(saved_controllers)["c"], seeds)
     with pytest.raises(TypeError, match="seeds"):
         study.run_family("constant lr", {"lr": 1e-3}, config, seeds, 5)
+
+
+def test_review_probe_cases_global_rng_index_runs_and_single_results(tmp_path):
+    """The second probe's cases: SB3VectorEnv.seed(None) leaves numpy's global RNG alone; an index that lists
+    other runs than its arrays hold is refused; load_result names the file; a refused seed reseeds nothing."""
+    np.random.seed(5)
+    before = np.random.get_state()[1].copy()
+    SB3VectorEnv(LRControlVectorEnv(2, SMALL_TASK, SCHEDULE)).seed(None)
+    assert np.array_equal(np.random.get_state()[1], before)
+    path = tmp_path / "runs.json"
+    results_io.save_results(two_runs(0.0)[:1], path)
+    index = json.loads(path.read_text())
+    index["runs"] = index["runs"] * 2
+    path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="lists 2 runs"):
+        results_io.load_results(path)
+    for content in ("{}", "[1]", "nonsense"):
+        (tmp_path / "one.json").write_text(content)
+        with pytest.raises(ValueError, match="one.json"):
+            results_io.load_result(tmp_path / "one.json")
+    env = LRControlEnv(SMALL_TASK, SCHEDULE)
+    env.reset(seed=3)
+    state = env.np_random.bit_generator.state
+    with pytest.raises(TypeError, match="seed"):
+        env.reset(seed=True)
+    assert env.np_random.bit_generator.state == state
