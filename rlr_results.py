@@ -259,19 +259,20 @@ def load_results(path: str | Path) -> list[RunResult]:
                                              for run in runs):
         raise ValueError(f"{path}: runs must be a list of runs with method, config and summary")
     try:
-        with np.load(arrays_path, allow_pickle=False) as arrays:
+        with np.load(arrays_path, allow_pickle=False) as arrays:  # opened once: checked, then read
             prefixes = {key.split("/", 1)[0] for key in arrays.files}
+            if prefixes != {f"run{i}" for i in range(len(runs))}:
+                raise LookupError(f"the index lists {len(runs)} runs, {arrays_path.name} holds {sorted(prefixes)}")
+            results = []
+            for i, run in enumerate(runs):
+                prefix = f"run{i}/"
+                series = {key[len(prefix):]: arrays[key] for key in arrays.files if key.startswith(prefix)}
+                results.append(RunResult(run["method"], run["config"], series, run["summary"]["wall_seconds"],
+                                         run["summary"]["diverged_at"]))
+    except LookupError as error:
+        raise ValueError(f"{path}: {error}") from error
     except ValueError as error:
         raise ValueError(f"{path}: {arrays_path.name} holds no plain arrays ({error})") from error
-    if prefixes != {f"run{i}" for i in range(len(runs))}:
-        raise ValueError(f"{path}: the index lists {len(runs)} runs, {arrays_path.name} holds {sorted(prefixes)}")
-    with np.load(arrays_path, allow_pickle=False) as arrays:
-        results = []
-        for i, run in enumerate(index["runs"]):
-            prefix = f"run{i}/"
-            series = {key[len(prefix):]: arrays[key] for key in arrays.files if key.startswith(prefix)}
-            results.append(RunResult(run["method"], run["config"], series, run["summary"]["wall_seconds"],
-                                     run["summary"]["diverged_at"]))
     return results
 
 
