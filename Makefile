@@ -3,7 +3,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
-NOTEBOOKS := 01_baseline 02_rlr_agent 03_comparison 04_benchmark 05_transfer 06_pbt
+# The notebooks in run order: rlr_provenance derives them from notebooks/[0-9][0-9]_*.ipynb (standard library
+# only, so the system python3 lists them before the venv exists); `=`: listed only when a recipe uses it.
+NOTEBOOKS = $(shell $(PYTHON) rlr_provenance.py list)
+FORCE ?=  # make reproduce FORCE=1: re-run every notebook, changed or not
 
 .PHONY: venv test reproduce site lab clean-venv
 
@@ -20,16 +23,26 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest
 
-# Executes every notebook in order, in place, at its default (full, original) parameters, then writes the
-# README's generated blocks from the results. Results record the git commit and whether the tree was
-# clean: committed results must come from one run on a clean tree, so a dirty tree gets a loud warning.
+# Executes, in order, in place, at its default (full, original) parameters, every notebook whose inputs
+# changed since its results were made, then writes the README's generated blocks from the results. A
+# notebook's inputs (its code cells, the project modules it imports, requirements.txt, the results of
+# earlier notebooks it reads) are hashed by rlr_provenance: results/provenance/<notebook>.json records the
+# hash after each run, and a notebook whose hash is unchanged is skipped. FORCE=1 re-runs all of them.
+# needs-run exits 0 (run), 1 (unchanged) or 2 (error): an error stops the target, never reads as unchanged.
 reproduce: venv
 	@dirty=0; if [ -n "$$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then dirty=1; \
-		echo "!!!!!!!! WARNING: uncommitted changes: the results will record git_dirty=true and the tests"; \
-		echo "!!!!!!!! that check the committed results will fail. Commit first, then make reproduce."; \
+		echo "!!!!!!!! WARNING: uncommitted changes: the results will record git_dirty=true, and their commit will"; \
+		echo "!!!!!!!! not name the code they ran. Each notebook's results carry a hash of its inputs"; \
+		echo "!!!!!!!! (results/provenance/), which the tests check against the tree: commit the code first."; \
 	fi; \
-	cd notebooks && for notebook in $(NOTEBOOKS); do \
-		RLR_TREE_DIRTY=$$dirty $(PY) -m papermill --cwd . $$notebook.ipynb $$notebook.ipynb || exit 1; \
+	if [ -z "$(NOTEBOOKS)" ]; then echo "no notebooks: '$(PYTHON) rlr_provenance.py list' failed or found none"; exit 1; fi; \
+	for notebook in $(NOTEBOOKS); do \
+		why=$$(FORCE="$(FORCE)" $(PY) rlr_provenance.py needs-run $$notebook); needed=$$?; \
+		if [ $$needed -eq 1 ]; then echo "unchanged: $$notebook"; continue; fi; \
+		if [ $$needed -ne 0 ]; then exit $$needed; fi; \
+		echo "running $$why"; \
+		(cd notebooks && RLR_TREE_DIRTY=$$dirty $(PY) -m papermill --cwd . $$notebook.ipynb $$notebook.ipynb) || exit 1; \
+		$(PY) rlr_provenance.py record $$notebook || exit 1; \
 	done
 	$(PY) readme.py
 

@@ -21,13 +21,14 @@ import nbformat
 import pandas as pd
 
 import rlr_engine as engine
-import rlr_peers as peers
+import rlr_methods as registry
+import rlr_provenance as provenance
 import rlr_report as report
 import rlr_results as results_io
 import rlr_study as study
 
 ROOT = Path(__file__).resolve().parent
-NOTEBOOKS = ["01_baseline", "02_rlr_agent", "03_comparison", "04_benchmark", "05_transfer", "06_pbt"]
+NOTEBOOKS = provenance.notebook_names(ROOT)  # notebooks/[0-9][0-9]_*.ipynb in order: the one list (Makefile, site)
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 
 
@@ -154,7 +155,7 @@ def which_block(root: Path) -> str:
                     "vs tuned constant": tuned / test[study.tuned_label(family)],
                     "use it": report.usage_line(family, params)} for family, params in bench["chosen"].items()),
                   key=lambda row: row["test MSE"])
-    free = [row for row in rows if row["method"].removesuffix(", tuned") in peers.LR_FREE]
+    free = [row for row in rows if row["method"].removesuffix(", tuned") in {registry.get(key).label for key in registry.keys("lr_free")}]
     agents = [row for row in rows if row["method"] in study.FAMILIES and study.FAMILIES[row["method"]].kind == "agent"]
     pbt_test = pd.DataFrame(pbt["summaries"]["test_mse"]).set_index("method")["geometric mean"]
     labels = pbt["labels"]
@@ -176,8 +177,8 @@ def which_block(root: Path) -> str:
         f"- **A learned controller**, trained once over many tasks and reused frozen: the best one picked on "
         f"validation, **{bench['controllers']['best']}**, reached {test[bench['controllers']['best']]:.2e}, "
         f"{tuned / test[bench['controllers']['best']]:.2f}x the tuned constant's accuracy (the verdict above has the "
-        "tests and its cost). Use: `controller = rlr_study.load_controllers(\"results/controllers.pt\")[label]`, then "
-        "`rlr_study.run_policy(rlr_engine.Config.from_dict(controller.run_config), controller.act(), seeds)`."]
+        "tests and its cost). Use: `controller = rlr_controllers.load_controllers(\"results/controllers.pt\")[label]`, then "
+        "`rlr_controllers.run_policy(rlr_engine.Config.from_dict(controller.run_config), controller.act(), seeds)`."]
     table = pd.DataFrame([{**row, "test MSE": f"{row['test MSE']:.2e}", "vs tuned constant": f"{row['vs tuned constant']:.2f}x"}
                           for row in rows])
     return "\n\n".join(["\n".join(lines), "Every tuned family of notebook 04 with the configuration it chose "
@@ -240,7 +241,10 @@ def performance_block(root: Path) -> str:
         f"**The vector environment** (`benchmarks/bench_vector_env.py`, {vector['args']['decisions']} env steps of "
         f"random actions per K, one thread, best of {vector['args']['repeats']}; load average "
         + ", ".join(f"{value:.1f}" for value in vector["load_average"]) + "):", vector["table_markdown"]]
+    engines_path = root / "benchmarks" / "results" / "bench_engines.json"
+    engine_parts = [read_json(engines_path)["readme_markdown"]] if engines_path.exists() else []
     return "\n\n".join([
+        *engine_parts,
         f"**The vectorised engine** (`benchmarks/bench_batched.py`, {batched['args']['steps']} steps per seed, one "
         f"thread, best of {batched['args']['repeats']}; load average {load}):",
         batched["table_markdown"],

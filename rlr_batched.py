@@ -1,20 +1,21 @@
 """Vectorised engine: K independent runs of the RLR experiment at once, in one process.
 
-rlr_engine holds the readable reference loops (one run at a time). This module is the one deliberate
-second implementation, written for speed and held to the reference by tests/test_batched.py. It
-re-implements only what must differ for speed (batched forward/backward, batched Adam); the rules
-(state, reward, lr move, TD targets, the as-coded rows) are rlr_core's functions, called here with a
-leading run axis. Every
-tensor has a leading run axis K: K MaclaurinNets (batched matmuls with hand-derived gradients), K Adam
-states with one learning rate per run, K DQN agents (batched Q-networks) with K replay memories. The step
-loop has no Python loop over runs and no .item() (no host sync on a GPU).
+rlr_engine holds the readable reference loops (one run at a time). This module runs K of them at once
+and is held to the reference by tests/test_batched.py. It re-implements nothing that autograd or torch
+already does: K copies of any nn.Module are stacked (torch.func.stack_module_state) and run through
+torch.func.vmap(functional_call); the gradients come from autograd over the stacked parameters (no op
+mixes runs, so the gradient of the summed per-run losses is each run's own gradient); Adam is
+torch.optim.adam.adam, the functional form of torch.optim.Adam, with its fused kernel. The rules (state,
+reward, lr move, TD targets, the as-coded rows) are rlr_core's functions, called here with a leading run
+axis. The step loop has no Python loop over runs and no .item() (no host sync on a GPU).
 
 Member k with seed s is the reference run with Config(seed=s): same data, initial weights, shuffle
 stream and agent random stream (rlr_core.derive_seeds; weights built by rlr_core.make_model and
 rlr_core.DQNAgent at setup). Random numbers are pre-drawn per member in chunks, in exactly the order the
 reference draws them, because a CPU generator gives the same numbers in bulk as piece by piece. In
 float64 a member follows its reference run to ~1e-12 at first; the runs are chaotic, so rounding-level
-differences (another summation order) grow past 1e-9 after roughly 600-2000 steps. That is expected.
+differences (batched matmuls sum in another order) grow past 1e-9 after roughly 600-2000 steps. That is
+expected.
 
     results = train_rl_scheduled(Config(), seeds=range(32))      # list of 32 rlr_results.RunResult
 
@@ -23,20 +24,25 @@ whose loss (or, for the agent, Q-values) goes non-finite keeps computing inside 
 tensor, harmlessly (no op mixes runs), and its series are cut at diverged_at as the reference's are.
 wall_seconds is the batch's loop time divided by K: the amortised cost of one run.
 
-Read top to bottom: stacked networks, Adam and Adam-HD -> setup -> pre-drawn randomness -> the DQN
+Read top to bottom: stacked models, Adam and Adam-HD -> setup -> pre-drawn randomness -> the DQN
 update -> the three training loops (with ReduceLROnPlateau before the full-batch one).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import ctypes
 import math
+import sys
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.optim.adam import adam as functional_adam
 
 import rlr_core
 from rlr_core import DQNConfig
@@ -46,148 +52,184 @@ from rlr_results import RunResult
 DRAW_CHUNK = 250
 """steps (or epochs) of random numbers pre-drawn per member at a time"""
 
-# Autograd's own ReLU backward: grad where the ReLU output is > 0, else 0 (one op instead of compare+mul).
-relu_backward = torch.ops.aten.threshold_backward.grad_input
+
+def reuse_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS (an entry point's call,
+    like torch.set_num_threads: it changes the process's allocator, so library code never calls it).
+
+    Autograd allocates the same few-MB activations and gradients every step. glibc serves blocks above
+    its mmap threshold (128 KiB at first) with fresh pages and unmaps them on free, so each step pays
+    page faults that cost more than the arithmetic: measured 1.5-1.7x on the batched MaclaurinNet step
+    (benchmarks/bench_batched.py --kernels). PyTorch's CPU performance guide recommends swapping in
+    jemalloc or TCMalloc for the same reason; raising glibc's mmap and trim thresholds (mallopt) gets the
+    same effect with no extra package. Returns whether it applied (False off glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold, one_gib = -1, -3, 1 << 30  # glibc's malloc.h parameter numbers
+    return bool(libc.mallopt(m_mmap_threshold, one_gib)) and bool(libc.mallopt(m_trim_threshold, one_gib))
 
 
 # ---------------------------------------------------------------------------------------------------
-# K networks and K Adam states as single tensors
+# K models and K Adam states as single tensors
 # ---------------------------------------------------------------------------------------------------
 
 
-class StackedMLP:
-    """K MLPs of one layout (Linear-ReLU-...-Linear), all parameters in one flat tensor `params`.
+class StackedModel:
+    """K copies of one nn.Module (any architecture), all parameters in one flat tensor `params`.
 
-    The flat tensor lets Adam and the soft update treat all K networks as one tensor. Inside it, each
-    layer's weights for all runs form one contiguous block [K, out, in] (nn.Linear's layout), then its
-    biases [K, out]: contiguous blocks are what MKL's batched GEMM needs (a strided output makes torch
-    fall back to one small GEMM per run). forward and backward are hand-derived (tested against
-    autograd): with no graph to record, the per-op overhead that dominates such tiny networks drops,
-    and the gradients land directly in the flat `grad` tensor.
+    The flat tensor lets Adam and the soft update treat all K models as one tensor. Inside it, each
+    parameter of the module (in named_parameters order) is one contiguous block [K, *shape]; `tensors`
+    holds those blocks by name, as torch.func.stack_module_state would. forward runs any module through
+    vmap(functional_call), so any layer, activation or depth works; buffers (if any) are stacked too and
+    read, not updated (a module that writes a buffer in forward, e.g. BatchNorm in training mode, does
+    not vmap). loss_and_grad takes a per-run loss of the stacked outputs and lets autograd fill `grad`.
+
+    One shortcut, for speed only: an nn.Sequential of nn.Linear and elementwise activations (every
+    network of the study) runs as a chain of batched matmuls in feature-major layout [K, features, rows]
+    instead, the same function of the same parameters. Autograd's gradients of those matmuls then
+    run over the long rows axis, which MKL does 1.3-1.6x faster for these skinny layers than vmap's
+    layout (benchmarks/bench_batched.py --kernels); tests hold both paths to per-run autograd.
     """
 
     def __init__(self, networks: Sequence[nn.Module], dtype: torch.dtype, device: torch.device) -> None:
-        linears = [[m for m in net.modules() if isinstance(m, nn.Linear)] for net in networks]
-        shapes = [tuple(layer.weight.shape) for layer in linears[0]]
-        if any([tuple(layer.weight.shape) for layer in net] != shapes for net in linears):
-            raise ValueError("all stacked networks must have the same layer shapes")
-        self.n_runs, self.shapes = len(networks), shapes
-        n_params = self.n_runs * sum(out * inp + out for out, inp in shapes)
-        self.params = torch.empty(n_params, dtype=dtype, device=device)
+        if not networks:
+            raise ValueError("StackedModel needs at least one network")
+        layouts = [[(name, tuple(p.shape)) for name, p in net.named_parameters()] for net in networks]
+        if any(layout != layouts[0] for layout in layouts):
+            raise ValueError("all stacked networks must have the same parameter names and shapes")
+        self.n_runs, self.layout = len(networks), layouts[0]
+        self.params = torch.empty(self.n_runs * sum(math.prod(shape) for _, shape in self.layout),
+                                  dtype=dtype, device=device)
         self.grad = torch.zeros_like(self.params)
-        self.weights, self.biases = self.layer_views(self.params)
-        self.weight_grads, self.bias_grads = self.layer_views(self.grad)
+        self.tensors, self.grads = self.blocks(self.params), self.blocks(self.grad)
+        _, buffers = stack_module_state(list(networks))
+        self.buffers = {name: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+                        for name, value in buffers.items()}
         for k, network in enumerate(networks):
             self.load_run(k, network)
-        # Views made once (they follow in-place updates of params): h W^T + b for the hidden layers.
-        # The last layer is narrow (5 coefficients, 3 actions): MKL computes W h^T + b several times
-        # faster than h W^T + b there, so its output is computed transposed (see forward).
-        self.hidden_layers = [(bias.unsqueeze(1), weight.transpose(1, 2))
-                              for weight, bias in zip(self.weights[:-1], self.biases[:-1])]
-        self.last_bias_column = self.biases[-1].unsqueeze(2)
-        self.workspace: dict[tuple, torch.Tensor] = {}
+        self.template = copy.deepcopy(networks[0]).to("meta")  # the architecture, no storage
+        self.blueprint = copy.deepcopy(networks[0])  # what to_modules copies by default
+        self.batched_forward = vmap(self.forward_one)
+        self.chain = linear_chain(self.template)
+
+    def forward_one(self, params: dict, buffers: dict, inputs: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, (params, buffers), (inputs,))
+
+    def blocks(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-parameter blocks [K, *shape] of a flat tensor (views: they follow in-place updates)."""
+        blocks, offset = {}, 0
+        for name, shape in self.layout:
+            size = self.n_runs * math.prod(shape)
+            blocks[name] = flat[offset:offset + size].view(self.n_runs, *shape)
+            offset += size
+        return blocks
+
+    def rows_of(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """The blocks of a flat tensor as [K, n] views, row k = run k (for one learning rate per run)."""
+        return [block.view(self.n_runs, -1) for block in self.blocks(flat).values()]
 
     @torch.no_grad()
     def load_run(self, k: int, network: nn.Module) -> None:
         """Copy a network's parameters into run k's slice (at construction, and to restart one run)."""
-        layers = [m for m in network.modules() if isinstance(m, nn.Linear)]
-        if [tuple(layer.weight.shape) for layer in layers] != self.shapes:
-            raise ValueError("the network's layer shapes differ from the stacked networks'")
-        for weight, bias, layer in zip(self.weights, self.biases, layers):
-            weight[k].copy_(layer.weight)
-            bias[k].copy_(layer.bias)
+        named = dict(network.named_parameters())
+        if [(name, tuple(p.shape)) for name, p in named.items()] != self.layout:
+            raise ValueError("the network's parameter names and shapes differ from the stacked networks'")
+        for name, block in self.tensors.items():
+            block[k].copy_(named[name])
 
-    def layer_views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-layer weight [K, out, in] and bias [K, out] blocks of a flat tensor."""
-        weights, biases, offset = [], [], 0
-        for out, inp in self.shapes:
-            weights.append(flat[offset:offset + self.n_runs * out * inp].view(self.n_runs, out, inp))
-            offset += self.n_runs * out * inp
-            biases.append(flat[offset:offset + self.n_runs * out].view(self.n_runs, out))
-            offset += self.n_runs * out
-        return weights, biases
+    def forward(self, inputs: torch.Tensor, tensors: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """inputs [K, rows, ...] -> outputs [K, rows, ...]: run k's module on inputs[k]."""
+        tensors = self.tensors if tensors is None else tensors
+        if self.chain is not None and inputs.dim() == 3:
+            return self.chain_forward(tensors, inputs)
+        return self.batched_forward(tensors, self.buffers, inputs)
 
-    def rows_of(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """The blocks of a flat tensor as [K, n] views, row k = run k (for one learning rate per run)."""
-        weights, biases = self.layer_views(flat)
-        return [block.view(self.n_runs, -1) for pair in zip(weights, biases) for block in pair]
-
-    def scratch(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """A buffer reused by every call with this shape. The loops run the same shapes every step, and
-        MKL writes into memory touched last step faster than into a fresh allocation (a few percent per
-        step). So what forward/backward return is valid only until the next call with the same shape."""
-        key = (name, *shape)
-        if key not in self.workspace:
-            self.workspace[key] = torch.empty(shape, dtype=self.params.dtype, device=self.params.device)
-        return self.workspace[key]
-
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """inputs [K, rows, in] -> outputs [K, rows, out], and each layer's input (for backward)."""
-        rows = inputs.shape[1]
-        layer_inputs = [inputs]
-        hidden = inputs
-        for layer, (bias_row, weight_t) in enumerate(self.hidden_layers):
-            out = self.scratch(f"hidden{layer}", (self.n_runs, rows, weight_t.shape[2]))
-            hidden = torch.baddbmm(bias_row, hidden, weight_t, out=out).relu_()
-            layer_inputs.append(hidden)
-        out = self.scratch("outputs_t", (self.n_runs, self.shapes[-1][0], rows))
-        outputs_t = torch.baddbmm(self.last_bias_column, self.weights[-1], hidden.transpose(1, 2), out=out)
-        return outputs_t.transpose(1, 2), layer_inputs
-
-    def backward(self, layer_inputs: list[torch.Tensor], grad_outputs: torch.Tensor) -> torch.Tensor:
-        """Write d(loss)/d(params) into self.grad, given d(loss)/d(outputs) [K, rows, out]."""
-        grad = grad_outputs
-        for layer in range(len(self.shapes) - 1, -1, -1):
-            out_features, in_features = self.shapes[layer]
-            if in_features < out_features:  # e.g. the Q-network's 2 inputs: narrow dimension first is
-                # several times faster in MKL, so compute dW^T = h^T g and copy it in transposed
-                weight_grad_t = torch.bmm(layer_inputs[layer].transpose(1, 2), grad)
-                self.weight_grads[layer].copy_(weight_grad_t.transpose(1, 2))
+    def chain_forward(self, tensors: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """The Linear/activation chain on inputs [K, rows, in], as W h + b on features-by-rows blocks."""
+        hidden_t = inputs.transpose(1, 2)  # [K, features, rows]
+        for name, layer in self.chain:
+            if isinstance(layer, nn.Linear):
+                weight, bias = tensors[f"{name}.weight"], tensors.get(f"{name}.bias")
+                hidden_t = torch.bmm(weight, hidden_t) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight,
+                                                                                         hidden_t)
             else:
-                torch.bmm(grad.transpose(1, 2), layer_inputs[layer], out=self.weight_grads[layer])
-            torch.sum(grad, dim=1, out=self.bias_grads[layer])
-            if layer > 0:
-                out = self.scratch(f"grad_hidden{layer}", layer_inputs[layer].shape)
-                grad = torch.bmm(grad, self.weights[layer], out=out)
-                relu_backward(grad, layer_inputs[layer], 0, grad_input=grad)  # in place
-        return self.grad
+                hidden_t = layer(hidden_t)  # elementwise: the layout does not matter
+        return hidden_t.transpose(1, 2)
 
-    def to_modules(self, make_network: Callable[[], nn.Module]) -> list[nn.Module]:
-        """Copy each run's parameters into a fresh network from make_network() (for inspection, tests). The
-        global RNG that make_network's default initialisation draws from is left as it was."""
+    def loss_and_grad(self, per_run_loss: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                      with_grad: bool = True) -> torch.Tensor:
+        """per_run_loss(outputs [K, ...]) -> losses [K]; with_grad also writes d(loss_k)/d(run k's params)
+        into self.grad, by autograd on the sum of the losses (runs never mix, so that is each run's own
+        gradient). Returns the losses, detached."""
+        if not with_grad:
+            with torch.no_grad():
+                return per_run_loss(self.forward(inputs))
+        leaves = {name: block.detach().requires_grad_() for name, block in self.tensors.items()}
+        with torch.enable_grad():
+            loss = per_run_loss(self.forward(inputs, leaves))
+            grads = torch.autograd.grad(loss.sum(), list(leaves.values()), materialize_grads=True)
+        with torch.no_grad():
+            for block, grad in zip(self.grads.values(), grads):
+                block.copy_(grad)
+        return loss.detach()
+
+    def to_modules(self, make_network: Callable[[], nn.Module] | None = None) -> list[nn.Module]:
+        """Each run's parameters in a fresh network from make_network() (default: a copy of the first
+        network given). The global RNG that make_network's default initialisation draws from is left as
+        it was."""
         networks = []
         for k in range(self.n_runs):
             with rlr_core.global_rng_preserved():
-                network = make_network().to(dtype=self.params.dtype, device=self.params.device)
-            layers = [m for m in network.modules() if isinstance(m, nn.Linear)]
+                network = (make_network or (lambda: copy.deepcopy(self.blueprint)))().to(dtype=self.params.dtype, device=self.params.device)
+            named = dict(network.named_parameters())
             with torch.no_grad():
-                for weight, bias, layer in zip(self.weights, self.biases, layers):
-                    layer.weight.copy_(weight[k])
-                    layer.bias.copy_(bias[k])
+                for name, block in self.tensors.items():
+                    named[name].copy_(block[k])
             networks.append(network)
         return networks
 
 
-def mse_loss_and_grad(net: StackedMLP, inputs: torch.Tensor, targets: torch.Tensor,
+ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Identity)
+"""Activation modules that act on each entry alone, so that they apply in any layout."""
+
+
+def linear_chain(network: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """(name, layer) of an nn.Sequential made only of nn.Linear and ELEMENTWISE layers (StackedModel's
+    shortcut); None for any other module (a subclass with its own forward included), which then runs
+    through vmap."""
+    if not isinstance(network, nn.Sequential) or type(network).forward is not nn.Sequential.forward:
+        return None
+    layers = list(network.named_children())
+    if not layers or not all(isinstance(layer, (nn.Linear, *ELEMENTWISE)) for _, layer in layers):
+        return None
+    return layers
+
+
+def per_run_mse(targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-run loss of the polynomial task: F.mse_loss of each run's outputs against its targets
+    (mean over rows x outputs, as rlr_core.full_batch_loss), as a function of the stacked outputs."""
+    return lambda outputs: (outputs - targets).square().mean(dim=tuple(range(1, outputs.dim())))
+
+
+def mse_loss_and_grad(net: StackedModel, inputs: torch.Tensor, targets: torch.Tensor,
                       with_grad: bool = True) -> torch.Tensor:
-    """Per-run MSE [K] (mean over rows x outputs, as F.mse_loss); with_grad also fills net.grad."""
-    outputs, layer_inputs = net.forward(inputs)
-    error = outputs - targets
-    loss = error.square().mean(dim=(1, 2))
-    if with_grad:
-        net.backward(layer_inputs, error.mul_(2.0 / (error.shape[1] * error.shape[2])))
-    return loss
+    """Per-run MSE [K] of the stacked models on inputs [K, rows, in]; with_grad also fills net.grad."""
+    return net.loss_and_grad(per_run_mse(targets), inputs, with_grad)
 
 
 class BatchedAdam:
     """Adam for K runs whose parameters share one flat tensor; one learning rate per run if asked.
 
-    Runs torch.optim.Adam(fused=True)'s own kernel (what rlr_core.make_adam uses; defaults: no weight
-    decay, no amsgrad) on the flat tensor, so with one learning rate for all runs every parameter gets
-    exactly the reference's update. With a learning rate per run, the kernel runs at lr = 1 on a zeroed
-    buffer, which yields the unit step -m_hat / (sqrt(v_hat) + eps); each run's parameters then move by
-    its own lr times that. rows_of(flat) gives the [K, n] blocks (row k = run k) that make up the flat
-    layout, e.g. StackedMLP.rows_of.
+    Runs torch.optim.adam.adam, the functional form of torch.optim.Adam, with its fused kernel (what
+    rlr_core.make_adam uses; defaults: no weight decay, no amsgrad) on the flat tensor, so with one
+    learning rate for all runs every parameter gets exactly torch.optim.Adam's update. With a learning
+    rate per run, the kernel runs at lr = 1 on a zeroed buffer, which yields the unit step
+    -m_hat / (sqrt(v_hat) + eps); each run's parameters then move by its own lr times that. rows_of(flat)
+    gives the [K, n] blocks (row k = run k) that make up the flat layout, e.g. StackedModel.rows_of.
     """
 
     def __init__(self, params: torch.Tensor,
@@ -200,17 +242,19 @@ class BatchedAdam:
         self.unit_step = torch.zeros_like(params) if rows_of is not None else None
         self.rows = list(zip(rows_of(params), rows_of(self.unit_step))) if rows_of is not None else None
         self.rows_of = rows_of
-        self.run_steps: list[torch.Tensor] | None = None  # one step count per run, once a run restarts
+        self.run_steps: list[torch.Tensor] | None = None  # one step count per run and block, once a run restarts
 
-    def fused_adam(self, target: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-        if self.run_steps is not None:  # the same kernel over each run's rows, each with its own step count
-            torch._fused_adam_(self.run_rows(target), self.run_rows(grad), self.run_rows(self.exp_avg),
-                               self.run_rows(self.exp_avg_sq), [], self.run_step_list, lr=lr, beta1=self.betas[0],
-                               beta2=self.betas[1], weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
-            return
-        torch._fused_adam_([target], [grad], [self.exp_avg], [self.exp_avg_sq], [], [self.step_count],
-                           lr=lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
-                           amsgrad=False, maximize=False)
+    def adam(self, target: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        """torch's Adam step on target (the parameters, or the zeroed unit-step buffer); the function
+        counts the step itself."""
+        if self.run_steps is None:
+            tensors = [[target], [grad], [self.exp_avg], [self.exp_avg_sq]]
+            steps = [self.step_count]
+        else:  # each run's rows as tensors of their own, each with its own step count
+            tensors = [self.run_rows(flat) for flat in (target, grad, self.exp_avg, self.exp_avg_sq)]
+            steps = self.run_steps
+        functional_adam(*tensors, [], steps, fused=True, amsgrad=False, beta1=self.betas[0],
+                        beta2=self.betas[1], lr=lr, weight_decay=0.0, eps=self.eps, maximize=False)
 
     def run_rows(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """flat's blocks cut into one row per run, run by run (views made once per buffer: this is on
@@ -218,7 +262,8 @@ class BatchedAdam:
         views keep their buffer alive, so no other tensor can take that address meanwhile."""
         key = flat.data_ptr()
         if key not in self.row_views:
-            self.row_views[key] = [block[k] for k in range(len(self.run_steps)) for block in self.rows_of(flat)]
+            n_runs = self.rows_of(flat)[0].shape[0]
+            self.row_views[key] = [block[k] for k in range(n_runs) for block in self.rows_of(flat)]
         return self.row_views[key]
 
     @torch.no_grad()
@@ -227,33 +272,29 @@ class BatchedAdam:
         its own step count, as K separate torch.optim.Adam would (needs rows_of)."""
         if self.rows_of is None:
             raise ValueError("restarting a run needs rows_of (where each run's parameters are)")
-        n_runs = self.rows_of(self.params)[0].shape[0]
+        n_runs, n_blocks = self.rows_of(self.params)[0].shape[0], len(self.rows_of(self.params))
         if self.run_steps is None:
-            self.run_steps = [self.step_count.clone() for _ in range(n_runs)]
-            blocks = len(self.rows_of(self.params))
-            self.run_step_list = [self.run_steps[k] for k in range(n_runs) for _ in range(blocks)]
+            self.run_steps = [self.step_count.clone() for _ in range(n_runs * n_blocks)]
             self.row_views: dict[int, list[torch.Tensor]] = {}
         for flat in (self.exp_avg, self.exp_avg_sq):
             for block in self.rows_of(flat):
                 block[k].zero_()
-        self.run_steps[k].zero_()
+        for count in self.run_steps[k * n_blocks:(k + 1) * n_blocks]:
+            count.zero_()
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor, lr: float | torch.Tensor) -> float | torch.Tensor:
         """One Adam step; lr is one float for every run or a tensor [K] (one learning rate per run).
         Returns the learning rate the step used (BatchedAdamHD moves it first)."""
-        self.step_count += 1
-        for count in self.run_steps or []:
-            count += 1
         if isinstance(lr, torch.Tensor):
             if self.rows is None:
                 raise ValueError("a learning rate per run needs rows_of (where each run's parameters are)")
-            self.fused_adam(self.unit_step.zero_(), grad, 1.0)
+            self.adam(self.unit_step.zero_(), grad, 1.0)
             lr_column = lr.to(self.params.dtype).unsqueeze(1)
             for param_rows, unit_rows in self.rows:  # a few blocks (2 per layer), not a loop over runs
                 param_rows.addcmul_(unit_rows, lr_column)
         else:
-            self.fused_adam(self.params, grad, lr)
+            self.adam(self.params, grad, lr)
         return lr
 
 
@@ -304,7 +345,7 @@ def member_configs(config: Config, seeds: Sequence[int]) -> list[Config]:
 
 
 def stack_members(configs: list[Config]) -> tuple[list[rlr_core.RunSeeds], torch.dtype, torch.device,
-                                                  torch.Tensor, torch.Tensor, StackedMLP]:
+                                                  torch.Tensor, torch.Tensor, StackedModel]:
     """Seeds, dtype, device, inputs [K, n, points], targets [K, n, coefficients] and the K MaclaurinNets."""
     prepared = [check_run(member) for member in configs]
     run_seeds = [seeds for seeds, _, _ in prepared]
@@ -314,10 +355,8 @@ def stack_members(configs: list[Config]) -> tuple[list[rlr_core.RunSeeds], torch
             for seeds in run_seeds]
     models = [rlr_core.make_model(task, seeds.init, dtype, device) for seeds in run_seeds]
     inputs = torch.stack([d.inputs for d in data])
-    # Targets laid out in memory like the network's outputs (transposed, see StackedMLP.forward), so
-    # that output - target runs over matching strides (several times faster).
-    targets = torch.stack([d.targets for d in data]).transpose(1, 2).contiguous().transpose(1, 2)
-    return run_seeds, dtype, device, inputs, targets, StackedMLP(models, dtype, device)
+    targets = torch.stack([d.targets for d in data])
+    return run_seeds, dtype, device, inputs, targets, StackedModel(models, dtype, device)
 
 
 def first_bad_step(bad: np.ndarray) -> list[int | None]:
@@ -391,7 +430,7 @@ def draw_agent_randomness(generators: Sequence[torch.Generator], first_step: int
 
 # ---------------------------------------------------------------------------------------------------
 # K DQN agents: DQNAgent's act / remember / learn with a leading run axis. The rules (td_targets,
-# as_coded_rows) are rlr_core's; what differs is the batched network, its hand-derived gradient and Adam.
+# as_coded_rows) are rlr_core's; the networks are StackedModels, their gradients autograd's.
 # ---------------------------------------------------------------------------------------------------
 
 # Replay memory: one tensor [K, capacity, 2 * state_dim + 2]; a row is (state, action, next_state,
@@ -421,22 +460,24 @@ def training_rows(samples: torch.Tensor, dqn: DQNConfig, n_actions: int, state_d
     return with_zero_row, row_weights
 
 
-def dqn_update(policy: StackedMLP, target: StackedMLP, optimizer: BatchedAdam, batch: rlr_core.Transition,
+def dqn_update(policy: StackedModel, target: StackedModel, optimizer: BatchedAdam, batch: rlr_core.Transition,
                row_weights: float | torch.Tensor, dqn: DQNConfig) -> None:
     """DQNAgent.learn for K agents: Huber loss on rlr_core.td_targets, Adam, soft update.
 
     row_weights: each row's weight in the mean (1 / batch_size for the described update).
     """
-    # Double DQN: the policy's greedy next actions, taken before the forward pass whose buffers backward uses
-    next_actions = policy.forward(batch.next_state)[0].argmax(dim=2) if dqn.double_dqn else None
-    q_values, layer_inputs = policy.forward(batch.state)
-    targets = rlr_core.td_targets(batch.reward, target.forward(batch.next_state)[0], dqn.gamma,
-                                  next_actions=next_actions)  # the learning-rate run has no terminal states
-    q_taken = q_values.gather(2, batch.action.unsqueeze(2)).squeeze(2)
-    # smooth_l1_loss (beta 1) backward: clamp(q - target, -1, 1) times each row's weight in the mean
-    grad_q_taken = (q_taken - targets).clamp_(-1.0, 1.0).mul_(row_weights)
-    grad_q_values = torch.zeros_like(q_values).scatter_(2, batch.action.unsqueeze(2), grad_q_taken.unsqueeze(2))
-    optimizer.step(policy.backward(layer_inputs, grad_q_values), dqn.lr)
+    with torch.no_grad():
+        next_q_values = policy.forward(batch.next_state) if dqn.double_dqn else None
+        targets = rlr_core.td_targets(batch.reward, target.forward(batch.next_state), dqn.gamma,
+                                      next_actions=None if next_q_values is None else next_q_values.argmax(dim=2))
+        # (the learning-rate run has no terminal states)
+
+    def weighted_huber(q_values: torch.Tensor) -> torch.Tensor:  # F.smooth_l1_loss's mean, per run
+        q_taken = q_values.gather(2, batch.action.unsqueeze(2)).squeeze(2)
+        return (F.smooth_l1_loss(q_taken, targets, reduction="none") * row_weights).sum(dim=1)
+
+    policy.loss_and_grad(weighted_huber, batch.state)
+    optimizer.step(policy.grad, dqn.lr)
     target.params.lerp_(policy.params, dqn.tau)  # soft update, as rlr_core.soft_update
 
 
@@ -459,8 +500,8 @@ class BatchedDQN:
             except RuntimeError as error:  # missing or unexpected keys, wrong shapes
                 raise ValueError(f"initial_policies[{k}] does not fit the Q-network (state_dim={self.state_dim}, "
                                  f"n_actions={self.n_actions}, hidden_size={dqn.hidden_size}): {error}") from error
-        self.policy = StackedMLP([agent.policy_net for agent in agents], dtype, device)
-        self.target = StackedMLP([agent.target_net for agent in agents], dtype, device)
+        self.policy = StackedModel([agent.policy_net for agent in agents], dtype, device)
+        self.target = StackedModel([agent.target_net for agent in agents], dtype, device)
         self.generators = [agent.generator for agent in agents]  # fresh: nothing drawn yet
         self.optimizer = BatchedAdam(self.policy.params)
         self.replay = torch.zeros(self.n_runs, dqn.replay_capacity, 2 * self.state_dim + 2, dtype=dtype,
@@ -478,7 +519,7 @@ class BatchedDQN:
                 self.generators, step, min(DRAW_CHUNK, self.steps - step), self.dqn, self.n_actions,
                 self.n_sample_rows, states.device)
             self.explored.append(self.explore.cpu())
-        q_values = self.policy.forward(states.unsqueeze(1))[0].squeeze(1)
+        q_values = self.policy.forward(states.unsqueeze(1)).squeeze(1)
         action = q_values.argmax(dim=1)
         if not self.frozen:
             action = torch.where(self.explore[chunk_step], self.random_action[chunk_step], action)
@@ -510,8 +551,7 @@ class BatchedDQN:
 
     def policy_states(self) -> list[dict]:
         """Each agent's final policy weights (CPU), as DQNAgent.policy_weights."""
-        networks = self.policy.to_modules(lambda: rlr_core.QNetwork(self.state_dim, self.n_actions,
-                                                                     self.dqn.hidden_size))
+        networks = self.policy.to_modules()
         return [{name: tensor.cpu() for name, tensor in network.state_dict().items()} for network in networks]
 
 
@@ -548,7 +588,7 @@ def train_baseline(config: Config, seeds: Sequence[int], progress: bool = False)
     wall_seconds = time.perf_counter() - started
     series = {"loss": losses.cpu().double().numpy()}
     return per_member_results("baseline_minibatch", configs, series, ~np.isfinite(series["loss"]),
-                              wall_seconds, net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)))
+                              wall_seconds, net.to_modules())
 
 
 def lr_table(lr: float | Sequence[float] | np.ndarray | torch.Tensor, n_runs: int,
@@ -683,7 +723,7 @@ def train_full_batch(config: Config, seeds: Sequence[int],
     wall_seconds = time.perf_counter() - started
     series = {"loss": losses.cpu().double().numpy(), "lr": used_lrs.cpu().numpy()}
     return per_member_results(method, configs, series, ~np.isfinite(series["loss"]), wall_seconds,
-                              net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)))
+                              net.to_modules())
 
 
 def check_initial_policies(initial_policies: Sequence[dict] | None, n_runs: int) -> None:
@@ -758,7 +798,7 @@ def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = Fa
 
 
 def agent_results(config: Config, configs: list[Config], logged: dict[str, torch.Tensor],
-                  initial_loss: torch.Tensor, agents: BatchedDQN, net: StackedMLP,
+                  initial_loss: torch.Tensor, agents: BatchedDQN, net: StackedModel,
                   wall_seconds: float) -> list[RunResult]:
     """The logged tensors [steps, K, ...] as the reference's series, one RunResult per member, cut where
     the reference stops: at a non-finite L_{t+1} or acting Q-values, and at step 0 for a non-finite L_0."""
@@ -777,4 +817,4 @@ def agent_results(config: Config, configs: list[Config], logged: dict[str, torch
     order = ("loss", "lr", "reward", "epsilon", "action", "lr_index", "q_values", "explored")
     method = f"rl_{dqn.variant}" + ("_frozen" if agents.frozen else "")
     return per_member_results(method, configs, {name: series[name] for name in order}, bad, wall_seconds,
-                              net.to_modules(lambda: rlr_core.MaclaurinNet(config.task)), agents.policy_states())
+                              net.to_modules(), agents.policy_states())

@@ -15,7 +15,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,101 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from rlr_core import (DQNAgent, DQNConfig, DTYPES, PolynomialData, RLRScheduler, RunSeeds, ScheduleConfig,
-                      TaskConfig, check_float, check_int, check_seed, derive_seeds, full_batch_loss, is_decision_step,
-                      loss_reward, make_adam, make_model, make_polynomial_dataset)
+from rlr_core import (DQNAgent, DTYPES, PolynomialData, RLRScheduler, RunSeeds, check_float, check_int,
+                      derive_seeds, full_batch_loss, is_decision_step, loss_reward, make_adam, make_model,
+                      make_polynomial_dataset)
+from rlr_config import BaselineConfig, Config, check_device  # noqa: F401  (re-exported: rlr_engine.Config)
 from rlr_results import RunResult, atomic_write
-
-# ---------------------------------------------------------------------------------------------------
-# The run config: the task and agent configs of rlr_core plus the baseline, seed, device and dtype.
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BaselineConfig:
-    """The original baseline: mini-batch Adam at a constant learning rate."""
-
-    lr: float = 1e-3
-    """Adam learning rate"""
-    epochs: int = 10_000
-    """passes over the data set"""
-    batch_size: int = 32
-    """mini-batch size; a fresh random permutation every epoch"""
-
-    def __post_init__(self) -> None:
-        check_float("baseline.lr", self.lr, 0.0, math.inf, high_open=True)
-        check_int("baseline.epochs", self.epochs, 1)
-        check_int("baseline.batch_size", self.batch_size, 1)
-
-
-@dataclass
-class Config:
-    """Everything one run needs. The defaults are the original experiment."""
-
-    seed: int = 0
-    """run seed; data, initialisation, shuffling and agent draw from streams derived from it"""
-    device: str = "cpu"
-    """'cpu', or 'cuda' / 'cuda:N' when a GPU is available"""
-    dtype: str = "float32"
-    """'float32' (the original) or 'float64' (equivalence tests)"""
-    task: TaskConfig = field(default_factory=TaskConfig)
-    """the polynomial task and the network"""
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    """the mini-batch Adam baseline"""
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    """the learning-rate grid the agent moves on"""
-    dqn: DQNConfig = field(default_factory=DQNConfig)
-    """the DQN agent"""
-
-    def __post_init__(self) -> None:
-        check_int("seed", self.seed, 0)
-        check_device(self.device)
-        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        for name, kind in (("task", TaskConfig), ("baseline", BaselineConfig),
-                           ("schedule", ScheduleConfig), ("dqn", DQNConfig)):
-            if not isinstance(getattr(self, name), kind):
-                raise TypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def with_seed(self, seed: int) -> "Config":
-        """This config on another seed (checked: an int >= 0): the one way a run's seed is replaced."""
-        return replace(self, seed=check_seed("seed", seed))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Config":
-        """Inverse of to_dict (for reading results back). Unknown fields are an error naming them: a
-        misspelt field must not silently fall back to its default."""
-        parts = {"task": TaskConfig, "baseline": BaselineConfig, "schedule": ScheduleConfig,
-                 "dqn": DQNConfig}
-        if not isinstance(data, dict):
-            raise TypeError(f"config must be a dict of Config fields (Config.to_dict()), got {type(data).__name__}")
-        wrong = [name for name in parts if name in data and not isinstance(data[name], (dict, parts[name]))]
-        if wrong:
-            raise TypeError(f"config.{wrong[0]} must be a dict of its fields, got {type(data[wrong[0]]).__name__}")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        unknown += [f"{name}.{key}" for name, kind in parts.items() if isinstance(data.get(name), dict)
-                    for key in sorted(set(data[name]) - {f.name for f in fields(kind)})]
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}")
-        return cls(**{k: (parts[k](**v) if k in parts and isinstance(v, dict) else v) for k, v in data.items()})
-
-
-def check_device(device: str) -> torch.device:
-    """Return the torch.device, or raise ValueError if it is unknown or not available here."""
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(device).__name__}")
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from error
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for, but CUDA is not available on this machine")
-    return parsed
 
 # ---------------------------------------------------------------------------------------------------
 # Setup, progress, Adam-HD and the one full-batch step every loop (and the environment) takes
@@ -348,7 +257,7 @@ def train_full_batch(config: Config, lr: float, steps: int, method: str = "const
 
     make_scheduler(optimizer) builds the schedule; ReduceLROnPlateau gets step(loss), the rest step().
     make_optimizer(params, lr) swaps the optimiser (e.g. AdamHD, or a learning-rate-free optimiser of
-    rlr_peers.LR_FREE). Logs the full-data loss after every step and the lr each step used. An optimiser
+    rlr_methods' lr_free entries). Logs the full-data loss after every step and the lr each step used. An optimiser
     with train()/eval() modes (schedule-free) steps in train mode, and its logged losses and the returned
     model are those of its eval-mode weights.
     """

@@ -170,7 +170,7 @@ class LRControlEnv(gymnasium.Env):
 
 
 class LRControlVectorEnv(VectorEnv):
-    """num_envs LRControlEnv tasks at once, backed by the batched engine (rlr_batched's StackedMLP,
+    """num_envs LRControlEnv tasks at once, backed by the batched engine (rlr_batched's StackedModel,
     mse_loss_and_grad and BatchedAdam: the training step of the batched runs, one lr per task), with
     Gymnasium 1.x's next-step autoreset: the step() after a task's episode ended resets that task
     (observation of the new task, reward 0, neither terminated nor truncated) while the others go on.
@@ -197,7 +197,7 @@ class LRControlVectorEnv(VectorEnv):
         self.observation_space = batch_space(single.observation_space, num_envs)
         self.action_space = batch_space(single.action_space, num_envs)
         self.device = single.device
-        self.net: rlr_batched.StackedMLP | None = None
+        self.net: rlr_batched.StackedModel | None = None
         self.step_losses = torch.zeros(num_envs, self.schedule.decision_interval, dtype=torch.float64)
         self.steps_taken = torch.zeros(num_envs, dtype=torch.int64)  # none at a reset
         self.autoreset = np.zeros(num_envs, dtype=bool)

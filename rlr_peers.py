@@ -1,10 +1,10 @@
 """The methods practitioners use instead of an RL scheduler, each through its own package.
 
-- Learning-rate-free optimisers: Schedule-Free AdamW (schedulefree), Prodigy (prodigyopt) and
-  D-Adaptation Adam (dadaptation), stepped by rlr_engine.train_full_batch, one seed per run. Prodigy and
-  D-Adaptation estimate their step size from norms over all parameters, so the members of a batched run
-  must not share one optimiser: they run per seed, as Ray tasks when Ray is started (start_ray), else
-  one after another in this process (the same numbers: each run is on one thread either way).
+- Learning-rate-free optimisers (Schedule-Free AdamW, Prodigy, D-Adaptation Adam: their entries are in
+  rlr_methods), stepped by rlr_engine.train_full_batch, one seed per run. Prodigy and D-Adaptation
+  estimate their step size from norms over all parameters, so the members of a batched run must not
+  share one optimiser: they run per seed, as Ray tasks when Ray is started (start_ray), else one after
+  another in this process (the same numbers: each run is on one thread either way).
 - Population Based Training on Ray Tune (run_pbt): P members train full-batch Adam from P learning rates;
   at every perturbation interval the worst quarter copies a best member's checkpoint (model and Adam state)
   and perturbs its lr. It costs P runs of optimiser steps.
@@ -78,55 +78,10 @@ def on_one_thread(function: Callable) -> Callable:
 # The learning-rate-free optimisers
 # ---------------------------------------------------------------------------------------------------
 
-LR_FREE: dict[str, dict] = {
-    "Schedule-Free AdamW": {"lr": (1e-5, 0.3, "log"), "warmup_fraction": (0.0, 0.2, "linear")},
-    "Prodigy": {"d_coef": (0.1, 10.0, "log")},
-    "D-Adaptation Adam": {"lr": (0.1, 10.0, "log")},
-}
-"""The learning-rate-free optimisers practitioners reach for, with their documented knobs and search
-ranges: Schedule-Free AdamW's lr and warm-up (as a fraction of the run), Prodigy's d_coef (lr stays 1),
-D-Adaptation Adam's lr multiplier (1 is the package's default)."""
-
-
-LR_FREE_DEFAULTS: dict[str, dict] = {"Schedule-Free AdamW": {"warmup_fraction": 0.0}}
-"""Knobs a run may leave out, with the value it then gets (every other knob must be given)."""
-
-
-def lr_free_optimizer(name: str, params: dict, steps: int) -> Callable:
-    """make_optimizer(parameters, lr) for rlr_engine.train_full_batch: the named LR_FREE optimiser with
-    the given knobs (the lr argument of train_full_batch is ignored: the knobs hold it). Knobs are checked
-    before any work, naming the one that is wrong."""
-    if name not in LR_FREE:
-        raise ValueError(f"name must be one of {list(LR_FREE)}, got {name!r}")
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of {name}'s knobs, got {type(params).__name__}")
-    unknown = sorted(set(params) - set(LR_FREE[name]))
-    if unknown:
-        raise ValueError(f"{name} has no knob(s) {unknown}; its knobs are {sorted(LR_FREE[name])}")
-    missing = sorted(set(LR_FREE[name]) - set(params) - set(LR_FREE_DEFAULTS.get(name, {})))
-    if missing:
-        raise ValueError(f"{name} needs its knob(s) {missing} (its knobs are {sorted(LR_FREE[name])})")
-    for knob, value in params.items():  # a fraction in [0, 1]; every other knob a positive finite number
-        fraction = knob == "warmup_fraction"
-        rc.check_float(f"{name}.{knob}", value, 0.0, 1.0 if fraction else math.inf, low_open=not fraction,
-                       high_open=not fraction)
-    rc.check_int("steps", steps, 1)
-    if name == "Schedule-Free AdamW":
-        import schedulefree
-        warmup = round({**LR_FREE_DEFAULTS[name], **params}["warmup_fraction"] * steps)
-        return lambda parameters, lr: schedulefree.AdamWScheduleFree(parameters, lr=params["lr"], warmup_steps=warmup)
-    if name == "Prodigy":
-        import prodigyopt
-        return lambda parameters, lr: prodigyopt.Prodigy(parameters, lr=1.0, d_coef=params["d_coef"])
-    import dadaptation
-    # Adam's bias correction on (a documented option, off by default): without it the first steps are so
-    # large here that MaclaurinNet collapses to a constant prediction (loss 0.29 for good, tests/test_peers.py)
-    return lambda parameters, lr: dadaptation.DAdaptAdam(parameters, lr=params["lr"], use_bias_correction=True)
-
-
-def train_lr_free(name: str, params: dict, config: Config, steps: int) -> RunResult:
-    """One run of a learning-rate-free optimiser on config.seed's data (rlr_engine's reference loop)."""
-    return engine.train_full_batch(config, 1.0, steps, name, make_optimizer=lr_free_optimizer(name, params, steps))
+def train_lr_free(make_optimizer: Callable, method: str, config: Config, steps: int) -> RunResult:
+    """One run of a learning-rate-free optimiser on config.seed's data (rlr_engine's reference loop);
+    make_optimizer(parameters, lr) builds it (rlr_methods' lr_free entries hold its knobs)."""
+    return engine.train_full_batch(config, 1.0, steps, method, make_optimizer=make_optimizer)
 
 
 def submit_tasks(function: Callable, calls: Sequence[tuple]) -> Callable[[], list]:
@@ -142,16 +97,11 @@ def submit_tasks(function: Callable, calls: Sequence[tuple]) -> Callable[[], lis
     return lambda: ray.get(pending)
 
 
-def submit_lr_free(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int) -> Callable[[], list]:
+def submit_per_seed(make_optimizer: Callable, method: str, config: Config, seeds: Sequence[int], steps: int
+                    ) -> Callable[[], list]:
     """train_lr_free on every seed, one task per seed (submit_tasks); returns collect()."""
-    lr_free_optimizer(name, params, steps)  # checked here, before any task starts
     configs = [config.with_seed(seed) for seed in seeds]
-    return submit_tasks(train_lr_free, [(name, params, single, steps) for single in configs])
-
-
-def run_lr_free(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int) -> list[RunResult]:
-    """train_lr_free on every seed: one Ray task per seed when Ray is started, else one after another."""
-    return submit_lr_free(name, params, config, seeds, steps)()
+    return submit_tasks(train_lr_free, [(make_optimizer, method, single, steps) for single in configs])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Figures, tables, statistics over seeds and plain-text readings of runs, shared by the notebooks.
+"""Figures, tables and plain-text readings of runs, shared by the notebooks.
 
 Notebooks call these so that no plotting or summarising code is copied between them. Every number a
-reading prints is computed here from the run's own series, never typed in. The study layer
-(rlr_study) produces the runs and tables; this module only reads them.
+reading prints is computed from the runs' own series and tables, never typed in; the statistics behind
+them (geometric means, bootstrap and Wilson intervals, paired tests, Holm) are rlr_stats'. The study
+layer (rlr_study) produces the runs and tables; this module only reads them.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from scipy.stats import gmean
-
 from rlr_core import PolynomialData, TaskConfig, sample_points
 from rlr_engine import Config
 from rlr_results import RunResult
+from rlr_stats import bootstrap_interval, geometric_mean, paired_ratios, smallest_holm_p
 
 ACTION_NAMES = ("decrease", "keep", "increase")
 
@@ -165,22 +165,6 @@ def comparison_table(runs: dict[str, tuple[Sequence[RunResult], int, float]]) ->
     return pd.DataFrame(rows).set_index("method")
 
 
-def paired_ratios(baselines: Sequence[RunResult], agents: Sequence[RunResult],
-                  statistic: str = "final_loss") -> np.ndarray:
-    """Per seed (matched): baseline MSE / agent MSE, the original's "times more accurate"."""
-    agent_by_seed = {run.seed: run.summary()[statistic] for run in agents}
-    pairs = [(run.summary()[statistic], agent_by_seed[run.seed]) for run in baselines if run.seed in agent_by_seed]
-    if not pairs:
-        raise ValueError("the baseline and agent runs share no seed")
-    return np.array([base / agent for base, agent in pairs])
-
-
-def accuracy_ratio(baselines: Sequence[RunResult], agents: Sequence[RunResult],
-                   statistic: str = "final_loss") -> float:
-    """Geometric mean over seeds of baseline / agent MSE (> 1: the agent is better)."""
-    return geometric_mean(paired_ratios(baselines, agents, statistic))
-
-
 def claim_verdict(baselines: Sequence[RunResult], agents: Sequence[RunResult], budget: str) -> str:
     """One sentence: does "two times more accurate" hold, on the final value and the median of the last 100?"""
     final, robust = paired_ratios(baselines, agents), paired_ratios(baselines, agents, "median_last_100")
@@ -211,137 +195,6 @@ def plot_comparison(curves: dict[str, Sequence[RunResult]], title: str) -> plt.F
 def baseline_optimiser_steps(config: Config) -> int:
     """Optimiser steps of the mini-batch baseline: epochs x ceil(n_examples / batch_size)."""
     return config.baseline.epochs * -(-config.task.n_examples // config.baseline.batch_size)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Statistics over seeds. MSEs span decades and are skewed, so the centre is the geometric mean (mean of
-# log MSE) and the median; confidence intervals are scipy's BCa bootstrap over seeds.
-# ---------------------------------------------------------------------------------------------------
-
-
-def geometric_mean(values: Sequence[float]) -> float:
-    """exp(mean(log values)): the centre of MSEs that span decades (scipy.stats.gmean)."""
-    return float(gmean(np.asarray(values, dtype=float)))
-
-
-def bootstrap_interval(values: Sequence[float], statistic: str = "geometric_mean", confidence: float = 0.95,
-                       seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap confidence interval over seeds of the geometric mean or the median."""
-    from scipy.stats import bootstrap
-
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2 or np.all(values == values[0]):
-        return float(values[0]), float(values[0])
-    if statistic == "geometric_mean":
-        result = bootstrap((np.log(values),), np.mean, confidence_level=confidence, rng=seed)
-        return float(np.exp(result.confidence_interval.low)), float(np.exp(result.confidence_interval.high))
-    if statistic == "median":
-        result = bootstrap((values,), np.median, confidence_level=confidence, rng=seed, method="percentile")
-        return float(result.confidence_interval.low), float(result.confidence_interval.high)
-    raise ValueError(f"statistic must be 'geometric_mean' or 'median', got {statistic!r}")
-
-
-def summarise_over_seeds(table: pd.DataFrame, metric: str, by: str = "method") -> pd.DataFrame:
-    """Per method: seeds, geometric mean with its 95% CI, median with its 95% CI, of one metric column."""
-    rows = []
-    for method, group in table.groupby(by, sort=False):
-        values = group[metric].to_numpy(dtype=float)
-        gm_low, gm_high = bootstrap_interval(values, "geometric_mean")
-        median_low, median_high = bootstrap_interval(values, "median")
-        rows.append({by: method, "seeds": len(values), "geometric mean": geometric_mean(values),
-                     "gm CI low": gm_low, "gm CI high": gm_high, "median": float(np.median(values)),
-                     "median CI low": median_low, "median CI high": median_high})
-    return pd.DataFrame(rows).set_index(by)
-
-
-def paired_ratio(table: pd.DataFrame, metric: str, reference: str, method: str) -> pd.Series:
-    """Per seed: reference MSE / method MSE (> 1: the method is better), matched on the seed column."""
-    pivot = table.pivot(index="seed", columns="method", values=metric)
-    return (pivot[reference] / pivot[method]).dropna()
-
-
-def paired_win_rate(table: pd.DataFrame, metric: str, reference: str, method: str) -> float:
-    """Share of seeds on which the method reaches a lower MSE than the reference."""
-    return float((paired_ratio(table, metric, reference, method) > 1).mean())
-
-
-def wilson_interval(wins: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a win rate wins / n (scipy.stats.binomtest)."""
-    from scipy.stats import binomtest
-
-    interval = binomtest(int(wins), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(interval.low), float(interval.high)
-
-
-def holm_adjusted(p_values: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error control over m pre-registered tests).
-
-    Hand-written because neither scipy nor numpy ships Holm's method (statsmodels does, a large extra
-    dependency for five lines): sort ascending, multiply the i-th smallest by (m - i), take running
-    maxima, cap at 1. tests/test_study.py checks it against the definition by brute force.
-    """
-    p_values = np.asarray(p_values, dtype=float)
-    order = np.argsort(p_values, kind="stable")
-    scaled = (len(p_values) - np.arange(len(p_values))) * p_values[order]
-    adjusted = np.empty_like(p_values)
-    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    return adjusted
-
-
-def paired_comparison(table: pd.DataFrame, metric: str, reference: str, method: str) -> dict:
-    """method against reference, paired by seed: the geometric-mean ratio reference / method (> 1: the
-    method is better) with its 95% bootstrap CI, wins with a Wilson CI, and a two-sided Wilcoxon
-    signed-rank test of log(reference) - log(method) (scipy.stats.wilcoxon)."""
-    from scipy.stats import wilcoxon
-
-    ratios = paired_ratio(table, metric, reference, method).to_numpy()
-    low, high = bootstrap_interval(ratios, "geometric_mean")
-    wins = int((ratios > 1).sum())
-    win_low, win_high = wilson_interval(wins, len(ratios))
-    log_ratios = np.log(ratios)
-    p_value = float(wilcoxon(log_ratios).pvalue) if np.any(log_ratios != 0) else 1.0
-    return {"ratio": geometric_mean(ratios), "ci_low": low, "ci_high": high, "seeds": len(ratios),
-            "wins": wins, "win_rate": wins / len(ratios), "win_ci_low": win_low, "win_ci_high": win_high,
-            "seeds_reaching_2": int((ratios >= 2).sum()), "p_value": p_value}
-
-
-def preregistered_tests(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str]],
-                        metrics: Sequence[str]) -> pd.DataFrame:
-    """Every pre-registered (budget, method, reference) comparison on every metric, with Holm-adjusted
-    p-values over the whole family (all comparisons x metrics) and whether each holds at 5%.
-    A seed where either run diverged is left out of that pair and counted in 'dropped' (shown beside
-    the test: dropping favours the side that diverged)."""
-    finished = table[table["diverged_at"].isna()]
-    rows = []
-    for budget, method, reference in comparisons:
-        part = table[(table["budget"] == budget) & table["method"].isin([method, reference])]
-        seeds = part["seed"].nunique()
-        for metric in metrics:
-            result = paired_comparison(finished[finished["budget"] == budget], metric, reference, method)
-            rows.append({"budget": budget, "method": method, "against": reference, "metric": metric, **result,
-                         "dropped": seeds - result["seeds"]})
-    tests = pd.DataFrame(rows)
-    tests["p_holm"] = holm_adjusted(tests["p_value"])
-    tests["significant"] = tests["p_holm"] < 0.05
-    return tests
-
-
-def summary_with_win_rates(table: pd.DataFrame, metric: str, references: dict[str, str]) -> pd.DataFrame:
-    """Per method: seeds (runs), of them diverged, geometric mean and median of a metric over the runs
-    that finished, with 95% CIs, and the paired win rate against each reference method
-    (references: column label -> method; column f"wins vs {label}"). A method whose every run diverged
-    keeps a row (NaN statistics)."""
-    finished = table[table["diverged_at"].isna() & np.isfinite(table[metric].astype(float))]
-    methods = list(table["method"].unique())
-    summary = summarise_over_seeds(finished, metric).reindex(methods)
-    summary["seeds"] = table.groupby("method", sort=False)["seed"].count()  # runs, diverged ones included
-    summary.insert(1, "diverged", table.groupby("method", sort=False)["diverged_at"].count())
-    finished_methods = set(finished["method"])
-    for label, reference in references.items():
-        summary[f"wins vs {label}"] = [paired_win_rate(finished, metric, reference, method)
-                                       if {reference, method} <= finished_methods else float("nan")
-                                       for method in methods]
-    return summary
 
 
 def plot_intervals(summary: pd.DataFrame, title: str, xlabel: str = "test MSE") -> plt.Figure:
@@ -625,13 +478,6 @@ def controller_costs(controllers: dict, tuning: pd.DataFrame, runs: dict[str, Se
                  "tuning: optimiser steps": family_tuning_steps, "tuning: seconds": float("nan"),
                  "seconds per frozen run": float("nan")})
     return pd.DataFrame(rows).set_index("method")
-
-
-def smallest_holm_p(n_seeds: int, n_tests: int) -> float:
-    """The smallest Holm-adjusted p-value paired tests over n_seeds can reach: the exact two-sided
-    Wilcoxon signed-rank p when every seed points the same way, 2 / 2**n_seeds, times the n_tests of the
-    family (Holm's factor for the smallest p). Above 0.05, no comparison could ever be significant."""
-    return min(1.0, n_tests * 2.0 / 2 ** n_seeds)
 
 
 def pbt_reading(claims: pd.DataFrame, summary: pd.DataFrame, pbt: str, references: Sequence[str],

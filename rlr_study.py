@@ -3,30 +3,28 @@
 One seed runs the readable reference loop of rlr_engine (the faithful single run); several seeds run
 the batched engine rlr_batched in one process (the same runs up to rounding: tests/test_batched.py).
 Two studies live here: the many-seed benchmark of notebook 04 and the transfer study of notebook 05.
-Statistics, figures and readings are rlr_report's.
+Statistics are rlr_stats', figures and readings rlr_report's; the learned controllers (rlr_controllers)
+build on this protocol, which never imports them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
-import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import gmean
 
 import rlr_batched
+import rlr_methods as methods
 import rlr_core as rc
 import rlr_engine as engine
 import rlr_peers as peers
-import rlr_report as report
+import rlr_stats as stats
 from rlr_engine import Config
 from rlr_env import LRControlEnv, train_agent_on_env
 from rlr_results import RunResult
@@ -127,17 +125,8 @@ ORIGINAL_AGENTS: dict[str, dict] = {
 }
 """Agents at the original's settings (and ablations): label -> overrides of Config.dqn / Config.schedule."""
 
-SCALE_FREE = {"features": "log", "lr_factors": (0.5, 1.0, 2.0)}
-"""The scale-free agent's schedule options: state (log L, its change, lr position), actions x0.5/x1/x2."""
-
-LR_RANGE = (1e-5, 0.3, "log")
-"""The learning rates every schedule family searches: the original grid's range and 1.5 decades above it
-(a first run with 1e-4 at the bottom chose Adam-HD's lowest value tried, so the range grew)."""
-
-DQN_RANGES = {"dqn.lr": (1e-5, 1e-2, "log"), "dqn.horizon": (3.0, 1000.0, "log"),
-              "dqn.epsilon_decay": (100.0, 10_000.0, "log")}
-"""A DQN family's search: the Q-network's Adam lr, the discount as a horizon 1 / (1 - gamma), and the
-exploration time constant."""
+SCALE_FREE, LR_RANGE, DQN_RANGES = methods.SCALE_FREE, methods.LR_RANGE, methods.DQN_RANGES
+"""The registry's search ranges and the scale-free agent's options (their home is rlr_methods)."""
 
 
 @dataclass(frozen=True)
@@ -146,27 +135,22 @@ class Family:
     'log-int')) and, for agents, the schedule options of the variant it tunes."""
 
     kind: str
-    """'schedule' (full-batch Adam under a learning-rate rule), 'agent' (a DQN scheduler) or 'optimiser'
-    (a learning-rate-free optimiser of rlr_peers, run per seed)"""
+    """a kind of rlr_methods.KINDS: 'schedule', 'agent' or 'lr_free'"""
     ranges: dict
     """hyperparameter -> (low, high, scale)"""
     schedule: dict = field(default_factory=dict)
     """agents: overrides of Config.schedule (the variant)"""
 
 
+STUDY_KINDS = ("schedule", "agent", "lr_free")
+"""The kinds of family notebook 04 tunes (the controllers are tuned by rlr_controllers)."""
+
 FAMILIES: dict[str, Family] = {
-    "constant lr": Family("schedule", {"lr": LR_RANGE}),
-    "cosine annealing": Family("schedule", {"lr": LR_RANGE, "final_fraction": (1e-4, 0.3, "log")}),
-    "exponential decay": Family("schedule", {"lr": LR_RANGE, "total_decay": (3.0, 1e4, "log")}),
-    "one-cycle": Family("schedule", {"lr": LR_RANGE, "pct_start": (0.05, 0.5, "linear")}),
-    "ReduceLROnPlateau": Family("schedule", {"lr": LR_RANGE, "factor": (0.1, 0.8, "linear"),
-                                             "patience": (10.0, 2000.0, "log-int")}),
-    "Adam-HD": Family("schedule", {"lr": LR_RANGE, "hypergradient_lr": (1e-9, 1e-3, "log")}),
-    "DQN as described, tuned": Family("agent", DQN_RANGES),
-    "scale-free DQN, tuned": Family("agent", DQN_RANGES, SCALE_FREE),
-    **{name: Family("optimiser", ranges) for name, ranges in peers.LR_FREE.items()},
-}
-"""Every tuned family, each searched with the same number of configurations (StudyConfig.tuning_budget)."""
+    (method.tuned_label if method.kind == "agent" else method.label): Family(method.kind, method.ranges,
+                                                                            method.options.get("schedule", {}))
+    for method in (methods.get(key) for key in methods.keys()) if method.kind in STUDY_KINDS}
+"""Every tuned family, by the name the study's tables give it (a view of the registry, rlr_methods), each
+searched with the same number of configurations (StudyConfig.tuning_budget)."""
 
 
 def with_overrides(config: Config, overrides: dict) -> Config:
@@ -182,57 +166,28 @@ def study_config(config: Config, study: StudyConfig) -> Config:
     return with_overrides(config, {"schedule": {"steps": study.steps}})
 
 
+def family(name: str) -> methods.Method:
+    """The registry entry of a family named by its key, its label or its tuned label (the study's tables
+    name families by label; dispatch is always on the entry)."""
+    if name in methods.REGISTRY:
+        return methods.get(name)
+    for key in methods.keys():
+        if name in (methods.get(key).label, methods.get(key).tuned_label):
+            return methods.get(key)
+    raise ValueError(f"no family named {name!r}; registered: {methods.keys()}")
+
+
 def family_configurations(family: Family, budget: int, seed: int) -> list[dict[str, float]]:
-    """budget configurations spread over the family's ranges by a scrambled Sobol sequence
-    (scipy.stats.qmc): every family gets the same number, placed the same unbiased way."""
-    from scipy.stats import qmc
-
-    names = list(family.ranges)
-    points = qmc.Sobol(len(names), scramble=True, seed=seed).random(budget)
-    configurations = []
-    for point in points:
-        values = {}
-        for name, u in zip(names, point):
-            low, high, scale = family.ranges[name]
-            value = low + u * (high - low) if scale == "linear" else math.exp(
-                math.log(low) + u * (math.log(high) - math.log(low)))
-            values[name] = float(round(value)) if scale == "log-int" else float(value)
-        configurations.append(values)
-    return configurations
-
-
-def schedule_factory(name: str, params: dict, steps: int) -> Callable | None:
-    """The torch.optim.lr_scheduler factory of a schedule family (None: constant or an adaptive rule)."""
-    from torch.optim import lr_scheduler
-    lr = params["lr"]
-    if name == "cosine annealing":
-        return lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * params["final_fraction"])
-    if name == "exponential decay":
-        return lambda opt: lr_scheduler.ExponentialLR(opt, gamma=params["total_decay"] ** (-1.0 / steps))
-    if name == "one-cycle":
-        # lr only: torch's default also cycles Adam's beta1, which the batched engine's Adam keeps fixed
-        return lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=params["pct_start"],
-                                                   cycle_momentum=False)
-    return None
+    """budget configurations spread over the family's ranges (rlr_methods.sobol_configurations: every family
+    gets the same number, placed the same unbiased way)."""
+    return methods.sobol_configurations(family.ranges, budget, seed)
 
 
 def run_family(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int,
                progress: bool = False) -> list[RunResult]:
-    """One configuration of a family on some seeds, for `steps` optimiser steps (batched engine)."""
-    family, seeds = FAMILIES[name], rc.check_seeds("seeds", seeds)
-    if family.kind == "optimiser":
-        return peers.run_lr_free(name, params, config, seeds, steps)
-    if family.kind == "agent":
-        agent = with_overrides(config, {**agent_overrides(name, params), "schedule": {**family.schedule, "steps": steps}})
-        return rlr_batched.train_rl_scheduled(agent, seeds, progress=progress)
-    factory = schedule_factory(name, params, steps)
-    lr = rlr_batched.lr_schedule(factory, params["lr"], steps) if factory is not None else params["lr"]
-    options: dict = {}
-    if name == "ReduceLROnPlateau":
-        options["plateau"] = {"factor": params["factor"], "patience": int(params["patience"])}
-    if name == "Adam-HD":
-        options["hypergradient_lr"] = params["hypergradient_lr"]
-    return rlr_batched.train_full_batch(config, seeds, lr, steps, name, progress, **options)
+    """One configuration of a family (key or label) on some seeds, for `steps` optimiser steps: its
+    registry entry's run (batched engine; per seed for the learning-rate-free optimisers)."""
+    return family(name).run(params, config, rc.check_seeds("seeds", seeds), steps, progress)
 
 
 def tune_family(name: str, config: Config, study: StudyConfig, progress: bool = False,
@@ -241,11 +196,11 @@ def tune_family(name: str, config: Config, study: StudyConfig, progress: bool = 
     (a diverged run scores +inf: never chosen), and one row per configuration tried. submitted: for a
     learning-rate-free family, the collect() of each configuration's runs already submitted (tune_families)."""
     rows = []
-    for index, params in enumerate(family_configurations(FAMILIES[name], study.tuning_budget, study.search_seed)):
+    for index, params in enumerate(family(name).configurations(study.tuning_budget, study.search_seed)):
         runs = submitted[index]() if submitted else run_family(name, params, config, study.tuning_seeds, study.steps,
                                                                 progress)
         scores = [heldout_mse(run, "validation", study.n_heldout_examples) for run in runs]
-        score = float(gmean([np.inf if not np.isfinite(value) else value for value in scores]))
+        score = stats.validation_score(scores)
         rows.append({"family": name, "configuration": index, **params, "validation MSE": score,
                      "diverged": sum(run.diverged_at is not None for run in runs)})
     table = pd.DataFrame(rows)
@@ -253,7 +208,7 @@ def tune_family(name: str, config: Config, study: StudyConfig, progress: bool = 
         raise FloatingPointError(f"every configuration of {name} diverged on the tuning seeds: widen or move its ranges")
     best = int(table["validation MSE"].idxmin())
     table["chosen"] = table.index == best
-    return {key: table.loc[best, key] for key in FAMILIES[name].ranges}, table
+    return {key: table.loc[best, key] for key in family(name).ranges}, table
 
 
 def tuning_edges(table: pd.DataFrame) -> dict[str, dict[str, str]]:
@@ -263,7 +218,7 @@ def tuning_edges(table: pd.DataFrame) -> dict[str, dict[str, str]]:
     for name, part in table.groupby("family", sort=False):
         chosen = part[part["chosen"]].iloc[0]
         edges[name] = {}
-        for parameter in FAMILIES[name].ranges:
+        for parameter in family(name).ranges:
             values = part[parameter]
             edges[name][parameter] = ("lowest tried" if chosen[parameter] == values.min() else
                                       "highest tried" if chosen[parameter] == values.max() else "inside")
@@ -276,9 +231,9 @@ def tune_families(config: Config, study: StudyConfig, names: Sequence[str] | Non
     names = list(FAMILIES) if names is None else list(names)
     # the per-seed optimisers' runs are submitted first: Ray's workers run them while this process runs the
     # batched families (the same numbers in any order)
-    submitted = {name: [peers.submit_lr_free(name, params, config, study.tuning_seeds, study.steps) for params in
-                        family_configurations(FAMILIES[name], study.tuning_budget, study.search_seed)]
-                 for name in names if FAMILIES[name].kind == "optimiser"}
+    submitted = {name: [family(name).start(params, config, study.tuning_seeds, study.steps) for params in
+                        family(name).configurations(study.tuning_budget, study.search_seed)]
+                 for name in names if family(name).submit is not None}
     chosen, tables = {}, []
     for name in names:
         chosen[name], table = tune_family(name, config, study, progress, submitted.get(name))
@@ -314,16 +269,16 @@ def tidy_table(methods: dict[str, Sequence[RunResult]], budget: str, study: Stud
 
 
 def tuned_label(name: str) -> str:
-    """The label of a tuned family's runs in the tables (agent families carry 'tuned' in their name)."""
-    return TUNED if name == "constant lr" else name if FAMILIES[name].kind == "agent" else f"{name}, tuned"
+    """The label of a tuned family's runs in the tables (its registry entry's)."""
+    return family(name).tuned_label
 
 
 def run_tuned(chosen: dict[str, dict], config: Config, study: StudyConfig, progress: bool = False
               ) -> dict[str, list[RunResult]]:
     """Every tuned family at its chosen configuration on the evaluation seeds (the per-seed optimisers'
     runs submitted first, as in tune_families)."""
-    submitted = {name: peers.submit_lr_free(name, params, config, study.eval_seeds, study.steps)
-                 for name, params in chosen.items() if FAMILIES[name].kind == "optimiser"}
+    submitted = {name: family(name).start(params, config, study.eval_seeds, study.steps)
+                 for name, params in chosen.items() if family(name).submit is not None}
     return {tuned_label(name): submitted[name]() if name in submitted else
             run_family(name, params, config, study.eval_seeds, study.steps, progress) for name, params in chosen.items()}
 
@@ -349,7 +304,7 @@ def constant_configurations(config: Config, study: StudyConfig, progress: bool =
     """The constant lr at each of its study.tuning_budget configurations, on the evaluation seeds."""
     return {f"constant lr {params['lr']:.2e}": run_family("constant lr", params, config, study.eval_seeds, study.steps,
                                                           progress)
-            for params in family_configurations(FAMILIES["constant lr"], study.tuning_budget, study.search_seed)}
+            for params in methods.get("constant").configurations(study.tuning_budget, study.search_seed)}
 
 
 def picked_constant(config: Config, study: StudyConfig, progress: bool = False) -> list[RunResult]:
@@ -391,7 +346,7 @@ BEST_LR_FREE_RULE = ("the learning-rate-free optimiser whose chosen configuratio
 
 def best_lr_free(tuning: pd.DataFrame) -> str:
     """The tuned label of the learning-rate-free family picked by BEST_LR_FREE_RULE from the tuning table."""
-    return best_chosen(tuning, list(peers.LR_FREE), "learning-rate-free")
+    return best_chosen(tuning, family_names("lr_free"), "learning-rate-free")
 
 
 BEST_SCHEDULE_RULE = ("the schedule family other than the constant lr whose chosen configuration has the lowest "
@@ -401,8 +356,12 @@ BEST_SCHEDULE_RULE = ("the schedule family other than the constant lr whose chos
 
 def best_schedule(tuning: pd.DataFrame) -> str:
     """The tuned label of the schedule family picked by BEST_SCHEDULE_RULE from the tuning table."""
-    return best_chosen(tuning, [name for name, family in FAMILIES.items()
-                                if family.kind == "schedule" and name != "constant lr"], "schedule")
+    return best_chosen(tuning, [name for name in family_names("schedule") if family(name).key != "constant"], "schedule")
+
+
+def family_names(kind: str) -> list[str]:
+    """Every name a tuning table may give a family of this kind: its key and its labels."""
+    return [name for key in methods.keys(kind) for name in (key, methods.get(key).label, methods.get(key).tuned_label)]
 
 
 def best_chosen(tuning: pd.DataFrame, families: Sequence[str], what: str) -> str:
@@ -436,13 +395,8 @@ def agent_config(label: str, config: Config, chosen: dict[str, dict]) -> Config:
     """The run config of an agent of the study: an original-settings agent or a tuned family."""
     if label in ORIGINAL_AGENTS:
         return with_overrides(config, ORIGINAL_AGENTS[label])
-    return with_overrides(config, {**agent_overrides(label, chosen[label]), "schedule": FAMILIES[label].schedule})
-
-
-def agent_overrides(name: str, params: dict) -> dict:
-    """Config overrides of a DQN family's configuration: its dqn.* values, the horizon as gamma."""
-    dqn = {key.removeprefix("dqn."): value for key, value in params.items() if key != "dqn.horizon"}
-    return {"dqn": {**dqn, "gamma": 1.0 - 1.0 / params["dqn.horizon"]}}
+    return with_overrides(config, {**methods.dqn_overrides(chosen[label]),
+                                   "schedule": family(label).options.get("schedule", {})})
 
 
 def seconds_per_unit(configs: dict[str, Config], config: Config, study: StudyConfig) -> dict[str, float]:
@@ -533,8 +487,8 @@ def claim_table(table: pd.DataFrame, agents: Sequence[str], lr_free: str | None 
 def comparison_claims(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str]]) -> pd.DataFrame:
     """The paired tests of some pre-registered (budget, method, reference) comparisons: primary metrics
     Holm-adjusted together, the final training loss as a family of its own (descriptive)."""
-    primary = report.preregistered_tests(table, comparisons, PRIMARY_METRICS)
-    secondary = report.preregistered_tests(table, comparisons, ["train_final"])
+    primary = stats.preregistered_tests(table, comparisons, PRIMARY_METRICS)
+    secondary = stats.preregistered_tests(table, comparisons, ["train_final"])
     return pd.concat([primary.assign(primary=True), secondary.assign(primary=False)], ignore_index=True)
 
 
@@ -641,463 +595,20 @@ def train_agent_on_tasks(config: Config, training_seeds: Sequence[int], agent_se
 def evaluate_frozen_agent(config: Config, agent: rc.DQNAgent, seeds: Sequence[int],
                           progress: bool = False) -> list[RunResult]:
     """The agent's greedy policy, frozen (no exploration, replay or learning), steering Adam on each seed
-    for config.schedule.steps steps, on the batched engine; a controller's decision interval or control
-    features, which that engine does not run, run on LRControlVectorEnv (run_policy, its batched step).
-    The agent itself is left unchanged."""
+    for config.schedule.steps steps, on the batched engine. The agent itself is left unchanged. A
+    controller's schedule (a decision interval, control features), which that engine does not run, runs on
+    LRControlVectorEnv instead: rlr_controllers.frozen_agent_runs."""
     seeds = rc.check_seeds("seeds", seeds)
     if config.schedule.decision_interval != 1 or config.schedule.features == "control":
-        if config.dqn.variant != "described":
-            raise ValueError("a controller's schedule runs the 'described' variant only")
-        return run_policy(config, greedy_policy(agent), seeds, f"rl_{config.dqn.variant}_frozen")
+        raise ValueError("a controller's schedule (decision_interval > 1 or control features) runs frozen on "
+                         "LRControlVectorEnv: use rlr_controllers.frozen_agent_runs")
     return rlr_batched.train_rl_scheduled(config, seeds, progress=progress,
                                           initial_policies=[agent.policy_weights()] * len(seeds), frozen=True)
-
-
-CONTROLLER_GRID_SIZE = 12
-"""points of the controller's lr grid between lr_range's ends (the grid places the start and clips the lr)"""
-
-
-@dataclass
-class ControllerConfig:
-    """A learning-rate controller against short-horizon bias (issue: an RL controller done right): a DQN
-    with control features (the budget left in its state), a decision every decision_interval steps and the
-    telescoping log reward, trained over many tasks at once on LRControlVectorEnv."""
-
-    decision_interval: int = 100
-    """optimiser steps per decision (a 10 000-step run is 100 decisions)"""
-    lr_factors: tuple = (0.5, 1.0, 2.0)
-    """what an action does to the lr (clipped to the grid's range)"""
-    lr_range: tuple = (1e-5, 0.3)
-    """the lr's bounds, the range the tuned schedules search; the grid of 12 between them places the start"""
-    start_index: int = 5
-    """grid index of the first lr (about 1e-3 on the default range)"""
-    n_envs: int = 16
-    """tasks trained at once (the vector environment's K)"""
-    training_rounds: int = 4
-    """episodes per task: n_envs x training_rounds training episodes in all, each on a new task seed (16 x 4
-    x 10 000 optimiser steps: what tuning one family costs, 8 configurations x 8 seeds)"""
-    first_training_seed: int = 3000
-    """the first round's task seeds are first_training_seed + i; later ones are drawn by the environment"""
-    updates_per_step: int = 16
-    """DQN updates per vector step (16 with 16 tasks: one per transition, as the original's one per step)"""
-    agent_seed: int = 0
-    """seed of the agent's exploration, replay sampling and Q-network"""
-
-    def __post_init__(self) -> None:
-        for name, minimum in (("decision_interval", 1), ("start_index", 0), ("n_envs", 1), ("training_rounds", 1),
-                              ("first_training_seed", 0), ("updates_per_step", 1), ("agent_seed", 0)):
-            rc.check_int(f"controller.{name}", getattr(self, name), minimum)
-        self.lr_range = rc.check_lr_range("controller.lr_range", self.lr_range)
-        self.lr_factors = rc.check_sequence("controller.lr_factors", self.lr_factors)
-        if len(self.lr_factors) < 2:  # an empty tuple would mean index shifts to ScheduleConfig
-            raise ValueError(f"controller.lr_factors must name at least two lr multipliers, got {self.lr_factors}")
-        for index, value in enumerate(self.lr_factors):
-            rc.check_float(f"controller.lr_factors[{index}]", value, 0.0, math.inf, high_open=True)
-        if self.start_index >= CONTROLLER_GRID_SIZE:
-            raise ValueError(f"controller.start_index must be in [0, {CONTROLLER_GRID_SIZE - 1}] (on the grid of "
-                             f"{CONTROLLER_GRID_SIZE}), got {self.start_index}")
-
-    def first_round_seeds(self) -> list[int]:
-        """The task seeds of the first training round (later rounds draw 63-bit seeds from the environment)."""
-        return list(range(self.first_training_seed, self.first_training_seed + self.n_envs))
-
-    def check_disjoint(self, seeds: Sequence[int], what: str = "evaluation or tuning seeds") -> None:
-        """ValueError, before any training, if the controller's first-round task seeds meet the given seeds."""
-        shared = sorted(set(self.first_round_seeds()) & set(rc.check_seeds("seeds", seeds)))
-        if shared:
-            raise ValueError(f"the controllers' training task seeds {self.first_training_seed}.."
-                             f"{self.first_training_seed + self.n_envs - 1} (controller.first_training_seed) overlap "
-                             f"the {what} {shared[:5]}{'...' if len(shared) > 5 else ''}: move one of them")
-
-    def check_steps(self, steps: int) -> None:
-        """ValueError naming controller.decision_interval if runs of `steps` cannot hold one decision."""
-        rc.check_int("steps", steps, 1)
-        if self.decision_interval > steps:
-            raise ValueError(f"controller.decision_interval ({self.decision_interval}) must be at most the run's "
-                             f"steps ({steps})")
-
-    def schedule(self, steps: int) -> rc.ScheduleConfig:
-        """The controller's ScheduleConfig for runs of `steps` optimiser steps (validated there)."""
-        low, high = self.lr_range
-        self.check_steps(steps)
-        grid = tuple(float(lr) for lr in np.logspace(math.log10(low), math.log10(high), CONTROLLER_GRID_SIZE))
-        return rc.ScheduleConfig(lr_grid=grid, start_index=self.start_index, steps=steps, features="control",
-                                 lr_factors=tuple(self.lr_factors), decision_interval=self.decision_interval)
-
-
-def train_controller(config: Config, controller: ControllerConfig) -> tuple[Config, rc.DQNAgent, pd.DataFrame]:
-    """Train a controller (config.dqn's DQN on controller.schedule(config.schedule.steps)) over
-    n_envs x training_rounds task episodes on LRControlVectorEnv. Returns the config its policy runs with
-    (for evaluate_frozen_agent), the agent, and its learning curve: one row per training episode (round,
-    seed, return log L_0 - log L_T, whether it diverged)."""
-    from rlr_env import LRControlVectorEnv, train_agent_on_vector_env
-    run_config = with_overrides(config, {"schedule": asdict(controller.schedule(config.schedule.steps))})
-    schedule = run_config.schedule
-    env = LRControlVectorEnv(controller.n_envs, run_config.task, schedule, dtype=run_config.dtype,
-                             device=run_config.device)
-    agent = rc.DQNAgent(schedule.state_dim, schedule.n_actions, run_config.dqn, controller.agent_seed,
-                        rc.DTYPES[run_config.dtype], run_config.device)
-    decisions = -(-schedule.steps // schedule.decision_interval)
-    history = train_agent_on_vector_env(env, agent, (decisions + 1) * controller.training_rounds,
-                                        controller.first_training_seed, controller.updates_per_step)
-    curve = pd.DataFrame({"episode": range(len(history["episode_returns"])), "seed": history["episode_seeds"],
-                          "return": history["episode_returns"], "diverged": history["episode_terminated"]})
-    curve["round"] = curve["episode"] // controller.n_envs
-    return run_config, agent, curve
-
-
-def greedy_policy(agent: rc.DQNAgent) -> Callable[[np.ndarray], np.ndarray]:
-    """The agent's frozen greedy policy for many observations at once (argmax of its policy network); the
-    agent, its RNG included, is left as it is."""
-    def act(observations: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            states = torch.as_tensor(observations, dtype=agent.dtype, device=agent.device)
-            return agent.policy_net(states).argmax(dim=-1).cpu().numpy()
-    return act
-
-
-def run_policy(config: Config, act: Callable[[np.ndarray], np.ndarray], seeds: Sequence[int],
-               method: str = "policy") -> list[RunResult]:
-    """A policy (observations [K, state_dim] -> actions [K]: greedy_policy, or a stable-baselines3 model's
-    predict) steering Adam for one episode of config.schedule.steps optimiser steps on every seed at once
-    (LRControlVectorEnv, the batched engine): per seed a RunResult logging the loss and lr of every
-    optimiser step, as the reference loop does, and the final network (none for a run that diverged)."""
-    from rlr_env import LRControlVectorEnv
-    seeds = rc.check_seeds("seeds", seeds)
-    env = LRControlVectorEnv(len(seeds), config.task, config.schedule, dtype=config.dtype, device=config.device)
-    observation, _ = env.reset(seed=seeds)
-    series = [{"loss": [], "lr": []} for _ in seeds]
-    finished, diverged_at = np.zeros(len(seeds), dtype=bool), [None] * len(seeds)
-    started = time.perf_counter()
-    while not finished.all():
-        observation, _, terminated, truncated, info = env.step(np.asarray(act(observation)))
-        for k in np.flatnonzero(~finished):
-            losses = info["step_losses"][k, :info["steps_taken"][k]]
-            if terminated[k]:  # the interval's last loss is the non-finite one: the series stop before it
-                diverged_at[k], losses = len(series[k]["loss"]) + len(losses) - 1, losses[:-1]
-            series[k]["loss"] += losses.tolist()
-            series[k]["lr"] += [float(info["lr"][k])] * len(losses)
-        finished |= terminated | truncated
-    seconds = (time.perf_counter() - started) / len(seeds)
-    models = env.net.to_modules(lambda: rc.MaclaurinNet(config.task))
-    return [RunResult(method, config.with_seed(seed).to_dict(),
-                      {name: np.asarray(values) for name, values in series[k].items()}, seconds, diverged_at[k],
-                      models[k] if diverged_at[k] is None else None) for k, seed in enumerate(seeds)]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Learned controllers (notebook 04, reused frozen in notebook 05): a DQN controller tuned with the same
-# budget as every family, and stable-baselines3's PPO and DQN as learners nobody here wrote, all trained on
-# LRControlVectorEnv over task seeds of their own, then frozen.
-# ---------------------------------------------------------------------------------------------------
-
-CONTROLLER_RANGES = {"dqn.lr": (1e-5, 1e-2, "log"), "dqn.horizon": (10.0, 1000.0, "log"),
-                     "dqn.epsilon_decay": (100.0, 10_000.0, "log")}
-"""The DQN controller's search, fixed before any controller result: the Q-network's Adam lr, the discount
-as a horizon in decisions (10 decisions = 1 000 optimiser steps; 1 000 is about gamma 1 over a 100-decision
-run: no short-horizon bias) and the exploration time constant in acts (a training of 4 rounds on 16 tasks
-acts about 6 500 times)."""
-
-CONTROLLER_DQN = {"double_dqn": True, "replay_capacity": 100_000, "learning_starts": 256}
-"""The controller DQN's fixed settings: Double DQN, a replay memory holding every transition of its training."""
-
-DQN_CONTROLLER, SB3_PPO, SB3_DQN = "DQN controller, tuned", "PPO controller (stable-baselines3)", \
-    "DQN controller (stable-baselines3)"
-"""Labels of the learned controllers in the tables."""
-
-BEST_CONTROLLER_RULE = ("the learned controller with the lowest validation MSE on the tuning seeds (for the "
-                        "tuned DQN controller, its chosen configuration's)")
-"""How the pre-registered best RL controller is picked: on validation data, never on test data."""
-
-
-@dataclass
-class TrainedController:
-    """A controller trained over many tasks, then frozen: what notebook 04 evaluates and notebook 05 reloads."""
-
-    label: str
-    """its label in the tables"""
-    learner: str
-    """'dqn' (rlr_core.DQNAgent) or an SB3_LEARNERS name"""
-    run_config: dict
-    """Config.to_dict() of the runs its policy steers (the controller's schedule)"""
-    policy: dict
-    """the policy's weights as plain tensors: the DQN's policy_net state_dict, or the SB3 model's
-    policy.state_dict() (rebuilt by sb3_policy from the learner's class and the run's spaces, never unpickled)"""
-    curve: pd.DataFrame
-    """one row per training episode: episode, round, seed, return (log L_0 - log L_T), diverged"""
-    training_seconds: float
-    """wall seconds of its training (one process, one thread)"""
-    params: dict = field(default_factory=dict)
-    """the configuration it was trained with (the tuned knobs)"""
-    validation_mse: list = field(default_factory=list)
-    """its frozen runs' validation MSE on the tuning seeds (NaN: diverged)"""
-
-    def act(self) -> Callable[[np.ndarray], np.ndarray]:
-        """The frozen greedy policy: observations [K, state_dim] -> actions [K] (for run_policy)."""
-        config = Config.from_dict(self.run_config)
-        if self.learner == "dqn":
-            agent = rc.DQNAgent(config.schedule.state_dim, config.schedule.n_actions, config.dqn, 0,
-                                rc.DTYPES[config.dtype], config.device)
-            agent.policy_net.load_state_dict(self.policy)
-            return greedy_policy(agent)
-        policy = sb3_policy(self.learner, config, self.policy)
-        return lambda observations: policy.predict(observations, deterministic=True)[0]
-
-    @property
-    def training_optimiser_steps(self) -> int:
-        return len(self.curve) * Config.from_dict(self.run_config).schedule.steps
-
-
-@contextmanager
-def quiet_sb3():
-    """SB3's two expected warnings silenced: PPO's (64 does not divide a rollout of 16 x 101, so the last
-    mini-batch is smaller) and DQN's (its target update follows each vector step, as sb3_dqn intends)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "You have specified a mini-batch size|The number of environments used")
-        yield
-
-
-def _sb3_ppo(env, seed: int, decisions: int):
-    """SB3's PPO at its defaults, except a rollout of one episode per task (n_steps = decisions; the
-    default 2048 per task would be 20 episodes each, more than a training holds)."""
-    from stable_baselines3 import PPO
-    return PPO("MlpPolicy", env, n_steps=decisions, seed=seed, device="cpu")
-
-
-def _sb3_dqn(env, seed: int, decisions: int):
-    """SB3's DQN with the controller DQN's design (CONTROLLER_DQN, DQNConfig's defaults: batch 64, Adam 1e-3,
-    gamma 0.99, soft target update, epsilon from 0.9 to 0.05 over the first quarter, one update per
-    transition); SB3 updates the target once per vector step, so its tau is the pull of n_envs updates at
-    tau 0.005. SB3's DQN has no Double DQN."""
-    from stable_baselines3 import DQN
-    return DQN("MlpPolicy", env, learning_rate=1e-3, buffer_size=CONTROLLER_DQN["replay_capacity"],
-               learning_starts=CONTROLLER_DQN["learning_starts"], batch_size=64, tau=1 - 0.995 ** env.num_envs,
-               gamma=0.99,
-               train_freq=1, gradient_steps=env.num_envs, target_update_interval=1, exploration_fraction=0.25,
-               exploration_initial_eps=0.9, exploration_final_eps=0.05, seed=seed, device="cpu")
-
-
-SB3_LEARNERS = {"ppo": ("PPO", _sb3_ppo, SB3_PPO), "dqn-sb3": ("DQN", _sb3_dqn, SB3_DQN)}
-"""stable-baselines3 learners: name -> (its class in stable_baselines3, builder, label). The builders are private:
-SB3 seeds torch, numpy and random globally when it builds a model and draws from them while it learns, so
-building and learning happen together inside one rc.global_rng_preserved() block (train_sb3_controller)."""
-
-
-def sb3_policy(learner: str, config: Config, weights: dict):
-    """An SB3 learner's trained policy rebuilt from plain tensors: its algorithm's MlpPolicy at the builders'
-    (default) architecture for the run's observation and action spaces, with weights loaded (strict) and in
-    eval mode. SB3's own load() is not used: it unpickles the saved zip's data with cloudpickle, so a stored
-    file could run code. The global random state is left as it was (building the policy draws its initial
-    weights, which the loaded ones replace)."""
-    import importlib
-
-    from rlr_env import LRControlEnv
-    if learner not in SB3_LEARNERS:
-        raise ValueError(f"learner must be one of {sorted(SB3_LEARNERS)}, got {learner!r}")
-    policy_class = importlib.import_module(f"stable_baselines3.{SB3_LEARNERS[learner][0].lower()}").MlpPolicy
-    spaces = LRControlEnv(config.task, config.schedule, dtype=config.dtype)
-    with rc.global_rng_preserved():
-        policy = policy_class(spaces.observation_space, spaces.action_space, lr_schedule=lambda _: 0.0)
-    policy.load_state_dict(weights)
-    policy.set_training_mode(False)
-    return policy
-
-
-def validate_controller(trained: TrainedController, study: StudyConfig) -> TrainedController:
-    """Its frozen policy on the tuning seeds (never an evaluation seed): validation MSE per seed."""
-    runs = frozen_controller_runs(trained, study.tuning_seeds)
-    trained.validation_mse = [heldout_mse(run, "validation", study.n_heldout_examples) for run in runs]
-    return trained
-
-
-def train_dqn_controller(config: Config, study: StudyConfig, controller: ControllerConfig, params: dict
-                         ) -> TrainedController:
-    """One configuration of the DQN controller (CONTROLLER_RANGES' knobs), trained and validated."""
-    overrides = agent_overrides(DQN_CONTROLLER, params)
-    dqn_config = with_overrides(config, {"dqn": {**CONTROLLER_DQN, **overrides["dqn"]}})
-    started = time.perf_counter()
-    run_config, agent, curve = train_controller(dqn_config, controller)
-    trained = TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), agent.policy_net.state_dict(), curve,
-                                time.perf_counter() - started, dict(params))
-    return validate_controller(trained, study)
-
-
-def train_sb3_controller(config: Config, study: StudyConfig, controller: ControllerConfig, learner: str
-                         ) -> TrainedController:
-    """An SB3 learner on the controller's environment, task seeds, episodes and reward; validated."""
-    from rlr_env import LRControlVectorEnv
-    from rlr_sb3 import SB3VectorEnv
-    run_config = with_overrides(config, {"schedule": asdict(controller.schedule(config.schedule.steps))})
-    schedule = run_config.schedule
-    env = SB3VectorEnv(LRControlVectorEnv(controller.n_envs, run_config.task, schedule, dtype=run_config.dtype,
-                                          device=run_config.device))
-    decisions = -(-schedule.steps // schedule.decision_interval)
-    _, build, label = SB3_LEARNERS[learner]
-    started = time.perf_counter()
-    with quiet_sb3(), rc.global_rng_preserved():  # SB3 seeds torch, numpy and random globally
-        model = build(env, controller.agent_seed, decisions)
-        env.seed(controller.first_training_seed)  # after the model: SB3 seeds the env with its own seed
-        model.learn(controller.n_envs * decisions * controller.training_rounds)
-    seconds = time.perf_counter() - started
-    curve = pd.DataFrame(env.episodes).rename(columns={"terminated": "diverged"})
-    curve.insert(0, "episode", range(len(curve)))
-    curve["round"] = curve["episode"] // controller.n_envs
-    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.policy.state_dict().items()}
-    trained = TrainedController(label, learner, run_config.to_dict(), weights, curve, seconds)
-    return validate_controller(trained, study)
-
-
-def submit_controllers(config: Config, study: StudyConfig, controller: ControllerConfig
-                       ) -> Callable[[], list[TrainedController]]:
-    """Start training every controller: the DQN controller at study.tuning_budget configurations of
-    CONTROLLER_RANGES (scrambled Sobol, as every family) and the SB3 learners (untuned, one configuration
-    each), one Ray task per training when Ray is started (peers.submit_tasks: they train while this process
-    goes on). Returns collect(), for choose_controllers."""
-    configurations = family_configurations(Family("controller", CONTROLLER_RANGES), study.tuning_budget,
-                                           study.search_seed)
-    collect_dqn = peers.submit_tasks(train_dqn_controller, [(config, study, controller, params)
-                                                            for params in configurations])
-    collect_sb3 = peers.submit_tasks(train_sb3_controller, [(config, study, controller, learner)
-                                                            for learner in SB3_LEARNERS])
-    return lambda: collect_dqn() + collect_sb3()
-
-
-def choose_controllers(candidates: Sequence[TrainedController], study: StudyConfig
-                       ) -> tuple[dict[str, TrainedController], pd.DataFrame]:
-    """The DQN controller configuration with the lowest geometric-mean validation MSE on the tuning seeds
-    (a diverged run scores +inf) and every SB3 learner: label -> trained controller, and one row per
-    controller trained. RuntimeError if any trained on an evaluation or tuning seed."""
-    seen = {int(seed) for trained in candidates for seed in trained.curve["seed"]}
-    if seen & (set(study.eval_seeds) | set(study.tuning_seeds)):
-        raise RuntimeError("a controller trained on an evaluation or tuning seed: move controller.first_training_seed")
-    rows = []
-    for index, trained in enumerate(candidates):
-        scores = np.array([np.inf if not np.isfinite(value) else value for value in trained.validation_mse])
-        rows.append({"controller": trained.label, "configuration": index if trained.learner == "dqn" else 0,
-                     **trained.params, "validation MSE": float(gmean(scores)), "diverged": int(np.isinf(scores).sum()),
-                     "training episodes": len(trained.curve), "training seconds": trained.training_seconds})
-    table = pd.DataFrame(rows)
-    dqn_rows = table[table["controller"] == DQN_CONTROLLER]
-    best = int(dqn_rows["validation MSE"].idxmin()) if np.isfinite(dqn_rows["validation MSE"]).any() else 0
-    table["chosen"] = (table["controller"] != DQN_CONTROLLER) | (table.index == best)
-    return {trained.label: trained for index, trained in enumerate(candidates) if table.loc[index, "chosen"]}, table
-
-
-def tune_controllers(config: Config, study: StudyConfig, controller: ControllerConfig
-                     ) -> tuple[dict[str, TrainedController], pd.DataFrame]:
-    """submit_controllers, then choose_controllers: label -> trained controller, and the tuning table."""
-    return choose_controllers(submit_controllers(config, study, controller)(), study)
-
-
-def best_controller(table: pd.DataFrame) -> str:
-    """The label picked by BEST_CONTROLLER_RULE from tune_controllers' table."""
-    chosen = table[table["chosen"]]
-    return str(chosen.loc[chosen["validation MSE"].idxmin(), "controller"])
-
-
-def frozen_controller_runs(trained: TrainedController, seeds: Sequence[int], config: Config | None = None
-                           ) -> list[RunResult]:
-    """A frozen controller on the seeds (run_policy); config: another task's run config (its task and steps
-    replace the controller's), e.g. notebook 05's held-out tasks."""
-    run_config = Config.from_dict(trained.run_config)
-    if config is not None:
-        run_config = with_overrides(run_config, {"task": asdict(config.task), "schedule": {"steps": config.schedule.steps}})
-    return run_policy(run_config, trained.act(), seeds, trained.label)
-
-
-def submit_controller_runs(controllers: dict[str, TrainedController], seeds: Sequence[int],
-                           configs: dict[str, Config | None]) -> Callable[[], dict[str, dict[str, list[RunResult]]]]:
-    """frozen_controller_runs of every controller under every config (label -> a task's run config, None
-    for the controller's own), one Ray task each when Ray is started (peers.submit_tasks). Returns
-    collect(): config label -> controller label -> runs."""
-    calls = [(trained, list(seeds), config) for config in configs.values() for trained in controllers.values()]
-    collect = peers.submit_tasks(frozen_controller_runs, calls)
-
-    def gather() -> dict[str, dict[str, list[RunResult]]]:
-        runs = iter(collect())
-        return {name: {label: next(runs) for label in controllers} for name in configs}
-    return gather
-
-
-def run_controllers(controllers: dict[str, TrainedController], seeds: Sequence[int], config: Config | None = None
-                    ) -> dict[str, list[RunResult]]:
-    """Every frozen controller on the seeds (submit_controller_runs under one config): label -> runs."""
-    return submit_controller_runs(controllers, seeds, {"runs": config})()["runs"]
 
 
 def task_configs(config: Config, tasks: dict[str, rc.TaskConfig]) -> dict[str, Config]:
     """config with each task in place of its own: task label -> run config."""
     return {label: with_overrides(config, {"task": asdict(task)}) for label, task in tasks.items()}
-
-
-CONTROLLERS_FILE_FORMAT, CONTROLLERS_FILE_VERSION = "rlr_scheduler.controllers", 2
-"""save_controllers' file: version 2 holds plain tensors and values only (version 1 held SB3's pickled zips)."""
-
-CONTROLLER_FIELDS = {"label": str, "learner": str, "run_config": dict, "policy": dict, "curve": dict,
-                     "training_seconds": float, "params": dict, "validation_mse": list}
-"""Every field a saved controller holds, with its type on disk (the curve as a dict of columns)."""
-
-
-def save_controllers(controllers: dict[str, TrainedController], path: str | Path) -> Path:
-    """The frozen controllers in one file (atomic), for notebook 05 and your own loop: plain tensors, strings,
-    numbers, lists and dicts, so that torch.load(path, weights_only=True) reads it and nothing is unpickled."""
-    from rlr_results import atomic_write
-    payload = {"format": CONTROLLERS_FILE_FORMAT, "format_version": CONTROLLERS_FILE_VERSION, "controllers": {
-        label: {"label": trained.label, "learner": trained.learner, "run_config": trained.run_config,
-                "policy": {name: tensor.detach().cpu() for name, tensor in trained.policy.items()},
-                "curve": trained.curve.to_dict(orient="list"), "training_seconds": float(trained.training_seconds),
-                "params": dict(trained.params), "validation_mse": [float(value) for value in trained.validation_mse]}
-        for label, trained in controllers.items()}}
-    return atomic_write(path, lambda file: torch.save(payload, file))
-
-
-def load_controllers(path: str | Path) -> dict[str, TrainedController]:
-    """save_controllers' file back, read with weights_only=True (tensors and plain values, no code).
-    FileNotFoundError for a missing file; ValueError naming the file and what is wrong for anything that is
-    not such a file (random, truncated or empty bytes, another payload, missing fields, weights of the wrong
-    shape for the controller's network)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run notebook 04 first")
-    where = f"load_controllers({str(path)!r})"
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # random, truncated or empty bytes, or a pickle that is not plain data
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise ValueError(f"{where}: not a file written by save_controllers (torch.load with weights_only=True "
-                         f"failed: {type(error).__name__}: {first_line})") from error
-    if not isinstance(payload, dict) or payload.get("format") != CONTROLLERS_FILE_FORMAT:
-        raise ValueError(f"{where}: not a file written by save_controllers (no format={CONTROLLERS_FILE_FORMAT!r})")
-    if payload.get("format_version") != CONTROLLERS_FILE_VERSION:
-        raise ValueError(f"{where}: format_version {payload.get('format_version')!r}, this code reads "
-                         f"version {CONTROLLERS_FILE_VERSION}")
-    if not isinstance(payload.get("controllers"), dict) or not payload["controllers"]:
-        raise ValueError(f"{where}: 'controllers' must be a non-empty dict of label -> controller")
-    return {label: checked_controller(fields, f"{where}[{label!r}]") for label, fields in payload["controllers"].items()}
-
-
-def checked_controller(fields: Any, where: str) -> TrainedController:
-    """One saved controller's fields as a TrainedController whose policy loads, or ValueError saying why."""
-    if not isinstance(fields, dict) or set(fields) != set(CONTROLLER_FIELDS):
-        keys = sorted(map(str, fields)) if isinstance(fields, dict) else type(fields).__name__
-        raise ValueError(f"{where}: a controller holds exactly {sorted(CONTROLLER_FIELDS)}, got {keys}")
-    for name, kind in CONTROLLER_FIELDS.items():
-        if not isinstance(fields[name], kind) or (kind is float and isinstance(fields[name], bool)):
-            raise ValueError(f"{where}: {name} must be a {kind.__name__}, got {type(fields[name]).__name__}")
-    if fields["learner"] != "dqn" and fields["learner"] not in SB3_LEARNERS:
-        raise ValueError(f"{where}: learner must be 'dqn' or one of {sorted(SB3_LEARNERS)}, got {fields['learner']!r}")
-    if not all(isinstance(tensor, torch.Tensor) for tensor in fields["policy"].values()):
-        raise ValueError(f"{where}: policy must map names to tensors")
-    curve = fields["curve"]
-    if not {"episode", "seed", "return"} <= set(curve) or len({len(column) for column in curve.values()}) != 1:
-        raise ValueError(f"{where}: curve must hold equally long columns episode, seed, return, ...")
-    try:
-        trained = TrainedController(**{**fields, "curve": pd.DataFrame(curve)})
-        trained.act()  # rebuilds the network from run_config and loads the weights (strict: names and shapes)
-    except (TypeError, ValueError, KeyError, RuntimeError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{where}: its run_config or policy weights do not make a controller: {first_line}") from error
-    return trained
 
 
 def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],
@@ -1109,7 +620,7 @@ def evaluate_on_held_out_tasks(config: Config, tasks: dict[str, rc.TaskConfig],
     annealing (tuned: family -> chosen configuration, from tune_family on the training task) and every
     frozen agent, all config.schedule.steps full-batch Adam steps on the same data and initial weights
     of each seed, then the frozen controllers' runs on those tasks and seeds, if given (task label ->
-    label -> runs: submit_controller_runs). agents: label -> (the config it was trained with, agent)."""
+    label -> runs: rlr_controllers.submit_controller_runs). agents: label -> (the config it was trained with, agent)."""
     steps = config.schedule.steps
     runs: dict[str, dict[str, list[RunResult]]] = {}
     for task_label, task_config in task_configs(config, tasks).items():
@@ -1136,5 +647,5 @@ def transfer_summary(table: pd.DataFrame, metric: str = "test_mse") -> pd.DataFr
     """Per task and method: geometric mean and median over seeds with 95% bootstrap CIs, diverged runs
     (left out of the statistics) and paired win rates against the tuned constant lr and cosine annealing."""
     references = {TUNED_CONSTANT: TUNED_CONSTANT, COSINE: COSINE}
-    return pd.concat({task: report.summary_with_win_rates(part, metric, references)
+    return pd.concat({task: stats.summary_with_win_rates(part, metric, references)
                       for task, part in table.groupby("task", sort=False)}, names=["task"])

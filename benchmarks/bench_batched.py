@@ -11,8 +11,8 @@ benchmarks/results/bench_batched.json. Other processes on the machine slow both 
 average is recorded with the results.
 
 --kernels also times one MaclaurinNet forward + backward (full batch) per run three ways: the engine's
-hand-derived batched matmuls, the same matmuls under autograd, and torch.func (stack_module_state +
-vmap(grad)): the measurement behind the engine's choice.
+(StackedModel: vmap(functional_call) forward, autograd backward), batched matmuls written out under
+autograd, and torch.func's vmap(grad): the measurement behind the engine's choice.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ def forward_backward_timings(ks: list[int], repeats: int = 6) -> list[dict]:
     for k in ks:
         models = [rc.make_model(task, seed) for seed in range(k)]
         inputs, targets = torch.randn(k, task.n_examples, task.n_points), torch.randn(k, task.n_examples, 5)
-        net = rlr_batched.StackedMLP(models, torch.float32, torch.device("cpu"))
-        weights = [w.clone().requires_grad_() for w in net.weights]
-        biases = [b.clone().requires_grad_() for b in net.biases]
+        net = rlr_batched.StackedModel(models, torch.float32, torch.device("cpu"))
+        weights = [block.clone().requires_grad_() for name, block in net.tensors.items() if name.endswith("weight")]
+        biases = [block.clone().requires_grad_() for name, block in net.tensors.items() if name.endswith("bias")]
 
         def autograd_bmm() -> tuple[torch.Tensor, ...]:
             hidden = inputs
@@ -89,7 +89,7 @@ def forward_backward_timings(ks: list[int], repeats: int = 6) -> list[dict]:
             return torch.nn.functional.mse_loss(functional_call(template, p, (x,)), y)
 
         vmapped_grad = vmap(grad(loss_of))
-        candidates = {"hand-derived bmm (engine)": lambda: rlr_batched.mse_loss_and_grad(net, inputs, targets),
+        candidates = {"engine (vmap forward, autograd)": lambda: rlr_batched.mse_loss_and_grad(net, inputs, targets),
                       "autograd bmm": autograd_bmm,
                       "torch.func vmap(grad)": lambda: vmapped_grad(params, inputs, targets)}
         best = dict.fromkeys(candidates, math.inf)
@@ -113,9 +113,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of this many timings, both sides")
     parser.add_argument("--run-types", nargs="+", default=list(RUN_TYPES), choices=RUN_TYPES)
     parser.add_argument("--kernels", action="store_true",
-                        help="also time MaclaurinNet forward+backward: hand-derived vs autograd vs vmap")
+                        help="also time MaclaurinNet forward+backward: the engine vs autograd bmm vs vmap(grad)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    rlr_batched.reuse_freed_memory()  # an entry point's allocator setting (see its docstring)
     kernel_rows = forward_backward_timings(args.ks) if args.kernels else []
     rows = []
     for run_type in args.run_types:
@@ -158,9 +159,11 @@ def main() -> None:
                   for row in kernel_rows]
     table = "\n".join(lines)
     print(table)
+    readme = (f"**The vectorised engine** (`benchmarks/bench_batched.py`, {args.steps} steps per seed, one thread, best "
+              f"of {args.repeats}; load average " + ", ".join(f"{value:.1f}" for value in load) + "):\n\n" + table)
     results_io.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_batched.json",
                          json.dumps({"rows": rows, "forward_backward": kernel_rows, "table_markdown": table,
-                                     "args": vars(args), "load_average": load,
+                                     "readme_markdown": readme, "args": vars(args), "load_average": load,
                                      "versions": results_io.package_versions()}, indent=1))
 
 

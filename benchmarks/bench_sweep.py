@@ -66,12 +66,34 @@ def write_grid(folder: Path, steps: int, points: int) -> Path:
     return grid
 
 
+RESULTS = ROOT / "benchmarks" / "results" / "bench_sweep.json"
+
+
+def readme_markdown(measured: dict) -> str:
+    """The README's part of these results (readme.py places it as written)."""
+    return "\n".join([
+        f"**Sweeps on Ray** (`benchmarks/bench_sweep.py`, {measured['points']} points of notebook 02, "
+        f"{measured['steps']} steps each):", "", "| what | seconds |", "|---|---|",
+        f"| {measured['points']} points one after another (papermill, no Ray) | {measured['sequential_seconds']:.1f} |",
+        f"| the same points as a sweep on {measured['workers']} local Ray workers | {measured['sweep_seconds']:.1f} "
+        f"({measured['speedup']:.2f}x) |",
+        f"| starting the local Ray instance (once per sweep) | {measured['ray_start_seconds']:.1f} (with it: "
+        f"{measured['speedup_with_ray_start']:.2f}x) |"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500, help="agent steps per point (default 1500)")
     parser.add_argument("--points", type=int, default=4, help="points (one seed each, default 4)")
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray instance (default 2)")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="measure nothing: rewrite the stored results' README part (readme_markdown)")
     args = parser.parse_args()
+    if args.markdown_only:
+        measured = json.loads(RESULTS.read_text())
+        results_io.atomic_write_text(RESULTS, json.dumps({**measured, "readme_markdown": readme_markdown(measured)},
+                                                         indent=1))
+        return
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as temp:
         work = Path(temp)
         sequential = [run_papermill(args.steps, seed, work / f"sequential_{seed}") for seed in range(args.points)]
@@ -101,8 +123,9 @@ def main() -> None:
         "papermill_overhead_seconds": tiny_papermill - tiny_script,
         "versions": {**results_io.package_versions(), "ray": ray.__version__, "papermill": papermill.__version__},
     }
-    results_io.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_sweep.json",
-                         json.dumps(results_io.json_ready(measured), indent=1))
+    measured = results_io.json_ready(measured)
+    results_io.atomic_write_text(RESULTS, json.dumps({**measured, "readme_markdown": readme_markdown(measured)},
+                                                     indent=1))
     print(f"| what | seconds |\n|---|---|\n"
           f"| {args.points} points x {args.steps} steps, one after another (papermill) | {sum(sequential):.1f} |\n"
           f"| same points, sweep on {args.workers} Ray workers (Ray already started) | {report.wall_seconds:.1f} |\n"

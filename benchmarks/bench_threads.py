@@ -48,11 +48,31 @@ def time_one(mode: str, threads: int, epochs: int, steps: int) -> float:
     return measured["seconds"] / measured["units"]
 
 
+RESULTS = ROOT / "benchmarks" / "results" / "bench_threads.json"
+
+
+def readme_markdown(measured: dict) -> str:
+    """The README's part of these results (readme.py places it as written)."""
+    lines = [f"**Threads** (`benchmarks/bench_threads.py`, {measured['args']['epochs']} epochs / "
+             f"{measured['args']['steps']} steps, each setting in a fresh process):", "",
+             "| run | ms, 1 thread | ms, 2 threads | 1 thread faster by |", "|---|---|---|---|"]
+    lines += [f"| {row['run']} (per {row['unit']}) | {row['ms_per_unit_1_thread']:.3f} | "
+              f"{row['ms_per_unit_2_threads']:.3f} | {row['speedup_of_1_thread']:.2f}x |" for row in measured["rows"]]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=500, help="baseline epochs per measurement")
     parser.add_argument("--steps", type=int, default=2000, help="full-batch / agent steps per measurement")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="measure nothing: rewrite the stored results' README part (readme_markdown)")
     args = parser.parse_args()
+    if args.markdown_only:
+        measured = json.loads(RESULTS.read_text())
+        results_io.atomic_write_text(RESULTS, json.dumps({**measured, "readme_markdown": readme_markdown(measured)},
+                                                         indent=1))
+        return
     rows = []
     for mode, unit, full in (("baseline", "epoch", 10_000), ("full_batch", "step", 10_000),
                              ("agent", "step", 10_000)):
@@ -66,9 +86,10 @@ def main() -> None:
         print(f"| {row['run']} (per {row['unit']}) | {row['ms_per_unit_1_thread']:.3f} | "
               f"{row['ms_per_unit_2_threads']:.3f} | {row['speedup_of_1_thread']:.2f}x | "
               f"{row['projected_full_run_seconds_1_thread']:.0f} s |")
-    results_io.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_threads.json",
-                         json.dumps({"rows": rows, "args": vars(args), "versions": results_io.package_versions()},
-                                    indent=1))
+    measured = {"rows": rows, "args": {"epochs": args.epochs, "steps": args.steps},
+                "versions": results_io.package_versions()}
+    results_io.atomic_write_text(RESULTS, json.dumps({**measured, "readme_markdown": readme_markdown(measured)},
+                                                     indent=1))
 
 
 if __name__ == "__main__":

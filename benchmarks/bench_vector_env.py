@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import rlr_batched  # noqa: E402
 import rlr_core as rc  # noqa: E402
 import rlr_env  # noqa: E402
 import rlr_results as results_io  # noqa: E402
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of this many timings, both sides")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    rlr_batched.reuse_freed_memory()  # an entry point's allocator setting (see its docstring)
     rows = []
     for label, schedule in schedules(args.interval, args.decisions).items():
         for k in args.ks:
@@ -89,8 +91,12 @@ def main() -> None:
               f"{row['vector_optimiser_steps_per_s']:.0f} |" for row in rows]
     table = "\n".join(lines)
     print(table)
+    readme = (f"**The vector environment** (`benchmarks/bench_vector_env.py`, {args.decisions} env steps of random "
+              f"actions per K, one thread, best of {args.repeats}; load average "
+              + ", ".join(f"{value:.1f}" for value in load) + "):\n\n" + table)
     results_io.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_vector_env.json",
-                                 json.dumps({"rows": rows, "table_markdown": table, "args": vars(args),
+                                 json.dumps({"rows": rows, "table_markdown": table, "readme_markdown": readme,
+                                             "args": vars(args),
                                              "load_average": load, "versions": results_io.package_versions()},
                                             indent=1))
 

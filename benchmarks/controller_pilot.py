@@ -1,4 +1,4 @@
-"""Pilot of the learned controller (rlr_study.ControllerConfig) on tuning seeds only: does it learn, and
+"""Pilot of the learned controller (rlr_controllers.ControllerConfig) on tuning seeds only: does it learn, and
 where does it land against notebook 04's tuned schedules? Not the verdict (no tuning of its own, few seeds).
 
     .venv/bin/python benchmarks/controller_pilot.py [--rounds 8] [--updates-per-step 16] [--gamma 0.99]
@@ -25,11 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy.stats import gmean  # noqa: E402
 
+import rlr_controllers as controllers  # noqa: E402
 import rlr_core as rc  # noqa: E402
 import rlr_engine as engine  # noqa: E402
 import rlr_results as results_io  # noqa: E402
+import rlr_stats as stats  # noqa: E402
 import rlr_study as study  # noqa: E402
 
 
@@ -42,19 +43,19 @@ def main() -> None:
     torch.set_num_threads(1)
     benchmark = json.loads((ROOT / "results" / "benchmark_summary.json").read_text())
     setup = study.StudyConfig(**benchmark["study"])
-    controller = study.ControllerConfig(training_rounds=args.rounds, updates_per_step=args.updates_per_step)
+    controller = controllers.ControllerConfig(training_rounds=args.rounds, updates_per_step=args.updates_per_step)
     decisions = math.ceil(setup.steps / controller.decision_interval)
     acts = controller.n_envs * (decisions + 1) * args.rounds
     config = study.study_config(engine.Config(dqn=rc.DQNConfig(
         gamma=args.gamma, double_dqn=True, replay_capacity=100_000, learning_starts=256, epsilon_decay=acts / 8)), setup)
     started = time.perf_counter()
-    run_config, agent, curve = study.train_controller(config, controller)
+    run_config, agent, curve = controllers.train_controller(config, controller)
     training_seconds = time.perf_counter() - started
     used = set(curve["seed"])
     if used & (set(setup.eval_seeds) | set(setup.tuning_seeds)):
         raise RuntimeError("a training task seed is an evaluation or tuning seed")
     started = time.perf_counter()
-    methods = {"controller (frozen)": study.evaluate_frozen_agent(run_config, agent, setup.tuning_seeds)}
+    methods = {"controller (frozen)": controllers.frozen_agent_runs(run_config, agent, setup.tuning_seeds)}
     evaluation_seconds = time.perf_counter() - started
     for family in ("constant lr", "ReduceLROnPlateau"):
         methods[study.tuned_label(family)] = study.run_family(family, benchmark["chosen"][family], config,
@@ -72,7 +73,7 @@ def main() -> None:
                            for run in methods["controller (frozen)"]],
         "final_lr": [float(run.series["lr"][-1]) for run in methods["controller (frozen)"]],
         "validation_mse": validation,
-        "geometric_mean_ratio": {label: float(gmean(np.array(values) / controller_mse))
+        "geometric_mean_ratio": {label: stats.geometric_mean(np.array(values) / controller_mse)
                                  for label, values in validation.items() if label != "controller (frozen)"},
         "args": vars(args), "versions": results_io.package_versions()}
     results_io.atomic_write_text(ROOT / "benchmarks" / "results" / "controller_pilot.json",

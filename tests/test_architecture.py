@@ -16,18 +16,21 @@ import rlr_env
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
-    "rlr_core": 1,
+    "rlr_config": 1, "rlr_core": 1, "rlr_stats": 1,
     "rlr_results": 2, "rlr_engine": 2, "rlr_batched": 2,
-    "rlr_env": 3, "rlr_sb3": 3, "rlr_peers": 3,
-    "rlr_report": 4, "rlr_study": 4,
-    "sweep": 5, "readme": 5, "build_site": 5,
+    "rlr_env": 3, "rlr_peers": 3,
+    "rlr_report": 4, "rlr_methods": 4, "rlr_study": 4, "rlr_controllers": 4,
+    "sweep": 5, "readme": 5, "build_site": 5, "rlr_provenance": 5,
 }
 """Each library module's layer (README, Layout); entry points (notebooks, benchmarks, sweep) are 5."""
 
 WITHIN_LAYER = {("rlr_engine", "rlr_results"), ("rlr_batched", "rlr_engine"), ("rlr_batched", "rlr_results"),
-                ("rlr_sb3", "rlr_env"),
-                ("rlr_study", "rlr_report"), ("build_site", "readme")}
-"""The allowed imports inside one layer (the other direction would be a cycle)."""
+                ("rlr_controllers", "rlr_study"), ("build_site", "readme"),
+                ("rlr_core", "rlr_config"), ("rlr_study", "rlr_methods"), ("rlr_controllers", "rlr_methods"),
+                ("readme", "rlr_provenance")}
+"""The allowed imports inside one layer (the other direction would be a cycle). In layer 4 the protocol
+(rlr_study) and the report (rlr_report) know nothing of each other, and the learned controllers
+(rlr_controllers) build on the protocol, which never imports them."""
 
 
 def project_imports(module: str) -> set[str]:
@@ -47,6 +50,14 @@ def test_imports_point_down_the_layers(module: str) -> None:
     for imported in project_imports(module):
         assert (LAYERS[imported] < LAYERS[module]
                 or (module, imported) in WITHIN_LAYER), f"{module} (layer {LAYERS[module]}) imports {imported}"
+
+
+def test_the_statistics_import_no_project_module_and_only_entry_points_import_the_controllers() -> None:
+    """rlr_stats is a leaf anything may use; rlr_controllers sits on the protocol and is used by the
+    notebooks, benchmarks and entry points alone (neither rlr_study nor rlr_report may import it)."""
+    assert project_imports("rlr_stats") == set()
+    importers = {module for module in LAYERS if "rlr_controllers" in project_imports(module)}
+    assert importers <= {module for module, layer in LAYERS.items() if layer == 5}, importers
 
 
 def test_every_top_level_module_has_a_layer() -> None:
@@ -128,7 +139,8 @@ def test_rlr_scheduler_refuses_a_state_saved_with_another_grid() -> None:
         rc.RLRScheduler(optimizer, lr_grid=[1e-3, 1e-1]).load_state_dict(state)
 
 
-@pytest.mark.parametrize("module, heavy", [("rlr_env", {"stable_baselines3", "ray"}), ("rlr_core", {"stable_baselines3", "ray", "gymnasium"})])
+@pytest.mark.parametrize("module, heavy", [("rlr_env", {"stable_baselines3", "ray"}), ("rlr_core", {"stable_baselines3", "ray", "gymnasium"}),
+                                           ("rlr_stats", {"torch", "matplotlib", "stable_baselines3", "ray", "gymnasium"})])
 def test_light_modules_import_no_heavy_package(module: str, heavy: set[str]) -> None:
     """Checked in a fresh interpreter: gymnasium.make needs `import rlr_env`, which must stay light."""
     import subprocess

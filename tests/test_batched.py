@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -273,7 +275,7 @@ def test_rules_on_a_run_axis_equal_the_rules_applied_run_by_run() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The pieces: Adam, hand-derived gradients, the DQN update
+# The pieces: Adam, stacked models (on models the engine was not written for, too), the DQN update
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -290,18 +292,17 @@ def test_batched_adam_equals_torch_adam_per_member(per_member_lr: bool) -> None:
     def make_models() -> list[torch.nn.Module]:
         return [rlr_core.make_model(rlr_core.TaskConfig(), seed, torch.float64) for seed in range(3)]
 
-    net = rlr_batched.StackedMLP(make_models(), torch.float64, torch.device("cpu"))
+    net = rlr_batched.StackedModel(make_models(), torch.float64, torch.device("cpu"))
     optimizer = rlr_batched.BatchedAdam(net.params, net.rows_of)
     models = make_models()
     references = [rlr_core.make_adam(model.parameters(), lr) for model, lr in zip(models, lrs)]
     for _ in range(6):
         grad = torch.randn_like(net.params)
         optimizer.step(grad, torch.tensor(lrs, dtype=torch.float64) if per_member_lr else lrs[0])
-        weight_grads, bias_grads = net.layer_views(grad)
+        grads = net.blocks(grad)
         for k, (model, reference) in enumerate(zip(models, references)):
-            layers = [m for m in model if isinstance(m, torch.nn.Linear)]
-            for layer, weight_grad, bias_grad in zip(layers, weight_grads, bias_grads):
-                layer.weight.grad, layer.bias.grad = weight_grad[k].clone(), bias_grad[k].clone()
+            for name, parameter in model.named_parameters():
+                parameter.grad = grads[name][k].clone()
             reference.step()
     for model, stacked in zip(models, net.to_modules(rlr_core.MaclaurinNet)):
         if per_member_lr:
@@ -310,8 +311,23 @@ def test_batched_adam_equals_torch_adam_per_member(per_member_lr: bool) -> None:
             assert torch.equal(flat_parameters(stacked), flat_parameters(model))
 
 
+def assert_stacked_matches_per_run_autograd(modules: list[torch.nn.Module], inputs: torch.Tensor,
+                                            targets: torch.Tensor, loss_of: Callable) -> None:
+    """StackedModel.loss_and_grad on K modules = loss_of(module(x_k), y_k) and its autograd gradient, run by run."""
+    net = rlr_batched.StackedModel(modules, torch.float64, torch.device("cpu"))
+    per_run = torch.func.vmap(loss_of)
+    losses = net.loss_and_grad(lambda outputs: per_run(outputs, targets), inputs)
+    grads = net.blocks(net.grad)
+    for k, module in enumerate(modules):
+        loss = loss_of(module(inputs[k]), targets[k])
+        loss.backward()
+        torch.testing.assert_close(losses[k], loss.detach(), rtol=1e-13, atol=0)
+        for name, parameter in module.named_parameters():
+            torch.testing.assert_close(grads[name][k], parameter.grad, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("network", ["maclaurin", "q_network"])
-def test_stacked_mlp_gradients_match_autograd(network: str) -> None:
+def test_stacked_model_gradients_match_autograd(network: str) -> None:
     torch.manual_seed(1)
     if network == "maclaurin":
         modules = [rlr_core.make_model(rlr_core.TaskConfig(), seed, torch.float64) for seed in range(3)]
@@ -319,17 +335,101 @@ def test_stacked_mlp_gradients_match_autograd(network: str) -> None:
     else:
         modules = [rlr_core.QNetwork(2, 3).double() for _ in range(3)]
         inputs, targets = torch.randn(3, 64, 2, dtype=torch.float64), torch.randn(3, 64, 3, dtype=torch.float64)
-    net = rlr_batched.StackedMLP(modules, torch.float64, torch.device("cpu"))
-    losses = rlr_batched.mse_loss_and_grad(net, inputs, targets)
-    weight_grads, bias_grads = net.layer_views(net.grad)
-    for k, module in enumerate(modules):
-        loss = F.mse_loss(module(inputs[k]), targets[k])
-        loss.backward()
-        torch.testing.assert_close(losses[k], loss.detach(), rtol=1e-13, atol=0)
-        layers = [m for m in module if isinstance(m, torch.nn.Linear)]
-        for layer, weight_grad, bias_grad in zip(layers, weight_grads, bias_grads):
-            torch.testing.assert_close(weight_grad[k], layer.weight.grad, rtol=1e-12, atol=1e-15)
-            torch.testing.assert_close(bias_grad[k], layer.bias.grad, rtol=1e-12, atol=1e-15)
+    assert_stacked_matches_per_run_autograd(modules, inputs, targets, F.mse_loss)
+    net = rlr_batched.StackedModel(modules, torch.float64, torch.device("cpu"))  # the task's own loss helper
+    torch.testing.assert_close(rlr_batched.mse_loss_and_grad(net, inputs, targets),
+                               torch.stack([F.mse_loss(m(x), y) for m, x, y in zip(modules, inputs, targets)]))
+
+
+class TwoHeadsNet(torch.nn.Module):
+    """Not an nn.Sequential: a shared trunk and two heads summed, with GELU and a LayerNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk, self.norm = torch.nn.Linear(6, 12), torch.nn.LayerNorm(12)
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(12, 4), torch.nn.Linear(12, 4, bias=False)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(self.norm(self.trunk(x)))
+        return self.heads[0](hidden) + torch.tanh(self.heads[1](hidden))
+
+
+def unseen_models(kind: str) -> tuple[list[torch.nn.Module], torch.Tensor, torch.Tensor, Callable]:
+    """Three seeded copies of a model the engine was not written for, inputs, targets and a loss."""
+    data = torch.Generator().manual_seed(3)
+    build = {"tanh, 4 layers": lambda: torch.nn.Sequential(
+                 torch.nn.Linear(5, 9), torch.nn.Tanh(), torch.nn.Linear(9, 9), torch.nn.Tanh(),
+                 torch.nn.Linear(9, 7), torch.nn.SiLU(), torch.nn.Linear(7, 2)),
+             "conv1d": lambda: torch.nn.Sequential(
+                 torch.nn.Conv1d(1, 4, kernel_size=3, padding=1), torch.nn.ReLU(),
+                 torch.nn.Conv1d(4, 4, kernel_size=3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
+                 torch.nn.Linear(4 * 7, 3)),
+             "cross-entropy classifier": lambda: torch.nn.Sequential(
+                 torch.nn.Linear(8, 16), torch.nn.LeakyReLU(0.1), torch.nn.Linear(16, 10)),
+             "two heads, GELU, LayerNorm": TwoHeadsNet}[kind]
+    modules = [rlr_core.seeded_init(seed, build).double() for seed in range(3)]
+    if kind == "tanh, 4 layers":
+        inputs = torch.randn(3, 40, 5, generator=data, dtype=torch.float64)
+        return modules, inputs, torch.randn(3, 40, 2, generator=data, dtype=torch.float64), F.mse_loss
+    if kind == "conv1d":
+        inputs = torch.randn(3, 40, 1, 16, generator=data, dtype=torch.float64)
+        return modules, inputs, torch.randn(3, 40, 3, generator=data, dtype=torch.float64), F.smooth_l1_loss
+    if kind == "cross-entropy classifier":
+        inputs = torch.randn(3, 40, 8, generator=data, dtype=torch.float64)
+        return modules, inputs, torch.randint(0, 10, (3, 40), generator=data), F.cross_entropy
+    inputs = torch.randn(3, 40, 6, generator=data, dtype=torch.float64)
+    return modules, inputs, torch.randn(3, 40, 4, generator=data, dtype=torch.float64), F.mse_loss
+
+
+@pytest.mark.parametrize("kind", ["tanh, 4 layers", "conv1d", "cross-entropy classifier", "two heads, GELU, LayerNorm"])
+def test_stacked_model_runs_models_it_was_not_written_for(kind: str) -> None:
+    """Any nn.Module and loss: loss and gradient agree with per-run autograd, and a few batched Adam steps
+    agree with torch.optim.Adam on each copy."""
+    modules, inputs, targets, loss_of = unseen_models(kind)
+    assert_stacked_matches_per_run_autograd(modules, inputs, targets, loss_of)
+    modules, inputs, targets, loss_of = unseen_models(kind)
+    net = rlr_batched.StackedModel(modules, torch.float64, torch.device("cpu"))
+    optimizer, per_run = rlr_batched.BatchedAdam(net.params, net.rows_of), torch.func.vmap(loss_of)
+    references = [rlr_core.make_adam(module.parameters(), 1e-2) for module in modules]
+    lrs = torch.full((3,), 1e-2, dtype=torch.float64)
+    for _ in range(5):
+        net.loss_and_grad(lambda outputs: per_run(outputs, targets), inputs)
+        optimizer.step(net.grad, lrs)
+        for module, reference, x, y in zip(modules, references, inputs, targets):
+            reference.zero_grad()
+            loss_of(module(x), y).backward()
+            reference.step()
+    for module, stacked in zip(modules, net.to_modules()):
+        torch.testing.assert_close(flat_parameters(stacked), flat_parameters(module), rtol=1e-10, atol=1e-13)
+
+
+def test_the_matmul_shortcut_is_the_vmap_forward_and_taken_only_for_linear_chains() -> None:
+    """The study's networks take StackedModel's Linear-chain shortcut; it computes what vmap(functional_call)
+    does (the general path, which the other models above take)."""
+    modules, inputs, _, _ = unseen_models("tanh, 4 layers")
+    net = rlr_batched.StackedModel(modules, torch.float64, torch.device("cpu"))
+    assert net.chain is not None
+    torch.testing.assert_close(net.forward(inputs), net.batched_forward(net.tensors, net.buffers, inputs),
+                               rtol=1e-13, atol=1e-15)
+    assert rlr_batched.StackedModel([rlr_core.MaclaurinNet()], torch.float32, torch.device("cpu")).chain is not None
+    assert rlr_batched.StackedModel([rlr_core.QNetwork(2, 3)], torch.float32, torch.device("cpu")).chain is not None
+    for kind in ("conv1d", "two heads, GELU, LayerNorm"):
+        assert rlr_batched.StackedModel(unseen_models(kind)[0], torch.float64, torch.device("cpu")).chain is None
+
+
+def test_stacked_model_refuses_models_of_different_layouts() -> None:
+    with pytest.raises(ValueError, match="same parameter names and shapes"):
+        rlr_batched.StackedModel([rlr_core.QNetwork(2, 3), rlr_core.QNetwork(2, 4)], torch.float32, torch.device("cpu"))
+    net = rlr_batched.StackedModel([rlr_core.QNetwork(2, 3)] * 2, torch.float32, torch.device("cpu"))
+    with pytest.raises(ValueError, match="differ from the stacked"):
+        net.load_run(0, rlr_core.QNetwork(3, 3))
+
+
+def test_engine_uses_no_private_torch_api() -> None:
+    """No torch._... call and no hand-written backward in the engine: autograd and torch's Adam do the work."""
+    source = (Path(__file__).resolve().parents[1] / "rlr_batched.py").read_text()
+    assert not re.search(r"torch\._[a-z]", source), re.findall(r"torch\._\w+", source)
+    assert "threshold_backward" not in source and "def backward" not in source
 
 
 def filled_agents(variant: str, n_agents: int) -> list[rlr_core.DQNAgent]:
@@ -357,8 +457,8 @@ def stacked_replay(agents: list[rlr_core.DQNAgent]) -> torch.Tensor:
 def test_dqn_update_matches_agent_learn(variant: str) -> None:
     agents = filled_agents(variant, 3)
     config, cpu = agents[0].config, torch.device("cpu")
-    policy = rlr_batched.StackedMLP([a.policy_net for a in agents], torch.float64, cpu)
-    target = rlr_batched.StackedMLP([a.target_net for a in agents], torch.float64, cpu)
+    policy = rlr_batched.StackedModel([a.policy_net for a in agents], torch.float64, cpu)
+    target = rlr_batched.StackedModel([a.target_net for a in agents], torch.float64, cpu)
     optimizer = rlr_batched.BatchedAdam(policy.params)
     replay = stacked_replay(agents)
     for _ in range(3):
@@ -372,7 +472,7 @@ def test_dqn_update_matches_agent_learn(variant: str) -> None:
             agent.learn()
     for k, agent in enumerate(agents):
         for stacked, module in ((policy, agent.policy_net), (target, agent.target_net)):
-            actual = flat_parameters(stacked.to_modules(lambda: rlr_core.QNetwork(2, 3))[k])
+            actual = flat_parameters(stacked.to_modules()[k])
             torch.testing.assert_close(actual, flat_parameters(module), rtol=1e-11, atol=1e-14)
 
 

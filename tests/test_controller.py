@@ -14,8 +14,8 @@ import torch
 import rlr_batched
 import rlr_core as rc
 import rlr_engine as engine
+import rlr_controllers as controllers
 import rlr_env
-import rlr_sb3
 
 CONTROL = dict(features="control", lr_factors=(0.5, 1.0, 2.0))
 
@@ -96,32 +96,34 @@ def test_a_controller_trains_over_many_tasks_and_runs_frozen_on_others():
     """Two tasks at once, two rounds of 4-decision episodes: the learning curve has a row per episode,
     its seeds are new tasks, the same seeds give the same curve, and the frozen policy runs the reference
     loop on evaluation seeds with the controller's schedule."""
-    import rlr_study as study
-    controller = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2, updates_per_step=2)
+    controller = controllers.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2, updates_per_step=2)
     config = engine.Config(schedule=rc.ScheduleConfig(steps=40), dqn=rc.DQNConfig(batch_size=8, learning_starts=8))
-    run_config, agent, curve = study.train_controller(config, controller)
+    run_config, agent, curve = controllers.train_controller(config, controller)
     assert len(curve) == 4 and list(curve["round"]) == [0, 0, 1, 1] and curve["return"].notna().all()
     assert list(curve["seed"][:2]) == [3000, 3001] and not set(curve["seed"]) & set(range(16))
     assert run_config.schedule.features == "control" and run_config.schedule.decision_interval == 10
-    again = study.train_controller(config, controller)[2]
+    again = controllers.train_controller(config, controller)[2]
     assert curve.equals(again)
-    runs = study.evaluate_frozen_agent(run_config, agent, [0, 1])
+    runs = controllers.frozen_agent_runs(run_config, agent, [0, 1])
     assert [run.seed for run in runs] == [0, 1] and all(len(run.series["loss"]) == 40 for run in runs)
     assert all(run.method == "rl_described_frozen" for run in runs)
     with pytest.raises(ValueError, match="controller.decision_interval"):
-        study.ControllerConfig(decision_interval=0)
+        controllers.ControllerConfig(decision_interval=0)
+    import rlr_study as study
+    with pytest.raises(ValueError, match="rlr_controllers.frozen_agent_runs"):  # not the batched engine's
+        study.evaluate_frozen_agent(run_config, agent, [0, 1])
 
 
 def test_a_policy_on_the_vector_env_logs_what_the_reference_loop_logs():
-    """The trained controller's greedy policy run on every seed at once (evaluate_frozen_agent: run_policy
+    """The trained controller's greedy policy run on every seed at once (frozen_agent_runs: run_policy
     on the vector env) gives the per-step losses, lrs and final networks of the reference loop's frozen
     runs (RLRScheduler with the same policy), in float64."""
     import rlr_study as study
-    controller = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2, updates_per_step=2)
+    controller = controllers.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2, updates_per_step=2)
     config = engine.Config(dtype="float64", schedule=rc.ScheduleConfig(steps=45),
                            dqn=rc.DQNConfig(batch_size=8, learning_starts=8))
-    run_config, agent, _ = study.train_controller(config, controller)
-    batched = study.evaluate_frozen_agent(run_config, agent, [0, 1, 2])  # run_policy with greedy_policy
+    run_config, agent, _ = controllers.train_controller(config, controller)
+    batched = controllers.frozen_agent_runs(run_config, agent, [0, 1, 2])  # run_policy with greedy_policy
     reference = [engine.train_rl_scheduled(engine.Config.from_dict({**run_config.to_dict(), "seed": seed}),
                                            initial_policy=agent.policy_weights(), frozen=True) for seed in (0, 1, 2)]
     for mine, theirs in zip(batched, reference):
@@ -135,8 +137,8 @@ def test_a_policy_run_that_diverges_stops_before_the_non_finite_loss():
     import rlr_study as study
     schedule = rc.ScheduleConfig(lr_grid=(1e-3, 1e9), start_index=1, steps=20, decision_interval=5,
                                  features="control", lr_factors=(1.0, 2.0))
-    runs = study.run_policy(engine.Config(schedule=schedule), lambda observations: np.zeros(len(observations), int),
-                            [0, 1])
+    runs = controllers.run_policy(engine.Config(schedule=schedule), lambda observations: np.zeros(len(observations), int),
+                                  [0, 1])
     for run in runs:
         assert run.diverged_at is not None and len(run.series["loss"]) == run.diverged_at
         assert np.isfinite(run.series["loss"]).all() and run.model is None
@@ -148,7 +150,7 @@ def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expec
     its observation), its last observation in info["terminal_observation"], truncation marked; every
     episode's return telescopes to log L_0 - log L_T of its own task (checked against LRControlEnv on its seed)."""
     schedule = rc.ScheduleConfig(steps=30, decision_interval=10, **CONTROL)
-    env = rlr_sb3.SB3VectorEnv(rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64"))
+    env = controllers.SB3VectorEnv(rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64"))
     env.seed(11)
     observation = env.reset()
     assert observation.shape == (2, 4) and (observation[:, 3] == 1.0).all()
@@ -167,7 +169,7 @@ def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expec
         assert episode["return"] == pytest.approx(math.log(first) - math.log(info["loss"]), rel=1e-5)
         assert episode["length"] == 3 and not episode["terminated"]
     with pytest.raises(TypeError, match="LRControlVectorEnv"):
-        rlr_sb3.SB3VectorEnv(rlr_env.LRControlEnv(schedule=schedule))
+        controllers.SB3VectorEnv(rlr_env.LRControlEnv(schedule=schedule))
 
 
 def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again(tmp_path):
@@ -176,33 +178,47 @@ def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again
     numbers on a second training, no training seed among the evaluation or tuning seeds, and a saved and
     reloaded controller steering the same runs, on the original task and on another."""
     import rlr_study as study
+    c = controllers
     setup = study.StudyConfig(first_eval_seed=0, n_eval_seeds=2, n_tuning_seeds=2, steps=40, n_heldout_examples=32,
                               tuning_budget=2)
-    controller = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2)
+    controller = c.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2)
     config = study.study_config(engine.Config(), setup)
-    controllers, table = study.tune_controllers(config, setup, controller)
-    assert list(table["controller"]) == [study.DQN_CONTROLLER] * 2 + [study.SB3_PPO, study.SB3_DQN]
-    dqn = table[table["controller"] == study.DQN_CONTROLLER]
+    tuned, table = c.tune_controllers(config, setup, controller)
+    assert list(table["controller"]) == [c.DQN_CONTROLLER] * 2 + [c.SB3_PPO, c.SB3_DQN]
+    dqn = table[table["controller"] == c.DQN_CONTROLLER]
     assert table.loc[dqn["validation MSE"].idxmin(), "chosen"] and table["chosen"].sum() == 3
-    assert set(controllers) == {study.DQN_CONTROLLER, study.SB3_PPO, study.SB3_DQN}
-    assert study.best_controller(table) == table.loc[table[table["chosen"]]["validation MSE"].idxmin(), "controller"]
-    again, table_again = study.tune_controllers(config, setup, controller)
+    assert set(tuned) == {c.DQN_CONTROLLER, c.SB3_PPO, c.SB3_DQN}
+    assert c.best_controller(table) == table.loc[table[table["chosen"]]["validation MSE"].idxmin(), "controller"]
+    again, table_again = c.tune_controllers(config, setup, controller)
     pd.testing.assert_frame_equal(table.drop(columns="training seconds"), table_again.drop(columns="training seconds"))
-    for label, trained in controllers.items():  # the second round's tasks too (drawn by the env: seeded)
+    for label, trained in tuned.items():  # the second round's tasks too (drawn by the env: seeded)
         assert len(trained.curve) == 4 and trained.curve.equals(again[label].curve), label
-    runs = study.run_controllers(controllers, setup.eval_seeds)
-    path = study.save_controllers(controllers, tmp_path / "controllers.pt")
-    loaded = study.load_controllers(path)
-    assert all(loaded[label].curve.equals(controllers[label].curve) for label in controllers)
-    for label, runs_again in study.run_controllers(loaded, setup.eval_seeds).items():
+    runs = c.run_controllers(tuned, setup.eval_seeds)
+    path = c.save_controllers(tuned, tmp_path / "controllers.pt")
+    loaded = c.load_controllers(path)
+    assert all(loaded[label].curve.equals(tuned[label].curve) for label in tuned)
+    for label, runs_again in c.run_controllers(loaded, setup.eval_seeds).items():
         for run, run_again in zip(runs[label], runs_again):
             np.testing.assert_array_equal(run.series["loss"], run_again.series["loss"])
             assert len(run.series["loss"]) == 40 and run.method == label
-    other = study.with_overrides(config, {"task": {"hidden_sizes": (8, 8)}, "schedule": {"steps": 20}})
-    moved = study.run_controllers({study.SB3_PPO: loaded[study.SB3_PPO]}, [0], other)[study.SB3_PPO][0]
+    other = config.with_overrides({"task": {"hidden_sizes": (8, 8)}, "schedule": {"steps": 20}})
+    moved = c.run_controllers({c.SB3_PPO: loaded[c.SB3_PPO]}, [0], other)[c.SB3_PPO][0]
     assert len(moved.series["loss"]) == 20 and tuple(moved.config["task"]["hidden_sizes"]) == (8, 8)
-    clash = study.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=1, first_training_seed=1)
+    clash = c.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=1, first_training_seed=1)
     with pytest.raises(RuntimeError, match="evaluation or tuning seed"):
-        study.tune_controllers(config, setup, clash)
+        c.tune_controllers(config, setup, clash)
     with pytest.raises(FileNotFoundError, match="notebook 04"):
-        study.load_controllers(tmp_path / "missing.pt")
+        c.load_controllers(tmp_path / "missing.pt")
+
+
+def test_every_learner_trains_on_the_one_controller_environment():
+    """controller_env is where a controller's environment is built (train_controller, train_sb3_controller,
+    and run_policy through vector_env): n_envs tasks of the run config, the controller's schedule on it."""
+    controller = controllers.ControllerConfig(decision_interval=10, n_envs=3)
+    config = engine.Config(dtype="float64", schedule=rc.ScheduleConfig(steps=40))
+    run_config, env = controllers.controller_env(config, controller)
+    assert isinstance(env, rlr_env.LRControlVectorEnv) and env.num_envs == 3
+    assert run_config.schedule == controller.schedule(40) == env.schedule
+    assert run_config.task == config.task and run_config.dtype == "float64" and run_config.dqn == config.dqn
+    assert controllers.decisions_per_episode(run_config.schedule) == 4
+    assert controllers.decisions_per_episode(controllers.ControllerConfig(decision_interval=15).schedule(40)) == 3

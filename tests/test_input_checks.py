@@ -16,13 +16,15 @@ import papermill
 import pytest
 import torch
 
+import rlr_controllers as controllers
 import rlr_core as rc
 import rlr_engine as engine
+import rlr_methods as methods
 import rlr_peers as peers
 import rlr_results as results_io
 import rlr_study as study
 from rlr_env import LRControlEnv, LRControlVectorEnv
-from rlr_sb3 import SB3VectorEnv
+from rlr_controllers import SB3VectorEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_TASK = rc.TaskConfig(n_examples=32, n_points=7, coeff_scale=(1.0, 0.5, 0.25), hidden_sizes=(8, 8, 4))
@@ -155,17 +157,17 @@ def test_load_results_names_the_file_for_an_index_that_is_not_one(tmp_path, cont
 
 # --- 9, 10, 11. errors before any work, naming the field --------------------------------------------------
 
-@pytest.mark.parametrize("name, params", [("Prodigy", {}), ("Schedule-Free AdamW", {}), ("D-Adaptation Adam", {}),
-                                          ("Schedule-Free AdamW", {"warmup_fraction": 0.1})])
-def test_a_missing_knob_is_refused_before_any_task(name, params):
+@pytest.mark.parametrize("key, params", [("prodigy", {}), ("schedule_free", {}), ("d_adaptation", {}),
+                                         ("schedule_free", {"warmup_fraction": 0.1})])
+def test_a_missing_knob_is_refused_before_any_task(key, params):
     with pytest.raises(ValueError, match="needs its knob"):
-        peers.lr_free_optimizer(name, params, 10)
+        methods.get(key).optimizer(params, 10)
     with pytest.raises(ValueError, match="needs its knob"):
-        peers.submit_lr_free(name, params, engine.Config(), [0], 10)
+        methods.get(key).submit(params, engine.Config(), [0], 10)
 
 
 def test_a_knob_left_out_that_has_a_default_gets_it():
-    optimizer = peers.lr_free_optimizer("Schedule-Free AdamW", {"lr": 1e-3}, 100)(rc.make_model(SMALL_TASK, 0).parameters(), 1.0)
+    optimizer = methods.get("schedule_free").optimizer({"lr": 1e-3}, 100)(rc.make_model(SMALL_TASK, 0).parameters(), 1.0)
     assert optimizer.param_groups[0]["warmup_steps"] == 0
 
 
@@ -177,11 +179,11 @@ def test_a_knob_left_out_that_has_a_default_gets_it():
                                           ("decision_interval", 0), ("agent_seed", -1)])
 def test_controller_config_checks_every_field_naming_it(field, value):
     with pytest.raises((TypeError, ValueError), match=f"controller.{field}"):
-        study.ControllerConfig(**{field: value})
+        controllers.ControllerConfig(**{field: value})
 
 
 def test_controller_checks_its_interval_against_the_run_and_its_seeds_against_the_study():
-    controller = study.ControllerConfig(decision_interval=100)
+    controller = controllers.ControllerConfig(decision_interval=100)
     with pytest.raises(ValueError, match="controller.decision_interval"):
         controller.check_steps(40)
     with pytest.raises(ValueError, match="controller.decision_interval"):
@@ -261,18 +263,18 @@ def broken_files(tmp_path: Path, good: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def saved_controllers(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("controllers")
-    config = engine.Config(task=SMALL_TASK, schedule=study.ControllerConfig(decision_interval=5).schedule(20))
+    config = engine.Config(task=SMALL_TASK, schedule=controllers.ControllerConfig(decision_interval=5).schedule(20))
     agent = rc.DQNAgent(4, 3, config.dqn, 0)
     curve = pd.DataFrame({"episode": [0], "seed": [3000], "return": [1.0], "diverged": [False], "round": [0]})
-    trained = study.TrainedController("c", "dqn", config.to_dict(), agent.policy_net.state_dict(), curve, 1.0)
-    return study.save_controllers({"c": trained}, folder / "controllers.pt")
+    trained = controllers.TrainedController("c", "dqn", config.to_dict(), agent.policy_net.state_dict(), curve, 1.0)
+    return controllers.save_controllers({"c": trained}, folder / "controllers.pt")
 
 
 @pytest.mark.parametrize("kind", ["empty", "random", "truncated", "json", "other", "list"])
 def test_load_controllers_names_the_file_for_what_is_not_a_controllers_file(tmp_path, saved_controllers, kind):
     path = broken_files(tmp_path, saved_controllers)[kind]
     with pytest.raises(ValueError, match=f"load_controllers.*{path.name}"):
-        study.load_controllers(path)
+        controllers.load_controllers(path)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -284,13 +286,21 @@ def test_load_controllers_names_the_file_for_what_is_not_a_controllers_file(tmp_
     (lambda c: c.update(run_config=[]), "run_config"),
     (lambda c: c.update(run_config={"nonsense": 1}), "run_config"),
     (lambda c: c.update(training_seconds="1"), "training_seconds"),
+    (lambda c: c.update(label="another"), "label 'another' differs from its key 'c'"),
+    (lambda c: c.update(policy={key: torch.full_like(value, float("nan")) for key, value in c["policy"].items()}),
+     "NaN or infinite"),
+    (lambda c: c["policy"].update({"0.bias": c["policy"]["0.bias"].clone().fill_(float("inf"))}), "NaN or infinite"),
+    (lambda c: c.update(policy={key: value.to(torch.int64) for key, value in c["policy"].items()}), "floating-point"),
+    (lambda c: c.update(curve={**c["curve"], "episode": torch.tensor([0])}), "list columns"),
+    (lambda c: c.update(curve={**c["curve"], "return": "1"}), "list columns"),
+    (lambda c: c.update(curve={**c["curve"], "seed": (3000,)}), "list columns"),
 ])
 def test_load_controllers_names_what_is_wrong_inside_the_file(tmp_path, saved_controllers, change, message):
     payload = torch.load(saved_controllers, weights_only=True)
     change(payload["controllers"]["c"])
     torch.save(payload, tmp_path / "changed.pt")
     with pytest.raises(ValueError, match=message):
-        study.load_controllers(tmp_path / "changed.pt")
+        controllers.load_controllers(tmp_path / "changed.pt")
 
 
 def test_load_agent_names_the_file_for_a_truncated_one(tmp_path):
@@ -337,12 +347,12 @@ def assert_untouched(before: tuple) -> None:
 
 
 def test_run_policy_and_frozen_controllers_leave_global_rng_alone(saved_controllers):
-    controllers = study.load_controllers(saved_controllers)
+    loaded = controllers.load_controllers(saved_controllers)
     torch.manual_seed(123), np.random.seed(123), random.seed(123)
     before = global_state()
-    study.frozen_controller_runs(controllers["c"], [0, 1])
-    config = engine.Config.from_dict(controllers["c"].run_config)
-    study.run_policy(config, lambda observations: np.ones(len(observations), dtype=np.int64), [2])
+    controllers.frozen_controller_runs(loaded["c"], [0, 1])
+    config = engine.Config.from_dict(loaded["c"].run_config)
+    controllers.run_policy(config, lambda observations: np.ones(len(observations), dtype=np.int64), [2])
     assert_untouched(before)
 
 
@@ -350,13 +360,13 @@ def test_sb3_controllers_train_and_act_without_touching_global_rng(tmp_path):
     setup = study.StudyConfig(first_eval_seed=0, n_eval_seeds=2, first_tuning_seed=1000, n_tuning_seeds=2, steps=20,
                               n_heldout_examples=8, tuning_budget=2)
     config = study.study_config(engine.Config(task=SMALL_TASK), setup)
-    controller = study.ControllerConfig(decision_interval=5, n_envs=2, training_rounds=1)
+    controller = controllers.ControllerConfig(decision_interval=5, n_envs=2, training_rounds=1)
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
     before = global_state()
-    trained = study.train_sb3_controller(config, setup, controller, "ppo")
+    trained = controllers.train_sb3_controller(config, setup, controller, "ppo")
     trained.act()(np.zeros((2, 4), dtype=np.float32))
     assert_untouched(before)
-    again = study.train_sb3_controller(config, setup, controller, "ppo")  # still deterministic
+    again = controllers.train_sb3_controller(config, setup, controller, "ppo")  # still deterministic
     assert all(torch.equal(trained.policy[key], again.policy[key]) for key in trained.policy)
 
 
@@ -388,9 +398,9 @@ def test_check_parameters_takes_the_declared_types():
 def test_the_study_runs_refuse_seeds_they_would_truncate(seeds, saved_controllers):
     config = engine.Config(task=SMALL_TASK, schedule=rc.ScheduleConfig(steps=5))
     with pytest.raises(TypeError, match="seeds"):
-        study.run_policy(config, lambda observations: np.ones(len(observations), dtype=np.int64), seeds)
+        controllers.run_policy(config, lambda observations: np.ones(len(observations), dtype=np.int64), seeds)
     with pytest.raises(TypeError, match="seeds"):
-        study.frozen_controller_runs(study.load_controllers(saved_controllers)["c"], seeds)
+        controllers.frozen_controller_runs(controllers.load_controllers(saved_controllers)["c"], seeds)
     with pytest.raises(TypeError, match="seeds"):
         study.run_family("constant lr", {"lr": 1e-3}, config, seeds, 5)
 

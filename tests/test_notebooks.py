@@ -20,6 +20,7 @@ import pandas as pd
 import papermill
 import pytest
 
+import rlr_controllers
 import rlr_results as results_io
 import rlr_study as study
 
@@ -112,7 +113,7 @@ def test_the_verdict_includes_the_learning_rate_free_reference_and_pbt_is_compar
                                                                                    *controllers["labels"]}
     # the best schedule and the best controller recomputed from the saved tuning tables (validation only)
     assert benchmark["best_schedule"] == study.best_schedule(tuning)
-    assert controllers["best"] == study.best_controller(pd.read_csv(results / "controller_tuning.csv"))
+    assert controllers["best"] == rlr_controllers.best_controller(pd.read_csv(results / "controller_tuning.csv"))
     assert set(claims.loc[claims["method"] == controllers["best"], "against"]) == {
         study.TUNED, study.tuned_label("cosine annealing"), benchmark["best_schedule"], benchmark["lr_free"]}
     assert ("is **met**" in controllers["reading"]) != ("is **not met**" in controllers["reading"])

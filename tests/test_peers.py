@@ -1,4 +1,4 @@
-"""The learning-rate-free optimisers (rlr_peers.LR_FREE), used through their own packages: they train
+"""The learning-rate-free optimisers (rlr_methods' lr_free entries), used through their own packages: they train
 MaclaurinNet in float32 and float64, schedule-free runs are recorded at their eval-mode weights, a wrong
 knob is refused naming it, and a divergence is caught like any other."""
 
@@ -13,17 +13,22 @@ import torch
 
 import rlr_core as rc
 import rlr_engine as engine
+import rlr_methods as methods
 import rlr_peers as peers
 
-KNOBS = {"Schedule-Free AdamW": {"lr": 3e-3, "warmup_fraction": 0.05}, "Prodigy": {"d_coef": 1.0},
-         "D-Adaptation Adam": {"lr": 1.0}}
+KNOBS = {"schedule_free": {"lr": 3e-3, "warmup_fraction": 0.05}, "prodigy": {"d_coef": 1.0},
+         "d_adaptation": {"lr": 1.0}}
+
+
+def lr_free_optimizer(key: str, knobs: dict, steps: int):
+    return methods.get(key).optimizer(knobs, steps)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", list(peers.LR_FREE))
+@pytest.mark.parametrize("name", methods.keys("lr_free"))
 def test_each_learning_rate_free_optimiser_lowers_the_loss(name: str, dtype: str):
     run = engine.train_full_batch(engine.Config(dtype=dtype), 1.0, 300, name,
-                                  make_optimizer=peers.lr_free_optimizer(name, KNOBS[name], 300))
+                                  make_optimizer=lr_free_optimizer(name, KNOBS[name], 300))
     assert run.diverged_at is None and np.isfinite(run.series["loss"]).all()
     assert run.series["loss"][-1] < 0.5 * run.series["loss"][0], name
 
@@ -31,13 +36,13 @@ def test_each_learning_rate_free_optimiser_lowers_the_loss(name: str, dtype: str
 def test_schedule_free_runs_are_recorded_at_their_eval_mode_weights():
     config = engine.Config(seed=2)
     run = engine.train_full_batch(config, 1.0, 100, "schedule-free",
-                                  make_optimizer=peers.lr_free_optimizer("Schedule-Free AdamW", KNOBS["Schedule-Free AdamW"], 100))
+                                  make_optimizer=lr_free_optimizer("schedule_free", KNOBS["schedule_free"], 100))
     data = rc.make_polynomial_dataset(config.task, rc.derive_seeds(2).data)
     with torch.no_grad():
         assert run.series["loss"][-1] == pytest.approx(float(rc.full_batch_loss(run.model, data)), rel=1e-6)
     # eval mode holds other weights than train mode (the averaged x, not the y gradients are taken at)
     model = rc.make_model(config.task, rc.derive_seeds(2).init)
-    optimizer = peers.lr_free_optimizer("Schedule-Free AdamW", KNOBS["Schedule-Free AdamW"], 100)(model.parameters(), 1.0)
+    optimizer = lr_free_optimizer("schedule_free", KNOBS["schedule_free"], 100)(model.parameters(), 1.0)
     optimizer.train()
     for _ in range(20):
         optimizer.zero_grad()
@@ -55,26 +60,27 @@ def test_schedule_free_runs_are_recorded_at_their_eval_mode_weights():
 
 
 @pytest.mark.parametrize("name, knobs, match", [
-    ("Prodigy", {"d_coef": -1.0}, r"Prodigy\.d_coef must be a finite number in \(0\.0, inf\)"),
-    ("Prodigy", {"d_coef": math.nan}, r"Prodigy\.d_coef"),
-    ("Schedule-Free AdamW", {"lr": 1e-3, "warmup_fraction": 1.5}, r"Schedule-Free AdamW\.warmup_fraction"),
-    ("D-Adaptation Adam", {"lr": 1.0, "beta": 0.9}, r"no knob\(s\) \['beta'\]"),
-    ("Adam", {"lr": 1.0}, "name must be one of"),
+    ("prodigy", {"d_coef": -1.0}, r"Prodigy\.d_coef must be a finite number in \(0\.0, inf\)"),
+    ("prodigy", {"d_coef": math.nan}, r"Prodigy\.d_coef"),
+    ("schedule_free", {"lr": 1e-3, "warmup_fraction": 1.5}, r"Schedule-Free AdamW\.warmup_fraction"),
+    ("d_adaptation", {"lr": 1.0, "beta": 0.9}, r"no knob\(s\) \['beta'\]"),
+    ("schedule_free", {"warmup_fraction": 0.1}, r"needs its knob\(s\) \['lr'\]"),
+    ("adam", {"lr": 1.0}, "no method with key 'adam'"),
 ])
 def test_a_wrong_knob_is_refused_naming_it(name: str, knobs: dict, match: str):
     with pytest.raises(ValueError, match=match):
-        peers.lr_free_optimizer(name, knobs, 100)
+        lr_free_optimizer(name, knobs, 100)
 
 
 def test_a_diverging_learning_rate_free_run_stops_with_nothing_non_finite_logged():
     run = engine.train_full_batch(engine.Config(), 1.0, 200, "schedule-free",
-                                  make_optimizer=peers.lr_free_optimizer("Schedule-Free AdamW", {"lr": 1e6}, 200))
+                                  make_optimizer=lr_free_optimizer("schedule_free", {"lr": 1e6}, 200))
     assert run.diverged_at is not None and run.diverged_at < 200
     assert np.isfinite(run.series["loss"]).all() and len(run.series["loss"]) == run.diverged_at
 
 
 def test_d_adaptation_trains_only_with_adams_bias_correction_which_the_study_turns_on():
-    """Why lr_free_optimizer passes use_bias_correction=True: with the package's default (off) the first
+    """Why the d_adaptation entry passes use_bias_correction=True: with the package's default (off) the first
     steps are so large that the network collapses to a constant prediction and stays there."""
     import dadaptation
 
@@ -98,16 +104,17 @@ def local_ray():
 def test_learning_rate_free_runs_as_ray_tasks_equal_the_runs_in_this_process(local_ray):
     import ray
     config, params = engine.Config(), {"d_coef": 1.0}
-    remote = peers.run_lr_free("Prodigy", params, config, [3, 4], 60)
+    prodigy = methods.get("prodigy")
+    remote = prodigy.run(params, config, [3, 4], 60)
     ray.shutdown()
     try:
-        local = peers.run_lr_free("Prodigy", params, config, [3, 4], 60)
+        local = prodigy.run(params, config, [3, 4], 60)
     finally:
         peers.start_ray(num_cpus=2)
     for a, b in zip(remote, local):
         assert a.seed == b.seed and np.array_equal(a.series["loss"], b.series["loss"])
     with pytest.raises(ValueError, match="Prodigy.d_coef"):
-        peers.run_lr_free("Prodigy", {"d_coef": 0.0}, config, [3], 60)
+        prodigy.run({"d_coef": 0.0}, config, [3], 60)
 
 
 def test_pbt_on_local_ray_exploits_and_repeats_itself_from_its_seed(local_ray, tmp_path):

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import build_site
-import rlr_study as study
+import rlr_controllers as controllers
 import sweep
 from rlr_engine import Config
 
@@ -41,9 +41,9 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
-def small_controllers(tmp_path: Path) -> dict[str, study.TrainedController]:
+def small_controllers(tmp_path: Path) -> dict[str, controllers.TrainedController]:
     """A DQN controller and an SB3 PPO controller with untrained weights, as save_controllers takes them."""
-    config = Config(schedule=study.ControllerConfig(decision_interval=5).schedule(20))
+    config = Config(schedule=controllers.ControllerConfig(decision_interval=5).schedule(20))
     from rlr_core import DQNAgent
     agent = DQNAgent(config.schedule.state_dim, config.schedule.n_actions, config.dqn, 0)
     curve = pd.DataFrame({"episode": [0], "seed": [3000], "return": [1.0], "diverged": [False], "round": [0]})
@@ -52,21 +52,21 @@ def small_controllers(tmp_path: Path) -> dict[str, study.TrainedController]:
     from rlr_env import LRControlEnv
     spaces = LRControlEnv(config.task, config.schedule)
     ppo = MlpPolicy(spaces.observation_space, spaces.action_space, lr_schedule=lambda _: 0.0)
-    return {"dqn": study.TrainedController("dqn", "dqn", config.to_dict(), agent.policy_net.state_dict(), curve, 1.0),
-            "ppo": study.TrainedController("ppo", "ppo", config.to_dict(), ppo.state_dict(), curve, 1.0)}
+    return {"dqn": controllers.TrainedController("dqn", "dqn", config.to_dict(), agent.policy_net.state_dict(), curve, 1.0),
+            "ppo": controllers.TrainedController("ppo", "ppo", config.to_dict(), ppo.state_dict(), curve, 1.0)}
 
 
 def test_a_controllers_file_with_a_pickled_payload_is_refused_without_running_it(tmp_path):
     control_marker, marker = tmp_path / "control-ran", tmp_path / "payload-ran"
     path = tmp_path / "controllers.pt"
-    torch.save({"format": study.CONTROLLERS_FILE_FORMAT, "format_version": study.CONTROLLERS_FILE_VERSION,
+    torch.save({"format": controllers.CONTROLLERS_FILE_FORMAT, "format_version": controllers.CONTROLLERS_FILE_VERSION,
                 "controllers": {"evil": Payload(control_marker)}}, path)
     torch.load(path, weights_only=False)  # control: a plain unpickling runs the payload
     assert control_marker.exists()
-    torch.save({"format": study.CONTROLLERS_FILE_FORMAT, "format_version": study.CONTROLLERS_FILE_VERSION,
+    torch.save({"format": controllers.CONTROLLERS_FILE_FORMAT, "format_version": controllers.CONTROLLERS_FILE_VERSION,
                 "controllers": {"evil": Payload(marker)}}, path)
     with pytest.raises(ValueError, match="not a file written by save_controllers"):
-        study.load_controllers(path)
+        controllers.load_controllers(path)
     assert not marker.exists()
 
 
@@ -87,15 +87,15 @@ def test_a_stored_sb3_policy_is_plain_tensors_and_a_planted_zip_never_reaches_sb
     with pytest.raises(Exception):  # control: SB3's own load deserialises the entry (and then fails)
         stable_baselines3.PPO.load(io.BytesIO(sb3_zip_with_payload(control_marker)), device="cpu")
     assert control_marker.exists()
-    controllers = small_controllers(tmp_path)
-    path = study.save_controllers(controllers, tmp_path / "controllers.pt")
-    loaded = study.load_controllers(path)  # weights_only=True inside
+    saved = small_controllers(tmp_path)
+    path = controllers.save_controllers(saved, tmp_path / "controllers.pt")
+    loaded = controllers.load_controllers(path)  # weights_only=True inside
     assert all(isinstance(tensor, torch.Tensor) for tensor in loaded["ppo"].policy.values())
     payload = torch.load(path, weights_only=True)  # the file itself is plain data
     payload["controllers"]["ppo"]["policy"] = sb3_zip_with_payload(marker)  # the old format's bytes
     torch.save(payload, path)
     with pytest.raises(ValueError, match="policy must be a dict|policy must map names to tensors"):
-        study.load_controllers(path)
+        controllers.load_controllers(path)
     assert not marker.exists()
 
 
@@ -105,13 +105,13 @@ def test_the_rebuilt_sb3_policy_acts_like_the_model_it_was_saved_from(tmp_path):
     from stable_baselines3 import PPO
 
     from rlr_env import LRControlVectorEnv
-    from rlr_sb3 import SB3VectorEnv
-    config = Config(schedule=study.ControllerConfig(decision_interval=5).schedule(20))
+    from rlr_controllers import SB3VectorEnv
+    config = Config(schedule=controllers.ControllerConfig(decision_interval=5).schedule(20))
     env = SB3VectorEnv(LRControlVectorEnv(2, config.task, config.schedule))
     import rlr_core as rc
     with rc.global_rng_preserved():
         model = PPO("MlpPolicy", env, n_steps=8, seed=3, device="cpu")
-    policy = study.sb3_policy("ppo", config, model.policy.state_dict())
+    policy = controllers.sb3_policy("ppo", config, model.policy.state_dict())
     observations = np.random.default_rng(0).normal(size=(256, 4)).astype(np.float32)
     assert (policy.predict(observations, deterministic=True)[0]
             == model.predict(observations, deterministic=True)[0]).all()

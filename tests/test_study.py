@@ -1,4 +1,5 @@
-"""Tools of the many-seed study: Adam-HD and the statistics over seeds, against independent computation."""
+"""Tools of the many-seed study (Adam-HD) and its protocol (rlr_study), against independent computation;
+the statistics over seeds are tests/test_stats.py's."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import rlr_core as rc
 import rlr_engine as engine
 import rlr_results as results_io
 import rlr_report as report
+import rlr_stats as stats
 
 
 def adam_direction_numpy(grads: list[np.ndarray], beta1=0.9, beta2=0.999, eps=1e-8) -> np.ndarray:
@@ -59,70 +61,6 @@ def test_train_full_batch_records_the_lr_adam_hd_used():
     result = engine.train_full_batch(config, 1e-3, 50, make_optimizer=lambda p, lr: engine.AdamHD(p, lr, hypergradient_lr=1e-3))
     assert result.series["lr"][0] == 1e-3  # first step: no previous direction yet
     assert len(np.unique(result.series["lr"])) > 10
-
-
-def test_geometric_mean_and_interval_match_scipy():
-    values = np.exp(np.random.default_rng(1).normal(-12, 1.5, 20))
-    assert report.geometric_mean(values) == pytest.approx(scipy.stats.gmean(values))
-    low, high = report.bootstrap_interval(values, "geometric_mean")
-    direct = scipy.stats.bootstrap((np.log(values),), np.mean, rng=0).confidence_interval
-    assert (low, high) == pytest.approx((np.exp(direct.low), np.exp(direct.high)))
-    assert low < report.geometric_mean(values) < high
-    median_low, median_high = report.bootstrap_interval(values, "median")
-    assert median_low <= np.median(values) <= median_high
-
-
-def test_paired_statistics_match_hand_counts():
-    table = pd.DataFrame({"method": ["base"] * 4 + ["agent"] * 4, "seed": [0, 1, 2, 3] * 2,
-                          "mse": [4.0, 4.0, 1.0, 9.0, 1.0, 2.0, 2.0, 3.0]})
-    # per seed base/agent = 4, 2, 0.5, 3: the agent wins on 3 of 4 seeds, 3 of them reach 2x
-    assert report.paired_win_rate(table, "mse", "base", "agent") == 0.75
-    claim = report.paired_comparison(table, "mse", "base", "agent")
-    assert claim["ratio"] == pytest.approx((4 * 2 * 0.5 * 3) ** 0.25)
-    assert claim["seeds_reaching_2"] == 3 and claim["seeds"] == 4 and claim["wins"] == 3
-    summary = report.summarise_over_seeds(table, "mse")
-    assert summary.loc["agent", "median"] == 2.0 and summary.loc["base", "seeds"] == 4
-
-
-def test_holm_adjustment_matches_its_definition_by_brute_force():
-    rng = np.random.default_rng(4)
-    for _ in range(20):
-        p = rng.uniform(0, 0.2, rng.integers(1, 9))
-        m, order = len(p), np.argsort(p)
-        expected = np.empty(m)
-        for rank, index in enumerate(order):  # max over the smaller-or-equal ranks of (m - j) p_(j)
-            expected[index] = min(1.0, max((m - j) * p[order[j]] for j in range(rank + 1)))
-        assert report.holm_adjusted(p) == pytest.approx(expected)
-
-
-def test_wilson_interval_matches_the_formula():
-    for wins, n in ((0, 16), (3, 4), (16, 16), (7, 10)):
-        z, phat = scipy.stats.norm.ppf(0.975), wins / n
-        centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
-        half = z / (1 + z * z / n) * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
-        assert report.wilson_interval(wins, n) == pytest.approx((centre - half, centre + half))
-
-
-def test_paired_comparison_uses_scipys_wilcoxon_on_log_ratios():
-    table = pd.DataFrame({"method": ["base"] * 5 + ["agent"] * 5, "seed": list(range(5)) * 2,
-                          "mse": [4.0, 3.0, 5.0, 2.0, 1.0, 1.0, 2.0, 1.0, 3.0, 0.5]})
-    result = report.paired_comparison(table, "mse", "base", "agent")
-    ratios = np.array([4.0, 1.5, 5.0, 2 / 3, 2.0])
-    assert result["p_value"] == pytest.approx(scipy.stats.wilcoxon(np.log(ratios)).pvalue)
-    assert result["wins"] == 4 and result["ratio"] == pytest.approx(scipy.stats.gmean(ratios))
-    assert result["seeds_reaching_2"] == 3
-
-
-def test_the_smallest_holm_p_is_scipys_wilcoxon_with_every_seed_one_way_times_the_tests():
-    for n_seeds in (6, 8, 12):
-        exact = scipy.stats.wilcoxon(np.arange(1.0, n_seeds + 1), method="exact").pvalue
-        assert report.smallest_holm_p(n_seeds, 14) == pytest.approx(min(1.0, 14 * exact))
-    assert report.smallest_holm_p(8, 14) > 0.05 > report.smallest_holm_p(12, 14)
-
-
-def test_bootstrap_interval_rejects_an_unknown_statistic():
-    with pytest.raises(ValueError, match="statistic"):
-        report.bootstrap_interval([1.0, 2.0, 3.0], "mean")
 
 
 # --- the study layer (rlr_study) ------------------------------------------------------------------
@@ -240,7 +178,7 @@ def test_the_learning_rate_free_reference_is_picked_on_validation_and_compared_a
     comparisons = study.preregistered_comparisons(["a"], "D-Adaptation Adam, tuned")
     assert len(comparisons) == 6 and comparisons[-1] == ("same optimiser steps", "a", "D-Adaptation Adam, tuned")
     assert study.tuned_label("constant lr") == study.TUNED and study.tuned_label("Prodigy") == "Prodigy, tuned"
-    assert study.FAMILIES["Prodigy"].kind == "optimiser"
+    assert study.FAMILIES["Prodigy"].kind == "lr_free"
 
 
 def test_a_per_seed_pick_keeps_each_seeds_lowest_validation_mse_among_the_configurations():
@@ -275,7 +213,7 @@ def test_claim_table_gives_one_row_per_comparison_and_metric_with_holm_adjusted_
     # every pair on the same side: Wilcoxon's exact two-sided p = 2 / 2**n (n = 5 pairs left, or 6); Holm over 10
     expected = np.where(same_steps, 2 / 2 ** 5, 2 / 2 ** 6)
     assert primary["p_value"].to_numpy() == pytest.approx(expected)
-    assert primary["p_holm"].to_numpy() == pytest.approx(report.holm_adjusted(expected))
+    assert primary["p_holm"].to_numpy() == pytest.approx(stats.holm_adjusted(expected))
     assert not primary["significant"].any()
 
 
@@ -333,7 +271,7 @@ def test_each_controller_is_compared_once_with_each_reference_in_the_agents_holm
     primary = claims[claims["primary"]]
     assert len(primary) == 2 * 4 and set(primary[primary["method"] == "c"]["against"]) == {
         study.TUNED, cosine, "best", "free"}
-    assert primary["p_holm"].to_numpy() == pytest.approx(report.holm_adjusted(primary["p_value"].to_numpy()))
+    assert primary["p_holm"].to_numpy() == pytest.approx(stats.holm_adjusted(primary["p_value"].to_numpy()))
     with pytest.raises(ValueError, match="best"):
         study.claim_table(pd.DataFrame(rows), [], "free", ["c"])
 
@@ -349,7 +287,7 @@ def controller_inputs(controller_mse: float, controller_return: float, cosine_ms
                                                        ("free", 1.2), ("c", controller_mse), ("headroom", 0.4))]
     table = pd.DataFrame(rows)
     claims = study.comparison_claims(table, study.controller_comparisons(["c"], "best", "free"))
-    summary = report.summary_with_win_rates(table, "test_mse", {"tuned constant": study.TUNED})
+    summary = stats.summary_with_win_rates(table, "test_mse", {"tuned constant": study.TUNED})
     curve = pd.DataFrame({"round": [0, 0, 1, 1], "return": [1.0, 2.0, 5.0, 6.0]})
     returns = {"c": controller_return, study.TUNED: 10.0, cosine: 11.0}
     return report.controller_reading(claims, summary, "c", references, curve, returns, "headroom")

@@ -81,7 +81,7 @@ def test_restarting_one_run_of_batched_adam_is_a_fresh_torch_adam_for_it():
     torch.manual_seed(0)
     networks = [torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
                 for _ in range(2)]
-    stacked = rlr_batched.StackedMLP(networks, torch.float64, torch.device("cpu"))
+    stacked = rlr_batched.StackedModel(networks, torch.float64, torch.device("cpu"))
     adam = rlr_batched.BatchedAdam(stacked.params, stacked.rows_of)
     inputs, targets = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 2, dtype=torch.float64)
     references = [torch.optim.Adam(network.parameters(), lr=0.01) for network in networks]
