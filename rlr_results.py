@@ -150,6 +150,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
+def save_benchmark(path: str | Path, measured: dict, readme_markdown: Callable[[dict], str]) -> Path:
+    """A benchmark's results as JSON, atomically, with the README's part of them ("readme_markdown", which
+    readme.py places as written) rendered by the benchmark's own readme_markdown(measured)."""
+    text = readme_markdown(measured)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"readme_markdown must give non-empty markdown for {path}, got {text!r}")
+    return atomic_write_text(path, json.dumps({**measured, "readme_markdown": text}, indent=1))
+
+
 def save_table_csv(table: Any, path: str | Path, index: bool = False) -> Path:
     """Write a pandas DataFrame as CSV, atomically: the one way notebooks write tables."""
     return atomic_write_text(path, table.to_csv(index=index))

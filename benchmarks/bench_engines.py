@@ -69,9 +69,7 @@ def main() -> None:
                         help="measure nothing: rewrite the stored results' README part (readme_markdown)")
     args = parser.parse_args()
     if args.markdown_only:
-        measured = json.loads(RESULTS.read_text())
-        results_io.atomic_write_text(RESULTS, json.dumps({**measured, "readme_markdown": readme_markdown(measured)},
-                                                         indent=1))
+        results_io.save_benchmark(RESULTS, json.loads(RESULTS.read_text()), readme_markdown)
         return
     best: dict[str, dict[tuple[str, int], float]] = {"before": {}, "now": {}}
     with tempfile.TemporaryDirectory(prefix="rlr_engine_before_") as folder:
@@ -99,12 +97,9 @@ def main() -> None:
                  f"{load[0]:.2f} (1 min), {load[1]:.2f} (5 min).")
     table = "\n".join(lines)
     print(table)
-    readme = readme_markdown({"rows": rows, "table_markdown": table, "args": vars(args)})
-    results_io.atomic_write_text(ROOT / "benchmarks" / "results" / "bench_engines.json",
-                                 json.dumps({"rows": rows, "table_markdown": table, "readme_markdown": readme,
-                                             "args": {k: v for k, v in vars(args).items() if k != "markdown_only"},
-                                             "load_average": load, "versions": results_io.package_versions()},
-                                            indent=1))
+    results_io.save_benchmark(RESULTS, {"rows": rows, "table_markdown": table, "load_average": load,
+                                        "args": {k: v for k, v in vars(args).items() if k != "markdown_only"},
+                                        "versions": results_io.package_versions()}, readme_markdown)
 
 
 if __name__ == "__main__":

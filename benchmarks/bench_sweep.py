@@ -90,9 +90,7 @@ def main() -> None:
                         help="measure nothing: rewrite the stored results' README part (readme_markdown)")
     args = parser.parse_args()
     if args.markdown_only:
-        measured = json.loads(RESULTS.read_text())
-        results_io.atomic_write_text(RESULTS, json.dumps({**measured, "readme_markdown": readme_markdown(measured)},
-                                                         indent=1))
+        results_io.save_benchmark(RESULTS, json.loads(RESULTS.read_text()), readme_markdown)
         return
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as temp:
         work = Path(temp)
@@ -124,8 +122,7 @@ def main() -> None:
         "versions": {**results_io.package_versions(), "ray": ray.__version__, "papermill": papermill.__version__},
     }
     measured = results_io.json_ready(measured)
-    results_io.atomic_write_text(RESULTS, json.dumps({**measured, "readme_markdown": readme_markdown(measured)},
-                                                     indent=1))
+    results_io.save_benchmark(RESULTS, measured, readme_markdown)
     print(f"| what | seconds |\n|---|---|\n"
           f"| {args.points} points x {args.steps} steps, one after another (papermill) | {sum(sequential):.1f} |\n"
           f"| same points, sweep on {args.workers} Ray workers (Ray already started) | {report.wall_seconds:.1f} |\n"

@@ -69,9 +69,7 @@ def main() -> None:
                         help="measure nothing: rewrite the stored results' README part (readme_markdown)")
     args = parser.parse_args()
     if args.markdown_only:
-        measured = json.loads(RESULTS.read_text())
-        results_io.atomic_write_text(RESULTS, json.dumps({**measured, "readme_markdown": readme_markdown(measured)},
-                                                         indent=1))
+        results_io.save_benchmark(RESULTS, json.loads(RESULTS.read_text()), readme_markdown)
         return
     rows = []
     for mode, unit, full in (("baseline", "epoch", 10_000), ("full_batch", "step", 10_000),
@@ -88,8 +86,7 @@ def main() -> None:
               f"{row['projected_full_run_seconds_1_thread']:.0f} s |")
     measured = {"rows": rows, "args": {"epochs": args.epochs, "steps": args.steps},
                 "versions": results_io.package_versions()}
-    results_io.atomic_write_text(RESULTS, json.dumps({**measured, "readme_markdown": readme_markdown(measured)},
-                                                     indent=1))
+    results_io.save_benchmark(RESULTS, measured, readme_markdown)
 
 
 if __name__ == "__main__":

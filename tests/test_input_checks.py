@@ -429,3 +429,14 @@ def test_review_probe_cases_global_rng_index_runs_and_single_results(tmp_path):
     with pytest.raises(TypeError, match="seed"):
         env.reset(seed=True)
     assert env.np_random.bit_generator.state == state
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    ([1], TypeError, "overrides must be a dict"), ({"nopart": {"x": 1}}, ValueError, "unknown config part 'nopart'"),
+    ({"dqn": {"nofield": 1}}, ValueError, r"unknown config field\(s\) \['dqn.nofield'\]"),
+    ({"dqn": {"lr": -1.0}}, ValueError, "dqn.lr must be a finite number"),
+])
+def test_config_overrides_refuse_what_no_config_has(overrides, error, match):
+    with pytest.raises(error, match=match):
+        engine.Config().with_overrides(overrides)
+    assert engine.Config().with_overrides({"dqn": {"lr": 1e-4}}).dqn.lr == 1e-4

@@ -761,3 +761,11 @@ def test_atomic_writes_get_the_usual_file_mode_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_benchmark_is_saved_with_its_readme_part_and_refuses_an_empty_one(tmp_path):
+    path = results_io.save_benchmark(tmp_path / "bench.json", {"rows": [1, 2]}, lambda m: f"rows: {len(m['rows'])}")
+    assert json.loads(path.read_text()) == {"rows": [1, 2], "readme_markdown": "rows: 2"}
+    with pytest.raises(ValueError, match="readme_markdown must give non-empty markdown"):
+        results_io.save_benchmark(tmp_path / "empty.json", {"rows": []}, lambda m: "  ")
+    assert not (tmp_path / "empty.json").exists()
