@@ -35,7 +35,7 @@ import rlr_core as rc
 import rlr_methods as methods
 import rlr_peers as peers
 import rlr_stats as stats
-from rlr_engine import Config
+from rlr_engine import Config, agent_method_name
 from rlr_env import LRControlEnv, LRControlVectorEnv, train_agent_on_vector_env
 from rlr_results import RunResult, atomic_write
 from rlr_study import StudyConfig, heldout_mse
@@ -201,7 +201,7 @@ def frozen_agent_runs(config: Config, agent: rc.DQNAgent, seeds: Sequence[int]) 
     rlr_study.evaluate_frozen_agent.)"""
     if config.dqn.variant != "described":
         raise ValueError("a controller's schedule runs the 'described' variant only")
-    return run_policy(config, greedy_policy(agent), seeds, f"rl_{config.dqn.variant}_frozen")
+    return run_policy(config, greedy_policy(agent), seeds, agent_method_name(config.dqn.variant, frozen=True))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -97,17 +97,24 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class MaclaurinNet(nn.Sequential):
-    """Polynomial values at n_points in, coefficients out: Linear(20,32)-ReLU-Linear(32,16)-ReLU-Linear(16,5)."""
+    """Polynomial values at n_points in, coefficients out: Linear(20,32)-ReLU-Linear(32,16)-ReLU-Linear(16,5).
 
-    def __init__(self, task: TaskConfig = TaskConfig()) -> None:
-        super().__init__(*mlp([task.n_points, *task.hidden_sizes, task.n_coefficients]))
+    With seed, its initial weights come from a generator seeded with it and torch's global RNG is left as
+    it was (what make_model does); without, it draws them from the global RNG, as every nn.Module does."""
+
+    def __init__(self, task: TaskConfig = TaskConfig(), seed: int | None = None) -> None:
+        sizes = [task.n_points, *task.hidden_sizes, task.n_coefficients]
+        super().__init__(*(mlp(sizes) if seed is None else seeded_init(seed, lambda: mlp(sizes))))
 
 
 class QNetwork(nn.Sequential):
-    """State in, one Q-value per action out: Linear(d,64)-ReLU-Linear(64,64)-ReLU-Linear(64,n_actions)."""
+    """State in, one Q-value per action out: Linear(d,64)-ReLU-Linear(64,64)-ReLU-Linear(64,n_actions).
 
-    def __init__(self, state_dim: int, n_actions: int, hidden_size: int = 64) -> None:
-        super().__init__(*mlp([state_dim, hidden_size, hidden_size, n_actions]))
+    seed as MaclaurinNet's: seeded and free of global side effects when given, torch's global RNG when not."""
+
+    def __init__(self, state_dim: int, n_actions: int, hidden_size: int = 64, seed: int | None = None) -> None:
+        sizes = [state_dim, hidden_size, hidden_size, n_actions]
+        super().__init__(*(mlp(sizes) if seed is None else seeded_init(seed, lambda: mlp(sizes))))
 
 
 def seeded_init(seed: int, build: Any) -> Any:
@@ -117,6 +124,7 @@ def seeded_init(seed: int, build: Any) -> Any:
     so building a model never changes the caller's random stream (the weights are those that
     torch.manual_seed(seed) followed by build() would give).
     """
+    seed = check_seed("seed", seed)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         return build()
@@ -125,7 +133,7 @@ def seeded_init(seed: int, build: Any) -> Any:
 def make_model(task: TaskConfig, seed: int, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> MaclaurinNet:
     """MaclaurinNet with PyTorch's default init, seeded with `seed` (no global side effect)."""
-    return seeded_init(seed, lambda: MaclaurinNet(task)).to(device=device, dtype=dtype)
+    return MaclaurinNet(task, seed).to(device=device, dtype=dtype)
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:

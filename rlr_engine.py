@@ -81,7 +81,7 @@ class AdamHD(torch.optim.Adam):
     Before each step, lr <- max(0, lr + hypergradient_lr * <g_t, u_{t-1}>) (hypergradient_step): u_{t-1}
     is the previous Adam direction, the last parameter change divided by the lr that made it. Online lr
     adaptation without RL; hand-written because no maintained library ships it for torch.optim
-    (rlr_batched.BatchedAdamHD is held to it by tests).
+    (rlr_stacked.BatchedAdamHD is held to it by tests).
     """
 
     def __init__(self, params, lr: float = 1e-3, hypergradient_lr: float = 1e-7, **adam_options: Any) -> None:
@@ -180,7 +180,11 @@ def load_checkpoint(path: str | Path, config: Config, method: str, series: dict[
             or not isinstance(checkpoint["parts"], dict) or not isinstance(checkpoint["config"], dict):
         raise ValueError(f"checkpoint_path {str(path)!r} is not a checkpoint written by save_checkpoint (it needs "
                          f"{sorted(expected)}): delete it or pass resume=False")
-    step = int(checkpoint["step"])
+    if isinstance(checkpoint["step"], bool) or not isinstance(checkpoint["step"], int) \
+            or not isinstance(checkpoint["wall_seconds"], (int, float)) or not math.isfinite(checkpoint["wall_seconds"]):
+        raise ValueError(f"checkpoint_path {str(path)!r}: its step {checkpoint['step']!r} is not an integer or its "
+                         f"wall_seconds {checkpoint['wall_seconds']!r} is not a finite number: delete it or pass resume=False")
+    step = checkpoint["step"]
     differences = config_differences(checkpoint["config"], config.to_dict())
     if checkpoint["method"] != method or differences or set(checkpoint["series"]) != set(series):
         raise ValueError(f"checkpoint_path {str(path)!r} holds another run (method {checkpoint['method']!r}, "
@@ -189,8 +193,13 @@ def load_checkpoint(path: str | Path, config: Config, method: str, series: dict[
     if set(checkpoint["parts"]) != set(parts):
         raise ValueError(f"checkpoint_path {str(path)!r} holds parts {sorted(checkpoint['parts'])}, this loop has "
                          f"{sorted(parts)}: delete it or pass resume=False")
-    if step > len(series["loss"]):
-        raise ValueError(f"checkpoint_path {str(path)!r} is at step {step}, past this run's {len(series['loss'])}")
+    if not 0 <= step <= len(series["loss"]):
+        raise ValueError(f"checkpoint_path {str(path)!r} is at step {step}, outside this run's 0..{len(series['loss'])}")
+    for name, values in checkpoint["series"].items():
+        if not isinstance(values, torch.Tensor) or values.shape != (step,):
+            shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise ValueError(f"checkpoint_path {str(path)!r}: series {name!r} holds {shape}, not the {step} values "
+                             "of its step: delete it or pass resume=False")
     for name, values in checkpoint["series"].items():
         series[name][:step] = values.numpy()
     for name, part in parts.items():
@@ -312,6 +321,12 @@ def eval_mode_loss(model: nn.Module, optimizer: torch.optim.Optimizer, data: Pol
     return value
 
 
+def agent_method_name(variant: str, frozen: bool = False) -> str:
+    """The results' method name of an agent run: rl_<variant>, with _frozen for a frozen (greedy) policy.
+    The one place it is spelled (the reference loop, the batched engine and the controllers use it)."""
+    return f"rl_{variant}" + ("_frozen" if frozen else "")
+
+
 def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: str | Path | None = None,
                        checkpoint_every: int = 0, resume: bool = True, *, initial_policy: dict | None = None,
                        frozen: bool = False) -> RunResult:
@@ -323,7 +338,7 @@ def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: 
     reaches the replay memory or the series. Checkpointing (checkpoint_path, checkpoint_every, resume):
     as train_baseline. initial_policy: a policy_net state_dict (e.g. another run's
     RunResult.policy_state) loaded into the policy and target networks before the run. frozen: the
-    scheduler runs in eval() (greedy, no replay writes, no updates), method f"rl_{variant}_frozen"; the
+    scheduler runs in eval() (greedy, no replay writes, no updates), method agent_method_name(variant, True); the
     agent still draws its 2 uniforms per act.
     """
     check_checkpointing(checkpoint_path, checkpoint_every, resume)
@@ -342,7 +357,7 @@ def train_rl_scheduled(config: Config, progress: bool = False, checkpoint_path: 
     scheduler = RLRScheduler(optimizer, agent, config.schedule)
     if frozen:
         scheduler.eval()
-    method = f"rl_{config.dqn.variant}" + ("_frozen" if frozen else "")
+    method = agent_method_name(config.dqn.variant, frozen)
     series = empty_agent_series(config.schedule.steps, agent.n_actions)
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}  # the scheduler holds the agent
     first_step, earlier_seconds = 0, 0.0

@@ -23,6 +23,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 import rlr_batched
+import rlr_stacked
 import rlr_core as rc
 from rlr_engine import Config, adam_step, check_device
 
@@ -197,7 +198,7 @@ class LRControlVectorEnv(VectorEnv):
         self.observation_space = batch_space(single.observation_space, num_envs)
         self.action_space = batch_space(single.action_space, num_envs)
         self.device = single.device
-        self.net: rlr_batched.StackedModel | None = None
+        self.net: rlr_stacked.StackedModel | None = None
         self.step_losses = torch.zeros(num_envs, self.schedule.decision_interval, dtype=torch.float64)
         self.steps_taken = torch.zeros(num_envs, dtype=torch.int64)  # none at a reset
         self.autoreset = np.zeros(num_envs, dtype=bool)
@@ -246,14 +247,14 @@ class LRControlVectorEnv(VectorEnv):
         configs = [Config(seed=seed, dtype=self.dtype_name, device=str(self.device), task=self.task,
                           schedule=self.schedule) for seed in seeds]
         _, self.dtype, _, self.inputs, self.targets, self.net = rlr_batched.stack_members(configs)
-        self.optimizer = rlr_batched.BatchedAdam(self.net.params, self.net.rows_of)
+        self.optimizer = rlr_stacked.BatchedAdam(self.net.params, self.net.rows_of)
         start = self.schedule.start_index
         self.lr_index = torch.full((self.num_envs,), start, dtype=torch.int64, device=self.device)
         self.lr = torch.full((self.num_envs,), self.schedule.lr_grid[start], dtype=torch.float64, device=self.device)
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self.episode_seeds = list(seeds)
         with torch.no_grad():
-            self.loss = rlr_batched.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
+            self.loss = rlr_stacked.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
 
     def restart(self, k: int, seed: int) -> None:
         """Task k starts a new episode on seed: its data, network, Adam state, lr and step count."""
@@ -270,7 +271,7 @@ class LRControlVectorEnv(VectorEnv):
     def refresh_loss(self, restarted: np.ndarray) -> None:
         """The loss and gradient of every task at its current weights (the restarted tasks' L_0)."""
         with torch.no_grad():
-            loss = rlr_batched.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
+            loss = rlr_stacked.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
         self.loss = torch.where(torch.as_tensor(restarted, device=self.device), loss, self.loss)
 
     def states(self, previous_loss: torch.Tensor | None) -> np.ndarray:
@@ -322,7 +323,7 @@ class LRControlVectorEnv(VectorEnv):
                 if not stepping.any():
                     break
                 self.optimizer.step(self.net.grad, torch.where(stepping, self.lr, 0.0))
-                loss = rlr_batched.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
+                loss = rlr_stacked.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
                 self.loss = torch.where(stepping, loss, self.loss)
                 self.elapsed += stepping.long()
                 self.step_losses[:, index] = loss.cpu()

@@ -454,6 +454,26 @@ def status_lines(root: Path = ROOT) -> Iterator[str]:
             yield f"{name}: stale: {describe_changes(changed_inputs(name, root))}"
 
 
+def durations(root: Path = ROOT) -> dict[str, float]:
+    """Seconds each committed notebook ran: papermill's own record in the notebook's metadata."""
+    seconds = {}
+    for name in notebook_names(root):
+        metadata = json.loads(notebook_path(name, root).read_text()).get("metadata", {})
+        duration = metadata.get("papermill", {}).get("duration")
+        if not isinstance(duration, (int, float)):
+            raise ValueError(f"{name}.ipynb has no papermill duration: it was not executed by make reproduce")
+        seconds[name] = float(duration)
+    return seconds
+
+
+def durations_markdown(root: Path = ROOT) -> str:
+    """The README's durations block: a table of seconds per notebook and the total."""
+    seconds = durations(root)
+    rows = "\n".join(f"| {name}.ipynb | {value:.0f} |" for name, value in seconds.items())
+    return (f"| notebook | seconds |\n|---|---|\n{rows}\n\nAll {len(seconds)}: {sum(seconds.values()) / 60:.1f} minutes "
+            "of notebook execution in the committed `make reproduce` (papermill's own record in each notebook).")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Command line (the Makefile's reproduce target)
 # ---------------------------------------------------------------------------------------------------

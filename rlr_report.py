@@ -521,39 +521,6 @@ def plot_pbt_population(history: pd.DataFrame, seed: int) -> plt.Figure:
     return fig
 
 
-USAGE = {
-    "constant lr": "`torch.optim.Adam(model.parameters(), lr={lr:.2g})`",
-    "cosine annealing": "`torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min={lr:.2g} * "
-                        "{final_fraction:.2g})` on Adam at lr {lr:.2g}",
-    "exponential decay": "`torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma={total_decay:.3g} ** (-1 / steps))` "
-                         "on Adam at lr {lr:.2g}",
-    "one-cycle": "`torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr={lr:.2g}, total_steps=steps, "
-                 "pct_start={pct_start:.2g}, cycle_momentum=False)` on Adam",
-    "ReduceLROnPlateau": "`torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor={factor:.2g}, "
-                         "patience={patience:.0f})` on Adam at lr {lr:.2g}, stepped with the loss",
-    "Adam-HD": "`rlr_engine.AdamHD(model.parameters(), lr={lr:.2g}, hypergradient_lr={hypergradient_lr:.2g})`",
-    "Schedule-Free AdamW": "`schedulefree.AdamWScheduleFree(model.parameters(), lr={lr:.2g}, warmup_steps=round("
-                           "{warmup_fraction:.2g} * steps))`; `optimizer.train()` before training steps, "
-                           "`optimizer.eval()` before evaluating or saving",
-    "Prodigy": "`prodigyopt.Prodigy(model.parameters(), lr=1.0, d_coef={d_coef:.2g})`",
-    "D-Adaptation Adam": "`dadaptation.DAdaptAdam(model.parameters(), lr={lr:.2g}, use_bias_correction=True)`",
-    "DQN as described, tuned": "`schedule = rlr_core.ScheduleConfig()`, then `rlr_core.RLRScheduler(optimizer, "
-                               "rlr_core.DQNAgent(schedule.state_dim, schedule.n_actions, rlr_core.DQNConfig("
-                               "lr={dqn_lr:.2g}, gamma=1 - 1 / {dqn_horizon:.3g}, epsilon_decay={dqn_epsilon_decay:.3g})), "
-                               "schedule)`",
-    "scale-free DQN, tuned": "`schedule = rlr_core.ScheduleConfig(features='log', lr_factors=(0.5, 1.0, 2.0))`, then "
-                             "`rlr_core.RLRScheduler(optimizer, rlr_core.DQNAgent(schedule.state_dim, schedule.n_actions, "
-                             "rlr_core.DQNConfig(lr={dqn_lr:.2g}, gamma=1 - 1 / {dqn_horizon:.3g}, "
-                             "epsilon_decay={dqn_epsilon_decay:.3g})), schedule)`",
-}
-"""One line of usage per tuned family, filled with its chosen configuration (usage_line)."""
-
-
-def usage_line(family: str, params: dict) -> str:
-    """How to use a tuned family in one's own loop, with the values notebook 04 chose for this task."""
-    return USAGE[family].format_map({key.replace(".", "_"): value for key, value in params.items()})
-
-
 def headroom_reading(summary: pd.DataFrame, tuned: str, honest: str, hindsight: str, chosen: Sequence[str]) -> str:
     """How much a per-run choice among the schedules gains over the tuned constant (test MSE): picked per
     seed on validation (honest) and in hindsight on the test set (biased low), and what was picked."""

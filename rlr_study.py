@@ -494,7 +494,21 @@ def benchmark_summary(results_dir: str | Path) -> dict:
     path = Path(results_dir) / "benchmark_summary.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run notebook 04 first")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not JSON ({error}): re-run notebook 04") from error
+    missing = sorted(BENCHMARK_SUMMARY_FIELDS - set(summary)) if isinstance(summary, dict) else sorted(BENCHMARK_SUMMARY_FIELDS)
+    study_missing = [] if missing else sorted(STUDY_FIELDS - set(summary["study"] if isinstance(summary["study"], dict) else {}))
+    if missing or study_missing:
+        raise ValueError(f"{path} is not notebook 04's summary: it lacks {missing or ['study.' + name for name in study_missing]}; "
+                         "re-run notebook 04")
+    return summary
+
+
+BENCHMARK_SUMMARY_FIELDS = frozenset({"study", "agents", "chosen", "controllers", "summaries", "claims"})
+"""What the later notebooks read of notebook 04's summary (benchmark_summary checks it is there)."""
+STUDY_FIELDS = frozenset({"first_eval_seed", "n_eval_seeds", "steps", "n_heldout_examples"})
 
 
 def load_benchmark(results_dir: str | Path, study: StudyConfig) -> tuple[dict, pd.DataFrame]:

@@ -34,6 +34,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -288,12 +289,22 @@ def _write_point_marker(point: Point, outcome: dict, attempts: int, notebook: Pa
 
 
 def point_rows(point: Point) -> list[dict]:
+    """One row per run of the point's results JSONs. A file that is not JSON, or a run that is not an
+    object, is skipped with a warning naming it: one malformed file never aborts the sweep's table."""
     rows = []
     for path in sorted(point.results_dir.glob("*.json")):
-        content = json.loads(path.read_text())
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            warnings.warn(f"{path}: not a readable JSON file, left out of the table ({error})", stacklevel=2)
+            continue
         if not isinstance(content, dict) or not isinstance(content.get("runs"), list):
             continue
-        for run in content["runs"]:
+        for index, run in enumerate(content["runs"]):
+            if not isinstance(run, dict) or not isinstance(run.get("summary", {}), dict):
+                warnings.warn(f"{path}: run {index} is not an object with a summary object, left out of the table",
+                              stacklevel=2)
+                continue
             row = {"point": point.folder.name, **{f"param_{k}": v for k, v in point.parameters.items()},
                    "result": path.stem, "method": run.get("method"), "seed": run.get("seed")}
             row.update(run.get("summary", {}))

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from torch.func import functional_call, grad, stack_module_state, vmap  # noqa: E402
 
 import rlr_batched  # noqa: E402
+import rlr_stacked  # noqa: E402
 import rlr_core as rc  # noqa: E402
 import rlr_engine as engine  # noqa: E402
 import rlr_results as results_io  # noqa: E402
@@ -72,7 +73,7 @@ def forward_backward_timings(ks: list[int], repeats: int = 6) -> list[dict]:
     for k in ks:
         models = [rc.make_model(task, seed) for seed in range(k)]
         inputs, targets = torch.randn(k, task.n_examples, task.n_points), torch.randn(k, task.n_examples, 5)
-        net = rlr_batched.StackedModel(models, torch.float32, torch.device("cpu"))
+        net = rlr_stacked.StackedModel(models, torch.float32, torch.device("cpu"))
         weights = [block.clone().requires_grad_() for name, block in net.tensors.items() if name.endswith("weight")]
         biases = [block.clone().requires_grad_() for name, block in net.tensors.items() if name.endswith("bias")]
 
@@ -89,7 +90,7 @@ def forward_backward_timings(ks: list[int], repeats: int = 6) -> list[dict]:
             return torch.nn.functional.mse_loss(functional_call(template, p, (x,)), y)
 
         vmapped_grad = vmap(grad(loss_of))
-        candidates = {"engine (vmap forward, autograd)": lambda: rlr_batched.mse_loss_and_grad(net, inputs, targets),
+        candidates = {"engine (vmap forward, autograd)": lambda: rlr_stacked.mse_loss_and_grad(net, inputs, targets),
                       "autograd bmm": autograd_bmm,
                       "torch.func vmap(grad)": lambda: vmapped_grad(params, inputs, targets)}
         best = dict.fromkeys(candidates, math.inf)
@@ -116,7 +117,7 @@ def main() -> None:
                         help="also time MaclaurinNet forward+backward: the engine vs autograd bmm vs vmap(grad)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rlr_batched.reuse_freed_memory()  # an entry point's allocator setting (see its docstring)
+    rlr_stacked.reuse_freed_memory()  # an entry point's allocator setting (see its docstring)
     kernel_rows = forward_backward_timings(args.ks) if args.kernels else []
     rows = []
     for run_type in args.run_types:

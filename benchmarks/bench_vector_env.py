@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import rlr_batched  # noqa: E402
+import rlr_stacked  # noqa: E402
 import rlr_core as rc  # noqa: E402
 import rlr_env  # noqa: E402
 import rlr_results as results_io  # noqa: E402
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of this many timings, both sides")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rlr_batched.reuse_freed_memory()  # an entry point's allocator setting (see its docstring)
+    rlr_stacked.reuse_freed_memory()  # an entry point's allocator setting (see its docstring)
     rows = []
     for label, schedule in schedules(args.interval, args.decisions).items():
         for k in args.ks:

@@ -17,14 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
     "rlr_config": 1, "rlr_core": 1, "rlr_stats": 1,
-    "rlr_results": 2, "rlr_engine": 2, "rlr_batched": 2,
+    "rlr_results": 2, "rlr_engine": 2, "rlr_stacked": 2, "rlr_batched": 2,
     "rlr_env": 3, "rlr_peers": 3,
     "rlr_report": 4, "rlr_methods": 4, "rlr_study": 4, "rlr_controllers": 4,
-    "sweep": 5, "readme": 5, "build_site": 5, "rlr_provenance": 5,
+    "rlr_summaries": 5, "sweep": 5, "readme": 5, "build_site": 5, "rlr_provenance": 5,
 }
 """Each library module's layer (README, Layout); entry points (notebooks, benchmarks, sweep) are 5."""
 
 WITHIN_LAYER = {("rlr_engine", "rlr_results"), ("rlr_batched", "rlr_engine"), ("rlr_batched", "rlr_results"),
+                ("rlr_stacked", "rlr_engine"), ("rlr_batched", "rlr_stacked"),
                 ("rlr_controllers", "rlr_study"), ("build_site", "readme"),
                 ("rlr_core", "rlr_config"), ("rlr_study", "rlr_methods"), ("rlr_controllers", "rlr_methods"),
                 ("readme", "rlr_provenance")}
@@ -140,7 +141,9 @@ def test_rlr_scheduler_refuses_a_state_saved_with_another_grid() -> None:
 
 
 @pytest.mark.parametrize("module, heavy", [("rlr_env", {"stable_baselines3", "ray"}), ("rlr_core", {"stable_baselines3", "ray", "gymnasium"}),
-                                           ("rlr_stats", {"torch", "matplotlib", "stable_baselines3", "ray", "gymnasium"})])
+                                           ("rlr_stats", {"torch", "matplotlib", "stable_baselines3", "ray", "gymnasium"}),
+                                           ("readme", {"torch", "pandas", "matplotlib", "stable_baselines3", "ray"}),
+                                           ("build_site", {"torch", "pandas", "matplotlib", "stable_baselines3", "ray"})])
 def test_light_modules_import_no_heavy_package(module: str, heavy: set[str]) -> None:
     """Checked in a fresh interpreter: gymnasium.make needs `import rlr_env`, which must stay light."""
     import subprocess
@@ -149,3 +152,20 @@ def test_light_modules_import_no_heavy_package(module: str, heavy: set[str]) -> 
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]", f"import {module} imported {run.stdout.strip()}"
+
+
+def test_models_built_with_a_seed_leave_the_global_rng_alone_and_match_make_model() -> None:
+    """MaclaurinNet(task, seed) and QNetwork(..., seed=) are seeded like make_model and DQNAgent; without
+    a seed they draw from torch's global RNG, as every nn.Module does (documented, and checked here)."""
+    torch.manual_seed(99)
+    before = torch.get_rng_state()
+    seeded = rc.MaclaurinNet(rc.TaskConfig(), seed=4)
+    q_network = rc.QNetwork(2, 3, seed=4)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(a, b) for a, b in zip(seeded.parameters(), rc.make_model(rc.TaskConfig(), 4).parameters()))
+    torch.manual_seed(4)
+    assert all(torch.equal(a, b) for a, b in zip(q_network.parameters(), rc.QNetwork(2, 3).parameters()))
+    rc.MaclaurinNet(rc.TaskConfig())  # no seed: the global stream moves, as nn.Linear's does
+    assert not torch.equal(torch.get_rng_state(), before)
+    with pytest.raises(TypeError, match="seed"):
+        rc.QNetwork(2, 3, seed="four")

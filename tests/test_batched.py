@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 import rlr_batched
+import rlr_stacked
 import rlr_core
 import rlr_engine as engine
 import rlr_results as results_io
@@ -292,8 +293,8 @@ def test_batched_adam_equals_torch_adam_per_member(per_member_lr: bool) -> None:
     def make_models() -> list[torch.nn.Module]:
         return [rlr_core.make_model(rlr_core.TaskConfig(), seed, torch.float64) for seed in range(3)]
 
-    net = rlr_batched.StackedModel(make_models(), torch.float64, torch.device("cpu"))
-    optimizer = rlr_batched.BatchedAdam(net.params, net.rows_of)
+    net = rlr_stacked.StackedModel(make_models(), torch.float64, torch.device("cpu"))
+    optimizer = rlr_stacked.BatchedAdam(net.params, net.rows_of)
     models = make_models()
     references = [rlr_core.make_adam(model.parameters(), lr) for model, lr in zip(models, lrs)]
     for _ in range(6):
@@ -314,7 +315,7 @@ def test_batched_adam_equals_torch_adam_per_member(per_member_lr: bool) -> None:
 def assert_stacked_matches_per_run_autograd(modules: list[torch.nn.Module], inputs: torch.Tensor,
                                             targets: torch.Tensor, loss_of: Callable) -> None:
     """StackedModel.loss_and_grad on K modules = loss_of(module(x_k), y_k) and its autograd gradient, run by run."""
-    net = rlr_batched.StackedModel(modules, torch.float64, torch.device("cpu"))
+    net = rlr_stacked.StackedModel(modules, torch.float64, torch.device("cpu"))
     per_run = torch.func.vmap(loss_of)
     losses = net.loss_and_grad(lambda outputs: per_run(outputs, targets), inputs)
     grads = net.blocks(net.grad)
@@ -336,8 +337,8 @@ def test_stacked_model_gradients_match_autograd(network: str) -> None:
         modules = [rlr_core.QNetwork(2, 3).double() for _ in range(3)]
         inputs, targets = torch.randn(3, 64, 2, dtype=torch.float64), torch.randn(3, 64, 3, dtype=torch.float64)
     assert_stacked_matches_per_run_autograd(modules, inputs, targets, F.mse_loss)
-    net = rlr_batched.StackedModel(modules, torch.float64, torch.device("cpu"))  # the task's own loss helper
-    torch.testing.assert_close(rlr_batched.mse_loss_and_grad(net, inputs, targets),
+    net = rlr_stacked.StackedModel(modules, torch.float64, torch.device("cpu"))  # the task's own loss helper
+    torch.testing.assert_close(rlr_stacked.mse_loss_and_grad(net, inputs, targets),
                                torch.stack([F.mse_loss(m(x), y) for m, x, y in zip(modules, inputs, targets)]))
 
 
@@ -388,8 +389,8 @@ def test_stacked_model_runs_models_it_was_not_written_for(kind: str) -> None:
     modules, inputs, targets, loss_of = unseen_models(kind)
     assert_stacked_matches_per_run_autograd(modules, inputs, targets, loss_of)
     modules, inputs, targets, loss_of = unseen_models(kind)
-    net = rlr_batched.StackedModel(modules, torch.float64, torch.device("cpu"))
-    optimizer, per_run = rlr_batched.BatchedAdam(net.params, net.rows_of), torch.func.vmap(loss_of)
+    net = rlr_stacked.StackedModel(modules, torch.float64, torch.device("cpu"))
+    optimizer, per_run = rlr_stacked.BatchedAdam(net.params, net.rows_of), torch.func.vmap(loss_of)
     references = [rlr_core.make_adam(module.parameters(), 1e-2) for module in modules]
     lrs = torch.full((3,), 1e-2, dtype=torch.float64)
     for _ in range(5):
@@ -407,27 +408,28 @@ def test_the_matmul_shortcut_is_the_vmap_forward_and_taken_only_for_linear_chain
     """The study's networks take StackedModel's Linear-chain shortcut; it computes what vmap(functional_call)
     does (the general path, which the other models above take)."""
     modules, inputs, _, _ = unseen_models("tanh, 4 layers")
-    net = rlr_batched.StackedModel(modules, torch.float64, torch.device("cpu"))
+    net = rlr_stacked.StackedModel(modules, torch.float64, torch.device("cpu"))
     assert net.chain is not None
     torch.testing.assert_close(net.forward(inputs), net.batched_forward(net.tensors, net.buffers, inputs),
                                rtol=1e-13, atol=1e-15)
-    assert rlr_batched.StackedModel([rlr_core.MaclaurinNet()], torch.float32, torch.device("cpu")).chain is not None
-    assert rlr_batched.StackedModel([rlr_core.QNetwork(2, 3)], torch.float32, torch.device("cpu")).chain is not None
+    assert rlr_stacked.StackedModel([rlr_core.MaclaurinNet()], torch.float32, torch.device("cpu")).chain is not None
+    assert rlr_stacked.StackedModel([rlr_core.QNetwork(2, 3)], torch.float32, torch.device("cpu")).chain is not None
     for kind in ("conv1d", "two heads, GELU, LayerNorm"):
-        assert rlr_batched.StackedModel(unseen_models(kind)[0], torch.float64, torch.device("cpu")).chain is None
+        assert rlr_stacked.StackedModel(unseen_models(kind)[0], torch.float64, torch.device("cpu")).chain is None
 
 
 def test_stacked_model_refuses_models_of_different_layouts() -> None:
     with pytest.raises(ValueError, match="same parameter names and shapes"):
-        rlr_batched.StackedModel([rlr_core.QNetwork(2, 3), rlr_core.QNetwork(2, 4)], torch.float32, torch.device("cpu"))
-    net = rlr_batched.StackedModel([rlr_core.QNetwork(2, 3)] * 2, torch.float32, torch.device("cpu"))
+        rlr_stacked.StackedModel([rlr_core.QNetwork(2, 3), rlr_core.QNetwork(2, 4)], torch.float32, torch.device("cpu"))
+    net = rlr_stacked.StackedModel([rlr_core.QNetwork(2, 3)] * 2, torch.float32, torch.device("cpu"))
     with pytest.raises(ValueError, match="differ from the stacked"):
         net.load_run(0, rlr_core.QNetwork(3, 3))
 
 
 def test_engine_uses_no_private_torch_api() -> None:
     """No torch._... call and no hand-written backward in the engine: autograd and torch's Adam do the work."""
-    source = (Path(__file__).resolve().parents[1] / "rlr_batched.py").read_text()
+    root = Path(__file__).resolve().parents[1]
+    source = (root / "rlr_batched.py").read_text() + (root / "rlr_stacked.py").read_text()
     assert not re.search(r"torch\._[a-z]", source), re.findall(r"torch\._\w+", source)
     assert "threshold_backward" not in source and "def backward" not in source
 
@@ -457,9 +459,9 @@ def stacked_replay(agents: list[rlr_core.DQNAgent]) -> torch.Tensor:
 def test_dqn_update_matches_agent_learn(variant: str) -> None:
     agents = filled_agents(variant, 3)
     config, cpu = agents[0].config, torch.device("cpu")
-    policy = rlr_batched.StackedModel([a.policy_net for a in agents], torch.float64, cpu)
-    target = rlr_batched.StackedModel([a.target_net for a in agents], torch.float64, cpu)
-    optimizer = rlr_batched.BatchedAdam(policy.params)
+    policy = rlr_stacked.StackedModel([a.policy_net for a in agents], torch.float64, cpu)
+    target = rlr_stacked.StackedModel([a.target_net for a in agents], torch.float64, cpu)
+    optimizer = rlr_stacked.BatchedAdam(policy.params)
     replay = stacked_replay(agents)
     for _ in range(3):
         # the indices DQNAgent.learn is about to draw, from a copy of each agent's generator

@@ -13,6 +13,7 @@ import nbformat
 import pytest
 
 import readme
+import rlr_summaries as summaries
 import rlr_engine as engine
 import rlr_study as study
 
@@ -41,21 +42,52 @@ MEASURED = re.compile(r"\d+\.\d+|\d+(?:\.\d+)?e[-+]?\d+|\d+\s?%|\b\d+(?:\.\d+)?x
 durations."""
 
 
-def test_readme_generated_blocks_are_what_the_committed_results_give():
+def test_readme_generated_blocks_are_what_the_committed_files_give():
     names = [match.group("name") for match in readme.BLOCK.finditer(README)]
-    assert set(names) == set(readme.BLOCKS), f"README blocks {names}"
+    assert set(names) == set(readme.blocks()), f"README blocks {names}"
     assert readme.render(README) == README, "stale README numbers: run `.venv/bin/python readme.py`"
 
 
-def test_the_generated_blocks_change_when_a_result_changes(tmp_path):
-    """The check above can fail: a changed committed number changes the rendered README."""
+@pytest.mark.parametrize("notebook", sorted(summaries.SUMMARIES))
+def test_each_committed_summary_is_what_the_committed_results_give(notebook):
+    """The claims are data: every block a notebook wrote is re-rendered here from the results it read."""
+    committed = json.loads(summaries.summary_path(notebook, ROOT / "results").read_text())
+    assert committed["notebook"] == notebook
+    assert committed["blocks"] == summaries.render_summary(notebook, ROOT / "results"), \
+        f"results/summaries/{notebook}.json is stale: re-run the notebook (make reproduce)"
+
+
+def test_the_summaries_and_the_readme_change_when_a_result_changes(tmp_path):
+    """The checks above can fail: a changed committed number changes the rendered summary, and a changed
+    summary changes the placed README."""
     for folder in ("results", "notebooks", "benchmarks/results"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     path = tmp_path / "results" / "comparison.json"
     comparison = json.loads(path.read_text())
     comparison["ratios"]["same_steps_described"] *= 3.0
     path.write_text(json.dumps(comparison))
+    assert summaries.render_summary("03_comparison", tmp_path / "results") != \
+        summaries.render_summary("03_comparison", ROOT / "results")
+    summaries.write_summary("03_comparison", tmp_path / "results")
     assert readme.render(README, tmp_path) != README
+
+
+def test_readme_refuses_a_block_no_file_gives_and_a_block_two_summaries_give(tmp_path):
+    for folder in ("results", "notebooks", "benchmarks/results"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    with pytest.raises(ValueError, match="'nowhere' that no file gives"):
+        readme.render("<!-- generated: nowhere -->\nold\n<!-- end: nowhere -->\n", tmp_path)
+    twice = tmp_path / "results" / "summaries" / "99_extra.json"
+    twice.write_text(json.dumps({"notebook": "99_extra", "blocks": {"one-run": "again"}}))
+    with pytest.raises(ValueError, match="given by another summary too"):
+        readme.render(README, tmp_path)
+
+
+def test_summaries_refuse_an_unknown_notebook_and_a_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="notebook: '01_baseline' writes no summary"):
+        summaries.render_summary("01_baseline", ROOT / "results")
+    with pytest.raises(ValueError, match="results: .* is not a folder"):
+        summaries.render_summary("03_comparison", tmp_path / "absent")
 
 
 def test_readme_prose_states_no_measured_number_by_hand():

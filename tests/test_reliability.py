@@ -590,7 +590,7 @@ def test_a_finished_shorter_run_is_continued_to_a_longer_one(tmp_path):
     uninterrupted = train_rl_scheduled(Config(schedule=ScheduleConfig(steps=250)))
     same_series(longer, uninterrupted)
     assert np.array_equal(short.series["loss"], uninterrupted.series["loss"][:120])
-    with pytest.raises(ValueError, match="checkpoint_path .* is at step 250, past this run's 100"):
+    with pytest.raises(ValueError, match=r"checkpoint_path .* is at step 250, outside this run's 0..100"):
         train_rl_scheduled(Config(schedule=ScheduleConfig(steps=100)), checkpoint_path=checkpoint,
                            checkpoint_every=1000)
 
@@ -607,6 +607,26 @@ def test_checkpoint_of_another_run_is_refused_unless_resume_is_false(tmp_path):
     fresh = train_rl_scheduled(other, checkpoint_path=checkpoint, checkpoint_every=10, resume=False)
     same_series(fresh, train_rl_scheduled(other))
     assert torch.load(checkpoint, weights_only=True)["config"]["seed"] == 1  # overwritten
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(step=-3), r"is at step -3, outside this run's 0..30"),
+    (lambda c: c.update(step=2.5), r"its step 2.5 is not an integer"),
+    (lambda c: c.update(wall_seconds=float("nan")), r"wall_seconds nan is not a finite number"),
+    (lambda c: c["series"].update(loss=c["series"]["loss"][:-2]), r"series 'loss' holds \(8,\), not the 10 values"),
+    (lambda c: c["series"].update(loss=[0.0] * 10), r"series 'loss' holds list, not the 10 values"),
+])
+def test_a_checkpoint_with_a_step_or_series_out_of_shape_is_refused_before_anything_is_restored(tmp_path, edit, message):
+    """A checkpoint edited (or written by other code) with a negative step or series shorter than its step
+    would leave the run's series half-filled: refused, naming the file, before any state is loaded."""
+    checkpoint = tmp_path / "agent.pt"
+    config = Config(seed=0, schedule=ScheduleConfig(steps=30))
+    train_rl_scheduled(Config(seed=0, schedule=ScheduleConfig(steps=10)), checkpoint_path=checkpoint, checkpoint_every=10)
+    stored = torch.load(checkpoint, weights_only=True)
+    edit(stored)
+    torch.save(stored, checkpoint)
+    with pytest.raises(ValueError, match=message):
+        train_rl_scheduled(config, checkpoint_path=checkpoint, checkpoint_every=10)
 
 
 KILLED_RUN_SCRIPT = """

@@ -223,7 +223,7 @@ def test_json_ready_replaces_non_finite_numbers_and_numpy_scalars():
 
 
 def test_every_usage_line_of_the_readme_runs_as_written():
-    """readme.py's "which to use when" gives one line of usage per tuned family (rlr_report.usage_line):
+    """The "which to use when" table gives one line of usage per tuned family (the registry's usage_line):
     each runs as written, for a configuration of the family's search, and builds what it names."""
     import dadaptation
     import prodigyopt
@@ -232,7 +232,7 @@ def test_every_usage_line_of_the_readme_runs_as_written():
     import rlr_core
     for name, family in study.FAMILIES.items():
         params = study.family_configurations(family, 2, seed=0)[0]
-        line = report.usage_line(name, params)
+        line = study.family(name).usage_line(params)
         model = torch.nn.Linear(3, 1)
         scope = {"torch": torch, "rlr_core": rlr_core, "rlr_engine": engine, "schedulefree": schedulefree,
                  "prodigyopt": prodigyopt, "dadaptation": dadaptation, "model": model, "steps": 100,
@@ -311,3 +311,17 @@ def test_the_controller_reading_says_whether_the_goal_is_met_and_why_not_from_th
     assert "Why it does not beat cosine annealing: it decreases the training loss as much or more (12.00 against " \
            "11.00)" in only_cosine
     assert report.mse_times(1.16, 1.0) == "1.16 times (worse than)" and "better" in report.mse_times(0.5, 1.0)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{}", r"lacks \['agents', 'chosen', 'claims', 'controllers', 'study', 'summaries'\]"),
+    ("[1, 2]", r"is not notebook 04's summary"),
+    ('{"study": {}, "agents": 1, "chosen": 1, "controllers": 1, "summaries": 1, "claims": 1}', r"lacks \['study.first_eval_seed'"),
+    ('{"study": ', r"is not JSON"),
+])
+def test_notebook_04s_summary_is_checked_before_a_later_notebook_reads_it(tmp_path, content, message):
+    (tmp_path / "benchmark_summary.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        study.benchmark_summary(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run notebook 04 first"):
+        study.benchmark_summary(tmp_path / "elsewhere")

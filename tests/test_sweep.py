@@ -153,3 +153,19 @@ def test_failing_point_is_retried_reported_with_its_notebook_and_the_sweep_goes_
                for output in cell.get("outputs", []))
     assert not (Path(failed["partial_notebook"]).parent / "point.json").exists(), "not marked done"
     assert len(pd.read_csv(folder / "out" / "small" / "table.csv")) == 8, "the good points stay in the table"
+
+
+def test_the_table_skips_a_malformed_results_file_with_a_warning_naming_it(tmp_path):
+    """One truncated or hand-edited JSON in a point's results must not abort the whole sweep's table."""
+    point = sweep.Point(parameters={"seed": 0}, key="abc", folder=tmp_path / "point")
+    point.results_dir.mkdir(parents=True)
+    (point.results_dir / "good.json").write_text(json.dumps({"runs": [{"method": "m", "seed": 0, "summary": {"final_mse": 1.0}}]}))
+    (point.results_dir / "truncated.json").write_text('{"runs": [{"method"')
+    (point.results_dir / "odd_run.json").write_text(json.dumps({"runs": [3, {"method": "m", "seed": 1, "summary": 2}]}))
+    with pytest.warns(UserWarning) as caught:
+        count = sweep.gather_table([point], tmp_path / "table.csv")
+    messages = " ".join(str(warning.message) for warning in caught)
+    assert "truncated.json: not a readable JSON file" in messages
+    assert "odd_run.json: run 0 is not an object" in messages and "odd_run.json: run 1" in messages
+    assert count == 1
+    assert pd.read_csv(tmp_path / "table.csv")["final_mse"].tolist() == [1.0]

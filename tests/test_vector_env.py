@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import rlr_batched
+import rlr_stacked
 import rlr_core as rc
 import rlr_env
 
@@ -81,13 +81,13 @@ def test_restarting_one_run_of_batched_adam_is_a_fresh_torch_adam_for_it():
     torch.manual_seed(0)
     networks = [torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
                 for _ in range(2)]
-    stacked = rlr_batched.StackedModel(networks, torch.float64, torch.device("cpu"))
-    adam = rlr_batched.BatchedAdam(stacked.params, stacked.rows_of)
+    stacked = rlr_stacked.StackedModel(networks, torch.float64, torch.device("cpu"))
+    adam = rlr_stacked.BatchedAdam(stacked.params, stacked.rows_of)
     inputs, targets = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 2, dtype=torch.float64)
     references = [torch.optim.Adam(network.parameters(), lr=0.01) for network in networks]
 
     def step_both() -> None:
-        rlr_batched.mse_loss_and_grad(stacked, inputs, targets)
+        rlr_stacked.mse_loss_and_grad(stacked, inputs, targets)
         adam.step(stacked.grad, torch.tensor([0.01, 0.01], dtype=torch.float64))
         for k, (network, optimizer) in enumerate(zip(networks, references)):
             optimizer.zero_grad()

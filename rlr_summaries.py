@@ -1,0 +1,234 @@
+"""Each notebook's summary: the markdown its results give for the README and the site, written by the
+notebook itself (its last cell calls write_summary) so that readme.py only places it.
+
+A summary is results/summaries/<notebook>.json, {"notebook": name, "blocks": {block name: markdown}}: the
+README's `<!-- generated: NAME -->` blocks are these blocks, verbatim. Every number and comparison in them
+is computed here from the notebook's results files; tests/test_readme.py re-renders each committed summary
+from the committed results and compares. Notebook 06 writes the headline and the "which to use" table,
+which read notebook 04's results beside its own (06 runs after 04).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+import rlr_engine as engine
+import rlr_methods as registry
+import rlr_report as report
+import rlr_results as results_io
+import rlr_study as study
+
+SUMMARY_FOLDER = "summaries"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def one_run_markdown(results: Path) -> str:
+    """Notebooks 01-03: the table, the original's ratio beside ours, the verdicts, what the agents did."""
+    comparison = read_json(results / "comparison.json")
+    table = pd.DataFrame(comparison["table"])
+    shown = report.formatted(table, {"final MSE": ".2e", "median last 100": ".2e", "optimiser steps": ",d",
+                                     "passes over data": ",d"}).drop(columns=["seeds", "wall seconds per run"])
+    original = study.ORIGINAL_RESULT
+    ratios = comparison["ratios"]
+    ratio_rows = pd.DataFrame([
+        {"comparison": "same passes over the data (the original's)", "described agent": f"{ratios['same_passes_described']:.2f}",
+         "as-coded agent": f"{ratios['same_passes_as_coded']:.2f}"},
+        {"comparison": "same optimiser steps (full-batch Adam at 1e-3)", "described agent": f"{ratios['same_steps_described']:.2f}",
+         "as-coded agent": f"{ratios['same_steps_as_coded']:.2f}"}])
+    agents = {label: results_io.load_results(results / f"{name}.json")
+              for label, name in (("Described agent", "rl_described"), ("As-coded agent", "rl_as_coded"))}
+    grid_size = len(engine.Config().schedule.lr_grid)
+    return "\n\n".join([
+        f"Seed {comparison['seeds'][0]}, the original's settings (notebooks 01-03):",
+        report.markdown_table(shown),
+        f"The original reported baseline MSE / agent MSE = {original['baseline_final_mse']:.2e} / "
+        f"{original['agent_final_mse']:.2e} = {original['baseline_final_mse'] / original['agent_final_mse']:.2f} "
+        "(\"two times more accurate\"). The same ratio here, on the final values (above 1: the agent is better):",
+        report.markdown_table(ratio_rows),
+        *[f"- {verdict}" for verdict in comparison["verdicts"].values()],
+        *[report.describe_agent_run(runs, grid_size, label) for label, runs in agents.items()]])
+
+
+def verdict_markdown(results: Path) -> str:
+    """Notebook 04: tuning, the per-method tables, the pre-registered comparisons and the reading."""
+    summary = read_json(results / "benchmark_summary.json")
+    setup = summary["study"]
+    claims = pd.DataFrame(summary["claims"])
+    references = {"baseline": study.BASELINE, "tuned constant": study.TUNED}
+    tables = {metric: pd.DataFrame(rows).set_index("method") for metric, rows in summary["summaries"].items()}
+    return "\n\n".join([
+        f"{setup['n_eval_seeds']} evaluation seeds ({setup['first_eval_seed']}-"
+        f"{setup['first_eval_seed'] + setup['n_eval_seeds'] - 1}), each with its own data, initial weights, "
+        f"validation and test sets ({setup['n_heldout_examples']} polynomials each); every tuned family got "
+        f"{setup['tuning_budget']} configurations on {setup['n_tuning_seeds']} tuning seeds "
+        f"({setup['first_tuning_seed']}-{setup['first_tuning_seed'] + setup['n_tuning_seeds'] - 1}), chosen on "
+        f"validation MSE; {setup['steps']:,} optimiser steps.",
+        report.tuning_markdown(summary["chosen"], summary["edges"], setup["tuning_budget"]),
+        "Test MSE after the same optimiser steps:",
+        report.summary_markdown(tables["test_mse"], "test_mse", references),
+        "Training MSE (median of the last 100 losses) after the same optimiser steps:",
+        report.summary_markdown(tables["train_median_last_100"], "train_median_last_100", references),
+        "The pre-registered comparisons (ratio = reference MSE / agent MSE, paired by seed; above 1: the agent "
+        "is better; Holm-adjusted Wilcoxon signed-rank tests over all of them):",
+        report.claims_markdown(claims),
+        summary["headroom"]["reading"],
+        *controller_parts(summary),
+        summary["seed_zero"]])
+
+
+def controller_parts(summary: dict) -> list[str]:
+    """Notebook 04's learned controllers: every controller trained with its validation MSE, their cost,
+    and the generated reading."""
+    controllers = summary["controllers"]
+    tuning = pd.DataFrame(controllers["tuning"])
+    cost = pd.DataFrame(controllers["cost"])
+    return [f"**Learned controllers** (a decision every {controllers['config']['decision_interval']} optimiser steps, "
+            f"trained on {controllers['config']['n_envs']} tasks at once, {controllers['config']['training_rounds']} "
+            "episodes each, then frozen). Every controller trained, with its validation MSE on the tuning seeds:",
+            report.markdown_table(report.formatted(tuning, {"validation MSE": ".3g", "training seconds": ".0f",
+                                                            "dqn.lr": ".2e", "dqn.horizon": ".3g",
+                                                            "dqn.epsilon_decay": ".3g"}).fillna("-")),
+            "What each controller cost (its training, its tuning, one frozen run):",
+            report.markdown_table(report.formatted(cost, {"training optimiser steps": ",d", "training seconds": ".0f",
+                                                          "tuning: optimiser steps": ",d", "tuning: seconds": ".0f",
+                                                          "seconds per frozen run": ".2f"}).fillna("-")),
+            controllers["reading"]]
+
+
+def headline_markdown(results: Path) -> str:
+    """The verdict first: notebook 04's generated reading, its headroom (the ceiling of a per-run choice) and
+    the best learned controller's reading, then notebook 06's reading on PBT against the tuned constant
+    (its first two lines)."""
+    benchmark = read_json(results / "benchmark_summary.json")
+    pbt_lines = read_json(results / "pbt_summary.json")["reading"].split("\n")
+    controller = benchmark["controllers"]["reading"].split("\n\n")
+    return "\n\n".join([benchmark["reading"], f"Headroom: {benchmark['headroom']['reading']}",
+                         f"Learned controllers (notebook 04, best picked on validation): {controller[0]}",
+                         *controller[1:],
+                         f"Population Based Training (notebook 06): {pbt_lines[0]} {pbt_lines[1].removeprefix('- ')}"])
+
+
+def peers_markdown(results: Path) -> str:
+    """Notebook 06: PBT beside notebook 04's methods on its seeds, the comparisons, the cost and the reading."""
+    summary = read_json(results / "pbt_summary.json")
+    setup, pbt, labels = summary["study"], summary["pbt"], summary["labels"]
+    references = {"tuned constant": labels["tuned"], "PBT": labels["pbt"]}
+    test = pd.DataFrame(summary["summaries"]["test_mse"]).set_index("method")
+    cost = pd.DataFrame(summary["cost"]).set_index("method")
+    exploits = sum(summary["exploits_per_seed"].values())
+    return "\n\n".join([
+        f"Seeds {setup['first_eval_seed']}-{setup['first_eval_seed'] + setup['n_eval_seeds'] - 1} (the first "
+        f"{setup['n_eval_seeds']} of notebook 04's); a population of {pbt['population']} per seed, an exploit/explore "
+        f"round every {pbt['perturbation_interval']:,} steps ranked on validation MSE, {exploits} exploits in all; "
+        f"one population took {min(summary['population_seconds']):.0f}-{max(summary['population_seconds']):.0f} s on "
+        "local Ray. Test MSE beside notebook 04's methods on the same seeds:",
+        report.summary_markdown(test, "test_mse", references),
+        "Optimiser steps paid per evaluated run and once for tuning:",
+        report.markdown_table(report.formatted(cost.reset_index(), {"optimiser steps per run": ",d", "tuning, once": ",d",
+                                                                    "test MSE (geometric mean)": ".2e"})),
+        "The pre-registered comparisons of notebook 06:",
+        report.claims_markdown(pd.DataFrame(summary["claims"])),
+        summary["reading"]])
+
+
+def which_to_use_markdown(results: Path) -> str:
+    """Which method to use when, for this task family: every tuned family of notebook 04 by test MSE with
+    its one line of usage, then PBT and the learning-rate-free choice, all from the results."""
+    bench, pbt = read_json(results / "benchmark_summary.json"), read_json(results / "pbt_summary.json")
+    test = pd.DataFrame(bench["summaries"]["test_mse"]).set_index("method")["geometric mean"]
+    tuned = test[study.TUNED]
+    rows = sorted(({"method": study.tuned_label(family), "test MSE": test[study.tuned_label(family)],
+                    "vs tuned constant": tuned / test[study.tuned_label(family)],
+                    "use it": study.family(family).usage_line(params)} for family, params in bench["chosen"].items()),
+                  key=lambda row: row["test MSE"])
+    free = [row for row in rows if row["method"].removesuffix(", tuned") in {registry.get(key).label for key in registry.keys("lr_free")}]
+    agents = [row for row in rows if row["method"] in study.FAMILIES and study.FAMILIES[row["method"]].kind == "agent"]
+    pbt_test = pd.DataFrame(pbt["summaries"]["test_mse"]).set_index("method")["geometric mean"]
+    labels = pbt["labels"]
+    lines = [
+        f"- **One run per task, tune once**: **{rows[0]['method']}** had the lowest test MSE here "
+        f"({rows[0]['test MSE']:.2e}, {rows[0]['vs tuned constant']:.2f}x the tuned constant lr's accuracy: its test MSE "
+        f"over this one's). Use: {rows[0]['use it']}.",
+        f"- **No learning-rate schedule to design**: of the learning-rate-free optimisers, **{free[0]['method']}** did "
+        f"best ({free[0]['test MSE']:.2e}, {free[0]['vs tuned constant']:.2f}x the tuned constant's accuracy), with its "
+        f"knobs tuned like every family's. Use: {free[0]['use it']}.",
+        f"- **Several runs' compute per task**: {labels['pbt']} reached {pbt_test[labels['pbt']]:.2e} on "
+        f"{pbt['study']['n_eval_seeds']} seeds, where the {labels['equal_compute']} reached "
+        f"{pbt_test[labels['equal_compute']]:.2e} for the same compute. Use: `rlr_peers.start_ray()`, then "
+        f"`rlr_peers.run_pbt(config, steps, rlr_peers.PBTConfig(population={pbt['pbt']['population']}))` (Ray Tune's "
+        "PopulationBasedTraining on a local Ray; `start_ray(address)` or `RAY_ADDRESS` for a cluster).",
+        f"- **The RL scheduler**: the best tuned agent, **{agents[0]['method']}**, reached {agents[0]['test MSE']:.2e}, "
+        f"{agents[0]['vs tuned constant']:.2f}x the tuned constant's accuracy (the verdict above has the tests). "
+        f"Use: {agents[0]['use it']}.",
+        f"- **A learned controller**, trained once over many tasks and reused frozen: the best one picked on "
+        f"validation, **{bench['controllers']['best']}**, reached {test[bench['controllers']['best']]:.2e}, "
+        f"{tuned / test[bench['controllers']['best']]:.2f}x the tuned constant's accuracy (the verdict above has the "
+        "tests and its cost). Use: `controller = rlr_controllers.load_controllers(\"results/controllers.pt\")[label]`, then "
+        "`rlr_controllers.run_policy(rlr_engine.Config.from_dict(controller.run_config), controller.act(), seeds)`."]
+    table = pd.DataFrame([{**row, "test MSE": f"{row['test MSE']:.2e}", "vs tuned constant": f"{row['vs tuned constant']:.2f}x"}
+                          for row in rows])
+    return "\n\n".join(["\n".join(lines), "Every tuned family of notebook 04 with the configuration it chose "
+                         "(geometric-mean test MSE over the evaluation seeds; \"vs tuned constant\" above 1 is better):",
+                         report.markdown_table(table)])
+
+
+def transfer_markdown(results: Path) -> str:
+    """Notebook 05: test MSE per held-out task, the reading and the training returns."""
+    summary = read_json(results / "transfer_summary.json")
+    parameters = summary["parameters"]
+    references = {reference: reference for reference in (study.TUNED_CONSTANT, study.COSINE)}
+    parts = [f"Agents trained over {parameters['n_training_episodes']} episodes of {parameters['episode_steps']:,} "
+             f"steps on training seeds {parameters['first_training_seed']}-"
+             f"{parameters['first_training_seed'] + parameters['n_training_episodes'] - 1}, frozen, then evaluated "
+             f"on {parameters['n_eval_seeds']} held-out seeds of each task; the tuned constant lr and cosine "
+             "annealing were tuned on the training task only. Test MSE:"]
+    for task, methods in summary["test_mse"].items():
+        table = pd.DataFrame([{"method": method, **row} for method, row in methods.items()]).set_index("method")
+        parts += [f"**{task}**", report.summary_markdown(table, "test_mse", references)]
+    controllers = summary["controllers"]
+    parts += [summary["reading"], summary["training_reading"],
+              f"Notebook 04's learned controllers, frozen, on the held-out tasks ({controllers['steps']:,} steps, "
+              "against notebook 04's tuned constant lr and cosine annealing). Test MSE:"]
+    for task, methods in controllers["test_mse"].items():
+        table = pd.DataFrame([{"method": method, **row} for method, row in methods.items()]).set_index("method")
+        parts += [f"**{task}**", report.summary_markdown(table, "test_mse", references)]
+    return "\n\n".join([*parts, controllers["reading"]])
+
+
+SUMMARIES: dict[str, dict[str, Callable[[Path], str]]] = {
+    "03_comparison": {"one-run": one_run_markdown},
+    "04_benchmark": {"verdict": verdict_markdown},
+    "05_transfer": {"transfer": transfer_markdown},
+    "06_pbt": {"peers": peers_markdown, "headline": headline_markdown, "which-to-use": which_to_use_markdown},
+}
+"""notebook -> its blocks (block name -> the function that renders it from the results folder)."""
+
+
+def render_summary(notebook: str, results: Path) -> dict[str, str]:
+    """The blocks of one notebook's summary, rendered from the results folder."""
+    if notebook not in SUMMARIES:
+        raise ValueError(f"notebook: {notebook!r} writes no summary (those that do: {sorted(SUMMARIES)})")
+    results = Path(results)
+    if not results.is_dir():
+        raise ValueError(f"results: {str(results)!r} is not a folder")
+    return {name: render(results).strip() for name, render in SUMMARIES[notebook].items()}
+
+
+def summary_path(notebook: str, results: Path) -> Path:
+    return Path(results) / SUMMARY_FOLDER / f"{notebook}.json"
+
+
+def write_summary(notebook: str, results: Path) -> Path:
+    """Render the notebook's summary from its results and write it atomically; return its path."""
+    blocks = render_summary(notebook, results)
+    path = summary_path(notebook, results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results_io.atomic_write_text(path, json.dumps({"notebook": notebook, "blocks": blocks}, indent=1) + "\n")
+    return path
