@@ -196,10 +196,11 @@ def load_checkpoint(path: str | Path, config: Config, method: str, series: dict[
     if not 0 <= step <= len(series["loss"]):
         raise ValueError(f"checkpoint_path {str(path)!r} is at step {step}, outside this run's 0..{len(series['loss'])}")
     for name, values in checkpoint["series"].items():
-        if not isinstance(values, torch.Tensor) or values.shape != (step,):
+        wanted = (step,) + tuple(series[name].shape[1:])  # per-step rows (q_values has one column per action)
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != wanted:
             shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
-            raise ValueError(f"checkpoint_path {str(path)!r}: series {name!r} holds {shape}, not the {step} values "
-                             "of its step: delete it or pass resume=False")
+            raise ValueError(f"checkpoint_path {str(path)!r}: series {name!r} holds {shape}, not the {wanted} of "
+                             "its step: delete it or pass resume=False")
     for name, values in checkpoint["series"].items():
         series[name][:step] = values.numpy()
     for name, part in parts.items():

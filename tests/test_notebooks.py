@@ -149,6 +149,9 @@ def test_a_bad_parameter_fails_with_a_message_naming_it(tmp_path):
 
 @pytest.mark.parametrize("name", list(SMALL_PARAMETERS))
 def test_committed_notebook_was_executed_in_order_without_errors(name):
+    from test_provenance import KNOWN_STALE  # a notebook declared stale has cells added since its run
+    if name in KNOWN_STALE:
+        pytest.xfail(f"declared stale: {KNOWN_STALE[name]}")
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code" and cell.source.strip()]
     assert "parameters" in code_cells[0].metadata.get("tags", []), "first code cell must be tagged"
