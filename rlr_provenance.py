@@ -299,13 +299,10 @@ def strings_in(trees: Iterable[ast.AST]) -> CodeStrings:
     return strings
 
 
-def files_mentioned(name: str, root: Path = ROOT) -> set[str]:
-    """The results files the notebook's code names. In its own cells: a file name ('rl_described.json',
-    also when not on disk yet), the stem of files on disk ('baseline_minibatch', joined to '.json' by an
-    f-string over a list of stems) or a file-name pattern with a literal start (f"transfer_agent_{name}.pt").
-    In the project code those cells reach, only the exact name of a file on disk ('benchmark_runs.csv'):
-    there, stems and f-strings are method names and labels (train_baseline's 'baseline_minibatch',
-    f"rl_{variant}"), not files."""
+def files_named_in_cells(name: str, root: Path = ROOT) -> set[str]:
+    """The results files the notebook's own cells name: a file name ('rl_described.json', also when not on
+    disk yet), the stem of files on disk ('baseline_minibatch', joined to '.json' by an f-string over a list
+    of stems) or a file-name pattern with a literal start (f"transfer_agent_{name}.pt")."""
     files = result_files(root)
     stems = {stem(file) for file in files}
     own = strings_in(notebook_trees(name, root))
@@ -316,19 +313,46 @@ def files_mentioned(name: str, root: Path = ROOT) -> set[str]:
         base = pattern.rsplit("/", 1)[-1]
         if not base.startswith("*") and FILE_NAME.fullmatch(base.replace("*", "x")):
             named |= set(fnmatch.filter(files, base))
-    reached = strings_in(definitions_reached(name, root))
-    named |= {text.rsplit("/", 1)[-1] for text in reached.constants} & set(files)
     return with_siblings(named, files)
+
+
+def files_mentioned(name: str, root: Path = ROOT) -> set[str]:
+    """The results files the notebook's code names: in its own cells (files_named_in_cells) and, in the
+    project code those cells reach, the exact name of a file on disk ('benchmark_runs.csv'): there, stems
+    and f-strings are method names and labels (train_baseline's 'baseline_minibatch', f"rl_{variant}"),
+    not files."""
+    files = result_files(root)
+    reached = strings_in(definitions_reached(name, root))
+    return with_siblings(files_named_in_cells(name, root) | ({text.rsplit("/", 1)[-1] for text in reached.constants}
+                                                             & set(files)), files)
+
+
+def writers(root: Path = ROOT) -> dict[str, str]:
+    """file -> the notebook that writes it: the first whose own cells name it, else the first whose code
+    reaches it. Project code names files for every notebook (rlr_summaries names each summary's source),
+    so a mention through it says only that a notebook may read the file, never that it writes it."""
+    names = notebook_names(root)
+    writer: dict[str, str] = {}
+    for name in names:
+        for file in sorted(files_named_in_cells(name, root)):
+            writer.setdefault(file, name)
+    for name in names:
+        for file in sorted(files_mentioned(name, root)):
+            writer.setdefault(file, name)
+    return writer
 
 
 def results_read(name: str, root: Path = ROOT) -> list[str]:
     """The results files (relative paths) the notebook reads that another notebook writes: those its code
-    names that an earlier notebook's code names too (a notebook cannot read what a later one writes; what
-    it names first, it writes itself). So 03 reads 01's and 02's runs, 05 and 06 notebook 04's summary."""
+    mentions whose writer (writers) comes earlier (a notebook cannot read what a later one writes, nor is
+    what it writes itself its input). So 03 reads 01's and 02's runs, 05 and 06 notebook 04's summary,
+    and 04 none of 05's or 06's summaries, which the summary module it imports names."""
     names = notebook_names(root)
     notebook_path(name, root)  # ValueError for an unknown name
-    earlier = set().union(*(files_mentioned(other, root) for other in names[:names.index(name)]))
-    return sorted(f"{RESULTS_FOLDER}/{file}" for file in files_mentioned(name, root) & earlier)
+    writer = writers(root)
+    position = names.index(name)
+    return sorted(f"{RESULTS_FOLDER}/{file}" for file in files_mentioned(name, root)
+                  if names.index(writer[file]) < position)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -172,6 +172,27 @@ def test_the_fake_repository_reads_and_imports_are_found(fake_repo):
         "requirements.txt", "results/made.json"}
 
 
+def test_a_later_notebooks_output_named_in_shared_code_is_not_an_input_of_an_earlier_one(fake_repo):
+    """Shared code may name every notebook's output (rlr_summaries names each summary's source): a file a
+    later notebook writes (named in its own cells) is no input of earlier notebooks that call that code,
+    so running the later one leaves them fresh (else make reproduce would never converge)."""
+    (fake_repo / "summaries.py").write_text("def sources():\n    return ['made.json', 'late.json']\n")
+    (fake_repo / "results" / "late.json").write_text("{}")
+    for name in ("01_make", "02_use"):
+        notebook = read_notebook(fake_repo / "notebooks" / f"{name}.ipynb")
+        notebook["cells"][1]["source"] += "\nimport summaries\nsummaries.sources()"
+        write_notebook(fake_repo / "notebooks" / f"{name}.ipynb", notebook["cells"])
+    write_notebook(fake_repo / "notebooks" / "03_late.ipynb", [
+        code_cell('results_dir = "../results"', tags=("parameters",)),
+        code_cell('from pathlib import Path\n(Path(results_dir) / "late.json").write_text("{}")')])
+    assert "late.json" in provenance.files_mentioned("02_use", fake_repo)
+    assert provenance.writers(fake_repo)["late.json"] == "03_late"
+    assert provenance.results_read("02_use", fake_repo) == ["results/made.json"]
+    provenance.record("02_use", fake_repo)
+    (fake_repo / "results" / "late.json").write_text('{"run": 2}')  # 03 ran again
+    assert provenance.is_fresh("02_use", fake_repo)
+
+
 def edit_code_cell(root: Path) -> None:
     path = root / "notebooks" / "02_use.ipynb"
     notebook = read_notebook(path)
