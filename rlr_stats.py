@@ -194,3 +194,178 @@ def summary_with_win_rates(table: pd.DataFrame, metric: str, references: dict[st
                                        if {reference, method} <= finished_methods else float("nan")
                                        for method in methods]
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tuning-budget curves (Dodge et al. 2019, "Show Your Work"): what k trials of a pool would have found
+# ---------------------------------------------------------------------------------------------------
+
+
+def best_of_k_probabilities(n: int, k: int) -> np.ndarray:
+    """P(the i-th best of n configurations is the best of k drawn uniformly with replacement), i = 1..n:
+    ((n - i + 1) / n)^k - ((n - i) / n)^k (Dodge et al. 2019, eq. 1, for the best instead of the max).
+
+    Hand-written: the closed form is one line and no maintained package ships it (the paper's own code is
+    a script); tests/test_stats.py checks it against enumerating every one of the n^k draws."""
+    for name, value in (("n", n), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    survive = ((n - np.arange(n + 1)) / n) ** k  # P(all k draws rank worse than the i best), i = 0..n
+    return survive[:-1] - survive[1:]
+
+
+def budget_curve(validation: Sequence[float], test: Sequence[float], ks: Sequence[int],
+                 band: tuple[float, float] = (0.1, 0.9)) -> pd.DataFrame:
+    """What k trials of a pool would have found, for each k (Dodge et al. 2019; Sivaprasad et al. 2020):
+    the best validation MSE among k configurations drawn from the pool with replacement, its median and
+    a band (quantiles of that best, exact from best_of_k_probabilities), its expectation in log space (a
+    geometric mean: MSEs span decades), and the expected log test MSE of the configuration the k trials
+    pick. A configuration that diverged (NaN or inf validation) ranks last; it is picked only when all k
+    draws diverged, whose probability is its own column, and the expectations are over the other draws."""
+    validation = np.asarray(validation, dtype=float)
+    test = np.asarray(test, dtype=float)
+    if validation.shape != test.shape or validation.ndim != 1 or len(validation) == 0:
+        raise ValueError(f"validation and test must be two equal-length, non-empty 1-d sequences, got "
+                         f"{validation.shape} and {test.shape}")
+    validation = np.where(np.isfinite(validation), validation, np.inf)
+    order = np.argsort(validation, kind="stable")
+    ranked_validation, ranked_test = validation[order], test[order]
+    finished = np.isfinite(ranked_validation) & np.isfinite(ranked_test) & (ranked_validation > 0) & (ranked_test > 0)
+    rows = []
+    for k in ks:
+        weights = best_of_k_probabilities(len(validation), int(k))
+        cumulative = np.cumsum(weights)
+
+        def quantile(q: float) -> float:
+            return float(ranked_validation[min(int(np.searchsorted(cumulative, q - 1e-12)), len(weights) - 1)])
+
+        kept = weights * finished
+        total = kept.sum()
+        expected = (lambda values: float(np.exp(np.sum(kept[finished] * np.log(values[finished])) / total))
+                    if total > 0 else float("nan"))
+        rows.append({"k": int(k), "best validation MSE, median": quantile(0.5), "band low": quantile(band[0]),
+                     "band high": quantile(band[1]), "best validation MSE, expected": expected(ranked_validation),
+                     "test MSE of the pick, expected": expected(ranked_test),
+                     "P(every trial diverged)": float(1.0 - total)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The primary family: a Hodges-Lehmann ratio whose CI inverts the same Wilcoxon test at the Holm level
+# ---------------------------------------------------------------------------------------------------
+
+
+def walsh_averages(values: Sequence[float]) -> np.ndarray:
+    """(x_i + x_j) / 2 for every i <= j, sorted: the pseudo-median's estimator and the ends of its CI."""
+    values = np.asarray(values, dtype=float)
+    i, j = np.triu_indices(len(values))
+    return np.sort((values[i] + values[j]) / 2.0)
+
+
+def signed_rank_interval(log_ratios: Sequence[float], alpha: float) -> tuple[float, float, float]:
+    """The Hodges-Lehmann estimate of the per-seed log ratios' centre (the median of the Walsh averages)
+    and the CI that inverts scipy's two-sided Wilcoxon signed-rank test at level alpha: every shift d
+    whose test of log_ratios - d has p >= alpha. So the CI excludes 0 exactly when scipy's test of
+    log_ratios rejects at alpha: the interval and the test never disagree.
+
+    Hand-written because scipy inverts no signed-rank test; the statistic only changes at a Walsh average,
+    so testing one shift between each two neighbours (one vectorised scipy call) finds the interval.
+    tests/test_stats.py checks it against the textbook order statistics of the Walsh averages."""
+    from scipy.stats import wilcoxon
+
+    values = np.asarray(log_ratios, dtype=float)
+    if values.ndim != 1 or len(values) < 2 or not np.all(np.isfinite(values)):
+        raise ValueError(f"log_ratios must hold at least 2 finite values, got {values!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    averages = walsh_averages(values)
+    estimate = float(np.median(averages))
+    edges = np.unique(averages)
+    spread = max(float(edges[-1] - edges[0]), 1e-12)
+    shifts = np.concatenate([[edges[0] - spread], (edges[:-1] + edges[1:]) / 2.0, [edges[-1] + spread]])
+    p_values = wilcoxon(values[None, :] - shifts[:, None], axis=1).pvalue
+    accepted = np.flatnonzero(p_values >= alpha)
+    if len(accepted) == 0:  # alpha above the largest p the test can give: an empty interval at the estimate
+        return estimate, estimate, estimate
+    bounds = np.concatenate([[-np.inf], edges, [np.inf]])  # shift s lies between bounds[s] and bounds[s + 1]
+    return estimate, float(bounds[accepted[0]]), float(bounds[accepted[-1] + 1])
+
+
+def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> np.ndarray:
+    """The level at which each test's own step of Holm's procedure decides it: alpha * p / p_Holm, which is
+    alpha / (m - i + 1) for the i-th smallest p unless an earlier, larger product decided it. A test is
+    Holm-significant at alpha exactly when p < its level, so a CI at 1 - level excludes the null exactly
+    then (signed_rank_interval)."""
+    p_values = np.asarray(p_values, dtype=float)
+    adjusted = holm_adjusted(p_values)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        levels = np.where(adjusted > 0, alpha * p_values / adjusted, alpha / len(p_values))
+    return levels
+
+
+def minimum_detectable_ratio(log_ratio_sd: float, n_seeds: int, alpha: float, power: float = 0.8) -> float:
+    """The smallest ratio exp(d) a two-sided paired test over n_seeds at level alpha detects with the given
+    power, when the per-seed log ratios spread with standard deviation log_ratio_sd: the one-sample t
+    test's (scipy.stats.nct) with the Wilcoxon test's efficiency 3 / pi under normality (its n counted as
+    3n / pi), the usual planning approximation for a signed-rank test."""
+    from scipy.optimize import brentq
+    from scipy.stats import nct, t
+
+    if not (np.isfinite(log_ratio_sd) and log_ratio_sd > 0):
+        raise ValueError(f"log_ratio_sd must be finite and > 0, got {log_ratio_sd!r}")
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, (int, np.integer)) or n_seeds < 3:
+        raise ValueError(f"n_seeds must be an int >= 3, got {n_seeds!r}")
+    effective = n_seeds * 3.0 / math.pi
+    critical = t.ppf(1.0 - alpha / 2.0, n_seeds - 1)
+
+    def shortfall(effect: float) -> float:
+        shift = effect / log_ratio_sd * math.sqrt(effective)
+        wrong_side = float(np.nan_to_num(nct.cdf(-critical, n_seeds - 1, shift)))  # ~0, NaN far out in scipy
+        return float(nct.sf(critical, n_seeds - 1, shift)) + wrong_side - power
+
+    certain = (critical + 6.0) * log_ratio_sd / math.sqrt(effective)  # a shift whose power is ~1
+    return float(math.exp(brentq(shortfall, 1e-12, certain)))
+
+
+PRIMARY_LIMIT = 8
+"""At most this many primary, pre-registered comparisons: Holm over few tests keeps the power."""
+
+
+def primary_tests(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str, str]], alpha: float = 0.05,
+                  power: float = 0.8) -> pd.DataFrame:
+    """The primary family: for each (budget, method, reference, metric), the per-seed ratio reference /
+    method (> 1: the method is better) as a Hodges-Lehmann estimate, the two-sided Wilcoxon p-value, Holm
+    over the family, the CI inverting the same test at each test's Holm level (holm_levels: the CI
+    excludes 1 exactly when the test is significant), wins, and the minimum detectable ratio at that
+    power and the family's strictest level (alpha / m) from the comparison's own spread of log ratios.
+    A seed where either run diverged is left out of that pair and counted in 'dropped'."""
+    from scipy.stats import wilcoxon
+
+    if not 1 <= len(comparisons) <= PRIMARY_LIMIT:
+        raise ValueError(f"the primary family must hold 1 to {PRIMARY_LIMIT} comparisons, got {len(comparisons)}")
+    if len(set(comparisons)) != len(comparisons):
+        raise ValueError("the primary family lists a comparison twice")
+    finished = table[table["diverged_at"].isna()]
+    rows = []
+    for budget, method, reference, metric in comparisons:
+        part = table[(table["budget"] == budget) & table["method"].isin([method, reference])]
+        if not {method, reference} <= set(part["method"]):
+            raise ValueError(f"the table has no runs of {method!r} and {reference!r} at budget {budget!r}")
+        log_ratios = np.log(paired_ratio(finished[finished["budget"] == budget], metric, reference, method).to_numpy())
+        p_value = float(wilcoxon(log_ratios).pvalue) if np.any(log_ratios != 0) else 1.0
+        wins = int((log_ratios > 0).sum())
+        rows.append({"budget": budget, "method": method, "against": reference, "metric": metric,
+                     "seeds": len(log_ratios), "dropped": part["seed"].nunique() - len(log_ratios), "wins": wins,
+                     "p_value": p_value, "log_ratios": log_ratios})
+    tests = pd.DataFrame(rows)
+    tests["p_holm"] = holm_adjusted(tests["p_value"])
+    tests["level"] = holm_levels(tests["p_value"], alpha)
+    tests["significant"] = tests["p_holm"] < alpha
+    intervals = [np.exp(signed_rank_interval(row["log_ratios"], row["level"])) for _, row in tests.iterrows()]
+    tests[["ratio", "ci_low", "ci_high"]] = np.array(intervals)
+    spreads = [float(np.std(log_ratios, ddof=1)) for log_ratios in tests["log_ratios"]]
+    tests["detectable_ratio"] = [minimum_detectable_ratio(spread, int(seeds), alpha / len(tests), power)
+                                 if spread > 0 and seeds >= 3 else float("nan")
+                                 for spread, seeds in zip(spreads, tests["seeds"])]
+    tests["confidence"] = 1.0 - tests["level"]
+    return tests.drop(columns="log_ratios")

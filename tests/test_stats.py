@@ -187,3 +187,124 @@ def test_a_summary_with_win_rates_counts_diverged_runs_and_keeps_a_method_that_a
     assert summary.loc["m", "wins vs ref"] == 0.5 and summary.loc["ref", "wins vs ref"] == 0.0
     assert summary.loc["m", "geometric mean"] == pytest.approx(math.sqrt(3.0))
     assert math.isnan(summary.loc["gone", "geometric mean"]) and math.isnan(summary.loc["gone", "wins vs ref"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Budget curves, the Holm-matched signed-rank interval, the minimum detectable ratio, the primary family
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (3, 1), (4, 2), (4, 3), (5, 4)])
+def test_best_of_k_probabilities_match_enumerating_every_draw(n, k):
+    counts = np.zeros(n)
+    for draw in itertools.product(range(n), repeat=k):
+        counts[min(draw)] += 1  # configuration i is the i-th best
+    np.testing.assert_allclose(stats.best_of_k_probabilities(n, k), counts / n ** k, rtol=0, atol=1e-15)
+
+
+def test_the_budget_curve_matches_brute_force_resampling_of_the_pool():
+    """Expected best validation and the pick's test MSE (geometric), the median and the band, against
+    every one of the n^k draws; a diverged configuration is picked only when every draw diverged."""
+    validation = np.array([3e-5, 1e-5, 2e-5, np.nan, 5e-5])
+    test = np.array([4e-5, 2e-5, 1e-5, np.nan, 9e-5])
+    curve = stats.budget_curve(validation, test, [1, 2, 3]).set_index("k")
+    for k in (1, 2, 3):
+        bests, picks, diverged = [], [], 0
+        for draw in itertools.product(range(5), repeat=k):
+            scores = [validation[i] if np.isfinite(validation[i]) else np.inf for i in draw]
+            best = draw[int(np.argmin(scores))]
+            bests.append(np.min(scores))
+            if np.isfinite(validation[best]):
+                picks.append(best)
+            else:
+                diverged += 1
+        finished = [validation[i] for i in picks]
+        assert curve.loc[k, "best validation MSE, expected"] == pytest.approx(stats.geometric_mean(finished), rel=1e-12)
+        assert curve.loc[k, "test MSE of the pick, expected"] == pytest.approx(
+            stats.geometric_mean([test[i] for i in picks]), rel=1e-12)
+        assert curve.loc[k, "P(every trial diverged)"] == pytest.approx(diverged / 5 ** k)
+        ordered = np.sort(bests)
+        assert curve.loc[k, "best validation MSE, median"] == ordered[int(np.ceil(0.5 * len(ordered))) - 1]
+        assert curve.loc[k, "band high"] == ordered[int(np.ceil(0.9 * len(ordered))) - 1]
+    assert curve.loc[1, "band high"] == np.inf  # one trial in ten or more draws the diverged configuration
+
+
+def signed_rank_critical_count(n: int, alpha: float) -> int:
+    """The textbook k: the largest count with P(T <= k - 1) <= alpha / 2 under the null, T the signed-rank
+    statistic, its distribution by enumerating all 2^n sign patterns (the brute-force definition)."""
+    ranks = np.arange(1, n + 1)
+    totals = np.array([ranks[np.array(signs, dtype=bool)].sum() for signs in itertools.product([0, 1], repeat=n)])
+    k = 0
+    while np.mean(totals <= k) <= alpha / 2:
+        k += 1
+    return k
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_the_signed_rank_interval_is_the_textbook_order_statistics_of_the_walsh_averages(alpha):
+    """[W_(k), W_(N + 1 - k)] with k from the exact null distribution (Hollander & Wolfe), here from all
+    2^10 sign patterns; the estimate is the median of the Walsh averages."""
+    values = np.random.default_rng(3).normal(0.2, 0.5, 10)
+    averages = np.sort([(values[i] + values[j]) / 2 for i in range(10) for j in range(i, 10)])
+    k = signed_rank_critical_count(10, alpha)
+    estimate, low, high = stats.signed_rank_interval(values, alpha)
+    assert estimate == pytest.approx(np.median(averages))
+    assert (low, high) == (pytest.approx(averages[k - 1]), pytest.approx(averages[len(averages) - k]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_interval_excludes_zero_exactly_when_scipys_wilcoxon_rejects(seed):
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(seed)
+    values = rng.normal(rng.uniform(-0.3, 0.3), 0.4, 32)
+    for alpha in (0.05, 0.01, 0.05 / 8, 0.2):
+        _, low, high = stats.signed_rank_interval(values, alpha)
+        assert (low > 0 or high < 0) == (wilcoxon(values).pvalue < alpha)
+
+
+def test_holm_levels_decide_each_test_as_the_holm_adjusted_p_does():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p_values = rng.uniform(0, 0.1, rng.integers(1, 9)) ** rng.uniform(0.5, 3)
+        levels = stats.holm_levels(p_values, 0.05)
+        np.testing.assert_array_equal(p_values < levels, stats.holm_adjusted(p_values) < 0.05)
+    order = np.array([0.001, 0.02, 0.045])  # the textbook steps: alpha / 3, alpha / 2, alpha
+    np.testing.assert_allclose(stats.holm_levels(order, 0.05), [0.05 / 3, 0.05 / 2, 0.05])
+    np.testing.assert_allclose(stats.holm_levels([0.001, 0.02, 0.03], 0.05)[2], 0.05 * 0.03 / 0.04)  # step 2 decided it
+
+
+def test_the_minimum_detectable_ratio_has_the_stated_power_by_simulation():
+    """At the returned ratio, scipy's Wilcoxon test over 32 normal log ratios rejects in about 80% of
+    4000 simulated studies (the planning approximation's error is a few points)."""
+    from scipy.stats import wilcoxon
+
+    ratio = stats.minimum_detectable_ratio(0.41, 32, 0.05 / 8)
+    simulated = np.random.default_rng(1).normal(np.log(ratio), 0.41, (4000, 32))
+    assert abs(np.mean(wilcoxon(simulated, axis=1).pvalue < 0.05 / 8) - 0.8) < 0.04
+    assert stats.minimum_detectable_ratio(0.41, 64, 0.05 / 8) < ratio < stats.minimum_detectable_ratio(0.41, 16, 0.05 / 8)
+
+
+def paired_table(effects: dict[str, float], n_seeds: int = 32, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    base = rng.lognormal(np.log(1e-4), 0.3, n_seeds)
+    rows = [{"budget": "same optimiser steps", "method": method, "seed": index, "diverged_at": None,
+             "test_mse": value * np.exp(-effect + rng.normal(0, 0.4))}
+            for method, effect in {"reference": 0.0, **effects}.items() for index, value in enumerate(base)]
+    return pd.DataFrame(rows)
+
+
+def test_the_primary_family_holds_at_most_eight_tests_and_its_intervals_agree_with_its_tests():
+    effects = {f"method {index}": effect for index, effect in enumerate([0.0, 0.1, 0.3, 0.6, -0.5, 0.05, 1.0, -0.2])}
+    table = paired_table(effects)
+    comparisons = [("same optimiser steps", method, "reference", "test_mse") for method in effects]
+    tests = stats.primary_tests(table, comparisons)
+    assert len(tests) == 8
+    np.testing.assert_allclose(tests["p_holm"], stats.holm_adjusted(tests["p_value"]))
+    assert ((tests["ci_low"] > 1) | (tests["ci_high"] < 1)).tolist() == tests["significant"].tolist()
+    assert tests["significant"].any() and not tests["significant"].all()
+    assert (tests["detectable_ratio"] > 1).all()
+    with pytest.raises(ValueError, match="1 to 8 comparisons"):
+        stats.primary_tests(table, comparisons + [("same optimiser steps", "method 0", "method 1", "test_mse")])
+    with pytest.raises(ValueError, match="no runs of 'nobody'"):
+        stats.primary_tests(table, [("same optimiser steps", "nobody", "reference", "test_mse")])
