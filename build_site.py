@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent
 SOURCES = {
     "headline": ("04_benchmark", "Reading"),
     "one-run": ("03_comparison", None),
-    "verdict": ("04_benchmark", "The-pre-registered-comparisons"),
+    "verdict": ("04_benchmark", "The-primary-tests"),
     "transfer": ("05_transfer", "Reading"),
     "durations": (None, None),
     "performance": (None, None),

@@ -370,14 +370,16 @@ class PlateauPerRun:
     beside a step for the K of the study. torch validates the options (unknown ones raise TypeError).
     """
 
-    def __init__(self, lrs: Sequence[float], options: dict) -> None:
-        if not isinstance(options, dict):
-            raise TypeError(f"plateau must be a dict of ReduceLROnPlateau options or None, "
-                            f"got {type(options).__name__}")
+    def __init__(self, lrs: Sequence[float], options: dict | Sequence[dict]) -> None:
+        per_run = [options] * len(lrs) if isinstance(options, dict) else list(options) \
+            if isinstance(options, (list, tuple)) else None
+        if per_run is None or len(per_run) != len(lrs) or not all(isinstance(item, dict) for item in per_run):
+            raise TypeError(f"plateau must be a dict of ReduceLROnPlateau options, one per run ({len(lrs)}), "
+                            f"or None, got {type(options).__name__}")
         self.stand_ins = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr) for lr in lrs]
         try:
-            self.schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(stand_in, **options)
-                               for stand_in in self.stand_ins]
+            self.schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(stand_in, **run_options)
+                               for stand_in, run_options in zip(self.stand_ins, per_run)]
         except (TypeError, ValueError) as error:  # say which parameter the message is about
             raise type(error)(f"plateau: {error}") from error
 
@@ -395,23 +397,31 @@ def train_full_batch(config: Config, seeds: Sequence[int],
                      lr: float | Sequence[float] | np.ndarray | torch.Tensor, steps: int | None = None,
                      method: str = "constant_full_batch", progress: bool = False, *,
                      hypergradient_lr: float | Sequence[float] = 0.0,
-                     plateau: dict | None = None) -> list[RunResult]:
+                     plateau: dict | Sequence[dict] | None = None) -> list[RunResult]:
     """rlr_engine.train_full_batch for every seed: full-batch Adam under a given learning-rate schedule.
 
     lr: one number (then steps is required), a schedule [steps] shared by all runs, or one schedule per
     run [K, steps] (a learning-rate sweep is one call). Logs loss and lr per step, as the reference.
     Two rules that move the lr from what the run sees, each starting from lr (then one number):
     hypergradient_lr: Adam-HD's beta, one number or one per run (a beta x seed sweep is one call), as
-    rlr_engine.AdamHD; 0 (the default) is plain Adam. plateau: ReduceLROnPlateau's options (dict),
-    stepped with each run's full-data loss after every step, as the reference with
+    rlr_engine.AdamHD; 0 (the default) is plain Adam. plateau: ReduceLROnPlateau's options (a dict, or
+    one per run), stepped with each run's full-data loss after every step, as the reference with
     make_scheduler=ReduceLROnPlateau. Both together: Adam-HD moves the lr, the plateau rule cuts it.
+    With either, lr is each run's starting lr: one number or one per run [K] (a pool of configurations
+    x seeds is one call: seeds may repeat).
     """
     configs = member_configs(config, seeds)
     n_runs = len(configs)
     betas = hypergradient_lrs(hypergradient_lr, n_runs)
     adapts_lr = betas.any() or plateau is not None
-    if adapts_lr and np.ndim(lr.cpu() if isinstance(lr, torch.Tensor) else lr) != 0:
-        raise ValueError("with hypergradient_lr or plateau, lr must be one number: every run's starting lr")
+    if adapts_lr:
+        starts = np.asarray(lr.cpu() if isinstance(lr, torch.Tensor) else lr, dtype=np.float64)
+        if starts.ndim > 1 or (starts.ndim == 1 and len(starts) != n_runs):
+            raise ValueError(f"with hypergradient_lr or plateau, lr must be one number or one per run ({n_runs}): "
+                             f"each run's starting lr, got shape {starts.shape}")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps (an int >= 1) is required with hypergradient_lr or plateau, got {steps!r}")
+        lr = np.repeat(np.broadcast_to(starts, (n_runs,))[:, None], steps, axis=1)
     lrs = lr_table(lr, n_runs, steps)
     steps = lrs.shape[1]
     scheduler = PlateauPerRun(lrs[:, 0], plateau) if plateau is not None else None  # torch checks the options

@@ -448,7 +448,8 @@ def submit_controllers(config: Config, study: StudyConfig, controller: Controlle
     CONTROLLER_RANGES (scrambled Sobol, as every family) and the SB3 learners (untuned, one configuration
     each), one Ray task per training when Ray is started (peers.submit_tasks: they train while this process
     goes on). Returns collect(), for choose_controllers."""
-    configurations = methods.sobol_configurations(CONTROLLER_RANGES, study.tuning_budget, study.search_seed)
+    configurations = methods.sobol_configurations(CONTROLLER_RANGES, study.tuning_budget,
+                                                    methods.family_seed("dqn_controller", study.search_seed))
     collect_dqn = peers.submit_tasks(train_dqn_controller, [(config, study, controller, params)
                                                             for params in configurations])
     collect_sb3 = peers.submit_tasks(train_sb3_controller, [(config, study, controller, learner)

@@ -19,8 +19,11 @@ Read top to bottom: ranges and the Sobol sampler -> Method and the registry -> t
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 import rlr_batched
 import rlr_core as rc
@@ -77,6 +80,14 @@ def sobol_configurations(ranges: dict[str, tuple[float, float, str]], budget: in
     return [{name: from_unit(float(u), *ranges[name]) for name, u in zip(names, point)} for point in points]
 
 
+def family_seed(key: str, search_seed: int) -> int:
+    """The seed of one family's Sobol draw: the study's search seed and the family's key, hashed (crc32,
+    the same on every machine) into one integer by numpy's SeedSequence, so each family's draw is
+    independent of every other's and a new family changes none of the others."""
+    rc.check_seed("search_seed", search_seed)
+    return int(np.random.SeedSequence([search_seed, zlib.crc32(key.encode("utf-8"))]).generate_state(1)[0])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Method and the registry
 # ---------------------------------------------------------------------------------------------------
@@ -109,6 +120,9 @@ class Method:
     """kind-specific settings (an agent's schedule options)"""
     optimizer: Callable[[dict, int], Callable] | None = None
     """lr_free: optimizer(params, steps) -> make_optimizer(parameters, lr), for rlr_engine.train_full_batch"""
+    run_many: Callable[..., list[list[RunResult]]] | None = None
+    """optional: run_many(pool, config, seeds, steps, progress) -> per configuration, one RunResult per seed,
+    in one batch (the same runs as run, configuration by configuration, up to float rounding)"""
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key.replace("_", "").isalnum() or not self.key.islower():
@@ -128,12 +142,21 @@ class Method:
         return self.tuned or f"{self.label}, tuned"
 
     def configurations(self, budget: int, seed: int) -> list[dict[str, float]]:
-        """This family's pool of budget configurations (sobol_configurations over its ranges)."""
-        return sobol_configurations(self.ranges, budget, seed)
+        """This family's pool of budget configurations: sobol_configurations over its ranges, its own
+        scrambled draw (family_seed), so no two families share a coordinate (the lr) of one sequence."""
+        return sobol_configurations(self.ranges, budget, family_seed(self.key, seed))
 
     def usage_line(self, params: dict) -> str:
         """How to use the family in one's own loop, with the values given (e.g. the tuned ones)."""
         return self.usage.format_map({key.replace(".", "_"): value for key, value in params.items()})
+
+    def run_pool(self, pool: Sequence[dict], config: Config, seeds: Sequence[int], steps: int,
+                 progress: bool = False) -> list[list[RunResult]]:
+        """Every configuration of a pool on the same seeds: per configuration, one RunResult per seed; one
+        batch where the family has run_many (a schedule family's whole pool x seeds), else one by one."""
+        if self.run_many is not None:
+            return self.run_many(list(pool), config, seeds, steps, progress)
+        return [self.run(params, config, seeds, steps, progress) for params in pool]
 
     def start(self, params: dict, config: Config, seeds: Sequence[int], steps: int, progress: bool = False
               ) -> Callable[[], list[RunResult]]:
@@ -196,14 +219,29 @@ def schedule_method(key: str, label: str, ranges: dict, make_scheduler: Callable
     make_scheduler(optimizer, params, steps), a torch.optim.lr_scheduler (None: the lr stays), or under a
     rule that watches the run, given as options(params) -> rlr_batched.train_full_batch's keyword options
     (plateau, hypergradient_lr)."""
-    def run(params: dict, config: Config, seeds: Sequence[int], steps: int, progress: bool = False) -> list[RunResult]:
+    def run_many(pool: list[dict], config: Config, seeds: Sequence[int], steps: int, progress: bool = False
+                 ) -> list[list[RunResult]]:
         seeds = rc.check_seeds("seeds", seeds)
-        lr = params["lr"]
+        if not pool:
+            raise ValueError(f"{key}: the pool of configurations is empty")
+        per_run = [params for params in pool for _ in seeds]  # configuration-major, seeds within
         if make_scheduler is not None:
-            lr = rlr_batched.lr_schedule(lambda optimizer: make_scheduler(optimizer, params, steps), params["lr"], steps)
-        return rlr_batched.train_full_batch(config, seeds, lr, steps, key, progress,
-                                            **(options(params) if options is not None else {}))
-    return Method(key, label, "schedule", ranges, run, usage, tuned)
+            lr = np.stack([rlr_batched.lr_schedule(lambda optimizer: make_scheduler(optimizer, params, steps),
+                                                   params["lr"], steps) for params in pool])
+            lr = np.repeat(lr, len(seeds), axis=0)
+        else:
+            lr = np.array([params["lr"] for params in per_run]) if options is not None else \
+                np.repeat(np.array([[params["lr"]] for params in pool]), len(seeds), axis=0).repeat(steps, axis=1)
+        rule = [options(params) for params in per_run] if options is not None else []
+        extra = {name: [item[name] for item in rule] for name in (rule[0] if rule else {})}
+        runs = rlr_batched.train_full_batch(config, [seed for _ in pool for seed in seeds], lr, steps, key, progress,
+                                            **extra)
+        return [runs[index * len(seeds):(index + 1) * len(seeds)] for index in range(len(pool))]
+
+    def run(params: dict, config: Config, seeds: Sequence[int], steps: int, progress: bool = False) -> list[RunResult]:
+        return run_many([params], config, seeds, steps, progress)[0]
+
+    return Method(key, label, "schedule", ranges, run, usage, tuned, run_many=run_many)
 
 
 POSITIVE = (0.0, math.inf, True, True)

@@ -8,6 +8,8 @@ layer (rlr_study) produces the runs and tables; this module only reads them.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Sequence
 
@@ -166,17 +168,18 @@ def comparison_table(runs: dict[str, tuple[Sequence[RunResult], int, float]]) ->
 
 
 def claim_verdict(baselines: Sequence[RunResult], agents: Sequence[RunResult], budget: str) -> str:
-    """One sentence: does "two times more accurate" hold, on the final value and the median of the last 100?"""
+    """One sentence: does "two times more accurate" (baseline MSE at least 2 times the agent's) hold, on the
+    final value and the median of the last 100? Ratios in the one convention (fold)."""
     final, robust = paired_ratios(baselines, agents), paired_ratios(baselines, agents, "median_last_100")
     holds = "HOLDS" if geometric_mean(final) >= 2 and geometric_mean(robust) >= 2 else "does NOT hold"
     if len(final) == 1:
-        return (f"{budget}: baseline/agent MSE ratio = {final[0]:.2f} on the final value, {robust[0]:.2f} on "
-                f"the median of the last 100; the claim of 2x {holds} in this single run.")
+        return (f"{budget}: the agent's MSE is {fold(final[0])} than the baseline's on the final value, "
+                f"{fold(robust[0])} on the median of the last 100; the claim of 2 times lower {holds} in this single run.")
     low, high = bootstrap_interval(final)
-    return (f"{budget}: baseline/agent MSE ratio, geometric mean over {len(final)} seeds = "
-            f"{geometric_mean(final):.2f} (95% CI {low:.2f}-{high:.2f}) on the final value, "
-            f"{geometric_mean(robust):.2f} on the median of the last 100; {int((final >= 2).sum())} of "
-            f"{len(final)} seeds reach 2; the claim of 2x {holds}.")
+    return (f"{budget}: the agent's MSE, geometric mean over {len(final)} seeds, is "
+            f"{fold_interval(geometric_mean(final), low, high)} than the baseline's on the final value (95% CI), "
+            f"{fold(geometric_mean(robust))} on the median of the last 100; {int((final >= 2).sum())} of "
+            f"{len(final)} seeds reach 2 times lower; the claim of 2 times lower {holds}.")
 
 
 def plot_comparison(curves: dict[str, Sequence[RunResult]], title: str) -> plt.Figure:
@@ -309,6 +312,25 @@ METRIC_WORDS = {"train_median_last_100": "training MSE (median of the last 100)"
 """How each metric column is named in prose."""
 
 
+def fold(ratio: float, spec: str = ".2f") -> str:
+    """The study's one ratio convention: ratio = reference MSE / method MSE as 'k times lower' (> 1: the
+    method is better) or 'k times higher' (< 1), k >= 1 always ('1.00 times lower' for a tie)."""
+    if ratio is None or not (math.isfinite(ratio) and ratio > 0):
+        return "not comparable"
+    return f"{ratio:{spec}} times lower" if ratio >= 1 else f"{1.0 / ratio:{spec}} times higher"
+
+
+def fold_interval(ratio: float, low: float, high: float, spec: str = ".2f") -> str:
+    """A ratio with its CI in the convention of fold: '1.40 times lower [1.10 times lower, 1.80 times
+    lower]', each bound folded on its own, so every number printed is >= 1."""
+    return f"{fold(ratio, spec)} [{fold(low, spec)}, {fold(high, spec)}]"
+
+
+def times_mse(mse: float, reference_mse: float, reference: str, metric: str = "test MSE", spec: str = ".2f") -> str:
+    """'2.00 times higher test MSE than <reference>': an MSE against a reference's, in the one convention."""
+    return f"{fold(reference_mse / mse, spec)} {metric} than {reference}"
+
+
 def interval(value: float, low: float, high: float, spec: str = ".2f") -> str:
     """'value [low, high]' with one format spec."""
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
@@ -332,10 +354,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:
-    """The pre-registered comparisons as a markdown table: ratio reference / agent with its CI, wins with
-    a Wilson CI, the Holm-adjusted p-value and the outcome (primary metrics only)."""
+    """Comparisons as a markdown table: the agent's MSE against the reference's (fold) with its CI, wins
+    with a Wilson CI, the Holm-adjusted p-value and the outcome (the two main metrics only)."""
     rows = [{"budget": row["budget"], "agent": row["method"], "against": row["against"],
-             "metric": METRIC_WORDS[row["metric"]], "ratio [95% CI]": interval(row["ratio"], row["ci_low"], row["ci_high"]),
+             "metric": METRIC_WORDS[row["metric"]], "agent's MSE [95% CI]": fold_interval(row["ratio"], row["ci_low"], row["ci_high"]),
              "wins [95% CI]": f"{row['wins']}/{row['seeds']} [{row['win_ci_low']:.0%}, {row['win_ci_high']:.0%}]"
                               + (f", {row['dropped']} seeds dropped (diverged)" if row.get("dropped") else ""),
              "Holm p": f"{row['p_holm']:.3g}", "agent is": outcome(row)}
@@ -359,7 +381,7 @@ def summary_markdown(summary: pd.DataFrame, metric: str, references: Sequence[st
 
 def benchmark_reading(claims: pd.DataFrame, summary: pd.DataFrame, agents: Sequence[str], tuned: str,
                       baseline: str, lr_free: str | None = None) -> str:
-    """The verdict in sentences, from the pre-registered tests (primary metrics) and the test-MSE summary
+    """The descriptive reading in sentences, from the descriptive family of comparisons and the test-MSE summary
     at the same optimiser steps (summary_with_win_rates); lr_free: the label of the pre-registered
     learning-rate-free reference, if there is one."""
     primary = claims[claims["primary"]]
@@ -374,7 +396,7 @@ def benchmark_reading(claims: pd.DataFrame, summary: pd.DataFrame, agents: Seque
         rows = primary[(primary["method"] == agent) & (primary["against"] == tuned)]
         better = rows[rows["significant"] & (rows["ratio"] > 1)]
         worse = rows[rows["significant"] & (rows["ratio"] < 1)]
-        lines.append(f"**{agent}** against the tuned constant lr, over {len(rows)} pre-registered comparisons "
+        lines.append(f"**{agent}** against the tuned constant lr, over {len(rows)} descriptive comparisons "
                      f"(budgets x metrics): significantly better in {len(better)}, significantly worse in "
                      f"{len(worse)}, no significant difference in {len(rows) - len(better) - len(worse)}.")
     claim = primary[(primary["against"] == baseline) & (primary["ratio"] >= 2) & primary["significant"]
@@ -386,7 +408,7 @@ def benchmark_reading(claims: pd.DataFrame, summary: pd.DataFrame, agents: Seque
                      "pre-registered comparisons with that baseline.")
     else:
         where = "; ".join(f"{row['method']}, {row['budget']}, {METRIC_WORDS[row['metric']]}: "
-                          f"{interval(row['ratio'], row['ci_low'], row['ci_high'])}" for _, row in claim.iterrows())
+                          f"{fold_interval(row['ratio'], row['ci_low'], row['ci_high'])}" for _, row in claim.iterrows())
         lines.append(f"The original's claim, \"two times more accurate\" than the original baseline (ratio at least 2, "
                      f"significantly above 1), is supported in {len(claim)} of the {len(against_baseline)} "
                      f"pre-registered comparisons with that baseline: {where}.")
@@ -400,19 +422,13 @@ def lr_free_reading(primary: pd.DataFrame, summary: pd.DataFrame, agents: Sequen
     row = summary.loc[lr_free]
     sentences = [f"The learning-rate-free optimiser picked on validation data, **{lr_free}**, reaches a test MSE of "
                  f"{interval(*row[['geometric mean', 'gm CI low', 'gm CI high']], '.2e')}, "
-                 f"{mse_times(row['geometric mean'], summary.loc[tuned, 'geometric mean'])} the tuned constant lr's."]
+                 f"{times_mse(row['geometric mean'], summary.loc[tuned, 'geometric mean'], 'the tuned constant lr')}."]
     for agent in agents:
         rows = primary[(primary["method"] == agent) & (primary["against"] == lr_free)]
-        parts = [f"{METRIC_WORDS[test['metric']]} {interval(test['ratio'], test['ci_low'], test['ci_high'])} "
+        parts = [f"{METRIC_WORDS[test['metric']]} {fold_interval(test['ratio'], test['ci_low'], test['ci_high'])} "
                  f"({'agent ' if test['significant'] else ''}{outcome(test)})" for _, test in rows.iterrows()]
-        sentences.append(f"**{agent}** against it (ratio {lr_free} MSE / agent MSE): " + "; ".join(parts) + ".")
+        sentences.append(f"**{agent}** against it (the agent's MSE, paired by seed): " + "; ".join(parts) + ".")
     return " ".join(sentences)
-
-
-def mse_times(mse: float, reference_mse: float) -> str:
-    """'1.16 times (worse than)' / '0.45 times (better than)': an MSE as a multiple of a reference's, with its
-    direction in words (a ratio of MSEs reads the other way from an accuracy ratio)."""
-    return f"{mse / reference_mse:.2f} times ({'worse than' if mse > reference_mse else 'better than'})"
 
 
 def log_decrease(run: RunResult) -> float:
@@ -423,7 +439,7 @@ def log_decrease(run: RunResult) -> float:
 
 
 def controller_reading(claims: pd.DataFrame, summary: pd.DataFrame, best: str, references: dict[str, str],
-                       curve: pd.DataFrame, returns: dict[str, float], headroom: str) -> str:
+                       curve: pd.DataFrame, returns: dict[str, float], headroom: str, headroom_mse: float) -> str:
     """Where the best learned controller stands (test MSE, pre-registered comparisons on both primary
     metrics), whether the goal is met (a paired test-MSE ratio CI above 1 against the tuned constant and
     cosine), whether it maximised its own objective (curve: its training episodes; returns: mean frozen
@@ -434,19 +450,18 @@ def controller_reading(claims: pd.DataFrame, summary: pd.DataFrame, best: str, r
     row = summary.loc[best]
     lines = [f"**{best}** reaches a test MSE of {interval(*row[['geometric mean', 'gm CI low', 'gm CI high']], '.2e')} "
              f"(geometric mean over {int(row['seeds'])} evaluation seeds); the per-seed pick among the schedules "
-             f"on validation data, the ceiling a per-run choice reaches here ({headroom}), reaches "
-             f"{summary.loc[headroom, 'geometric mean']:.2e}."]
+             f"on validation data ({headroom}, one run of each candidate per seed), reaches {headroom_mse:.2e}."]
     for role, label in references.items():
-        parts = [f"{METRIC_WORDS[test['metric']]} {interval(test['ratio'], test['ci_low'], test['ci_high'])} "
+        parts = [f"{METRIC_WORDS[test['metric']]} {fold_interval(test['ratio'], test['ci_low'], test['ci_high'])} "
                  f"({outcome(test)})" for _, test in primary[primary["against"] == label].iterrows()]
         named = role if label == role or label.startswith(role.removeprefix("the ")) else f"{role} ({label})"
-        lines.append(f"Against {named} (ratio its MSE / the controller's, Holm-adjusted): " + "; ".join(parts) + ".")
+        lines.append(f"Against {named} (the controller's MSE, paired by seed, descriptive Holm): " + "; ".join(parts) + ".")
     test = primary[primary["metric"] == "test_mse"].set_index("against")
     goal_roles = ("the tuned constant lr", "cosine annealing")
     missed = [role for role in goal_roles if not test.loc[references[role], "ci_low"] > 1]
     first, last = (curve.groupby("round")["return"].mean().iloc[index] for index in (0, -1))
-    lines.append(f"The goal, a paired test-MSE ratio CI above 1 against both the tuned constant lr and cosine "
-                 f"annealing, is **{'not met' if missed else 'met'}**. Its own objective (the return, log L_0 - log L_T "
+    lines.append(f"The goal, a paired test-MSE CI that lies wholly on the lower side against both the tuned constant "
+                 f"lr and cosine annealing, is **{'not met' if missed else 'met'}**. Its own objective (the return, log L_0 - log L_T "
                  f"per run): the mean over its first round of training episodes is {first:.2f}, over its last "
                  f"{last:.2f}; frozen on the evaluation seeds it is {returns[best]:.2f}, against "
                  + " and ".join(f"{returns[references[role]]:.2f} for {role}" for role in goal_roles) + ".")
@@ -490,9 +505,9 @@ def pbt_reading(claims: pd.DataFrame, summary: pd.DataFrame, pbt: str, reference
              f"over {int(row['seeds'])} seeds ({int(row['diverged'])} diverged)."]
     for method, against in [*((pbt, reference) for reference in references), *((agent, pbt) for agent in agents)]:
         rows = primary[(primary["method"] == method) & (primary["against"] == against)]
-        parts = [f"{METRIC_WORDS[test['metric']]} {interval(test['ratio'], test['ci_low'], test['ci_high'])} "
+        parts = [f"{METRIC_WORDS[test['metric']]} {fold_interval(test['ratio'], test['ci_low'], test['ci_high'])} "
                  f"({outcome(test)})" for _, test in rows.iterrows()]
-        lines.append(f"- {method} against {against} (ratio {against} MSE / {method} MSE): " + "; ".join(parts) + ".")
+        lines.append(f"- {method} against {against} ({method}'s MSE, paired by seed): " + "; ".join(parts) + ".")
     smallest = smallest_holm_p(int(row["seeds"]), len(primary))
     lines.append(f"With {int(row['seeds'])} seeds and {len(primary)} tests, the smallest Holm-adjusted p-value "
                  f"possible is {smallest:.2g} (every seed one way): "
@@ -529,9 +544,10 @@ def headroom_reading(summary: pd.DataFrame, tuned: str, honest: str, hindsight: 
     picks = ", ".join(f"{label} ({count})" for label, count in counts.items())
     return (f"Picked per seed on validation data, **{honest}** reaches a test MSE of "
             f"{interval(*summary.loc[honest, ['geometric mean', 'gm CI low', 'gm CI high']], '.2e')}: "
-            f"{ratio[honest]:.2f}x the tuned constant lr's accuracy, the headroom a per-run learning-rate choice has "
-            f"here. Picked in hindsight on the test set itself it would seem {ratio[hindsight]:.2f}x: that gap is the "
-            f"bias of a minimum over noisy runs. Picked on validation, per seed: {picks}.")
+            f"{fold(ratio[honest])} than the tuned constant lr's: what a per-run choice among these schedules gains "
+            f"here, paying one run of each per seed. Picked in hindsight on the test set itself it would seem "
+            f"{fold(ratio[hindsight])}: that gap is the bias of a minimum over noisy runs. Picked on validation, per "
+            f"seed: {picks}.")
 
 
 def tuning_markdown(chosen: dict[str, dict], edges: dict[str, dict[str, str]], budget: int) -> str:
@@ -555,8 +571,8 @@ def transfer_reading(summary: pd.DataFrame, runs: dict[str, dict[str, Sequence[R
         for agent in agents:
             row = part.loc[agent]
             final_lr = float(np.median([run.series["lr"][-1] for run in runs[task][agent]]))
-            parts.append(f"{agent}: test MSE {mse_times(row['geometric mean'], part.loc[reference, 'geometric mean'])} "
-                         f"the {reference}'s, wins {row[f'wins vs {reference}']:.0%} of seeds, median final "
+            parts.append(f"{agent}: {times_mse(row['geometric mean'], part.loc[reference, 'geometric mean'], 'the ' + reference)}, "
+                         f"wins {row[f'wins vs {reference}']:.0%} of seeds, median final "
                          f"lr {final_lr:.1e}")
         lines.append(f"- **{task}**: lowest test MSE {best}. " + "; ".join(parts) + ".")
     return "\n".join(lines)
@@ -581,3 +597,125 @@ def reference_agreement(reference: RunResult, batched: RunResult) -> str:
             f"from the same data and weights and {first}: both are exact up to float32 rounding, which the "
             f"two paths do in a different order, and the run is chaotic. Final training MSE: "
             f"{reference.series['loss'][-1]:.3e} (notebook 02) and {batched.series['loss'][-1]:.3e} (here).")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The verdict's protocol (notebook 04): budget curves, the primary family, compute, selection margins
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot_budget_curves(curves: pd.DataFrame, highlight: Sequence[str] = ()) -> plt.Figure:
+    """Per family, the best validation MSE that k trials of its pool find (median with its band) and the
+    expected tuning-seed test MSE of the configuration they pick, against k (log axes)."""
+    fig, (validation_ax, test_ax) = plt.subplots(1, 2, figsize=(13, 4.8), sharex=True)
+    for family, part in curves.groupby("family", sort=False):
+        style = {"lw": 2.2} if family in highlight else {"lw": 1.2, "alpha": 0.8}
+        line, = validation_ax.plot(part["k"], part["best validation MSE, median"], marker="o", ms=3, label=family, **style)
+        validation_ax.fill_between(part["k"], part["band low"], part["band high"].clip(upper=part["band high"][
+            np.isfinite(part["band high"])].max() if np.isfinite(part["band high"]).any() else None),
+                                   color=line.get_color(), alpha=0.12)
+        test_ax.plot(part["k"], part["test MSE of the pick, expected"], marker="o", ms=3, color=line.get_color(), **style)
+    for ax, title in ((validation_ax, "best validation MSE of k trials (median, 10-90% band)"),
+                      (test_ax, "test MSE of the configuration k trials pick (tuning seeds, expected)")):
+        ax.set(xscale="log", yscale="log", xlabel="trials k (configurations tried)", title=title)
+        ax.set_xticks(sorted(curves["k"].unique()), [str(k) for k in sorted(curves["k"].unique())])
+        ax.grid(alpha=0.3, which="both")
+    validation_ax.set_ylabel("MSE")
+    validation_ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def budget_markdown(curves: pd.DataFrame, ks: Sequence[int]) -> str:
+    """The budget curves at a few k as a table: per family, the median best validation MSE and the
+    expected test MSE of the pick."""
+    rows = []
+    for family, part in curves.groupby("family", sort=False):
+        by_k = part.set_index("k")
+        rows.append({"family": family, **{f"k = {k}": f"{by_k.loc[k, 'best validation MSE, median']:.2e} / "
+                                                      f"{by_k.loc[k, 'test MSE of the pick, expected']:.2e}"
+                                          for k in ks if k in by_k.index}})
+    return markdown_table(pd.DataFrame(rows))
+
+
+def primary_markdown(primary: pd.DataFrame) -> str:
+    """The primary family as a table: method and reference (role: label), budget with its compute ratio,
+    metric, the method's MSE against the reference's (Hodges-Lehmann, fold) with its CI at the test's
+    Holm level, wins, the Holm-adjusted p, the smallest ratio detectable at 80% power, the outcome."""
+    rows = [{"method": f"{row['role']}: {row['method']}", "against": f"{row['reference role']}: {row['against']}",
+             "budget": row["budget"] + ("" if row["compute ratio"] == 1 else
+                                        f" (the reference {compute_words(row['compute ratio'])})"),
+             "metric": METRIC_WORDS[row["metric"]],
+             "method's MSE [CI at the Holm level]": f"{fold_interval(row['ratio'], row['ci_low'], row['ci_high'])} "
+                                                    f"({row['confidence']:.1%})",
+             "wins": f"{row['wins']}/{row['seeds']}" + (f", {row['dropped']} dropped" if row["dropped"] else ""),
+             "Holm p": f"{row['p_holm']:.3g}", "detectable (80% power)": f"{row['detectable_ratio']:.2f} times",
+             "outcome": outcome(row)}
+            for _, row in primary.iterrows()]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def compute_words(ratio: float) -> str:
+    """A compute ratio (the reference's optimiser steps over the method's) in the fold convention."""
+    return f"{ratio:.3g} times the optimiser steps" if ratio >= 1 else f"{1 / ratio:.3g} times fewer optimiser steps"
+
+
+def compute_markdown(compute: pd.DataFrame) -> str:
+    """The compute table (rlr_study.compute_table) as markdown, steps with thousands separators."""
+    return markdown_table(formatted(compute.reset_index(), {column: ",d" for column in compute.columns}))
+
+
+def margins_markdown(picks: dict[str, dict]) -> str:
+    """Per reference picked on validation data: the pick, the runner-up and the margin, within noise or not."""
+    rows = [{"reference": role, "picked": pick["best"], "runner-up": pick["runner_up"] or "-",
+             "runner-up's validation MSE": "-" if pick["runner_up"] is None else f"{pick['margin']:.3f} times the pick's",
+             "within noise": "-" if pick["runner_up"] is None or pick["within_noise"] is None else
+                             ("yes: both carried" if pick["within_noise"] else "no")}
+            for role, pick in picks.items()]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def compute_sentence(rows: pd.DataFrame) -> str:
+    """Whether the comparisons named ran at equal optimiser steps per run, and where not, at what ratio."""
+    unequal = rows[rows["compute ratio"] != 1]
+    if unequal.empty:
+        return ("Compute: each comparison above ran the same optimiser steps per evaluated run; tuning and "
+                "controller training are paid once, in the compute table.")
+    return "Compute differs: " + "; ".join(f"{row['against']} used {compute_words(row['compute ratio'])} of "
+                                           f"{row['method']}" for _, row in unequal.iterrows()) + "."
+
+
+HEADLINE_LINES = 8
+"""The headline's longest form, in lines (tests/test_readme.py holds it)."""
+
+
+def headline(primary: pd.DataFrame, summary: pd.DataFrame, n_seeds: int, scope: str) -> str:
+    """The verdict in at most HEADLINE_LINES lines, from the primary family only: does a learned
+    controller or an RL agent beat the best tuned schedule, and by how much; the best of each kind with
+    its test MSE; compute where it differs; the power; the scope."""
+    gm = summary["geometric mean"]
+    rows = primary.set_index(["role", "reference role"])
+    rl = primary[primary["role"].isin(["best learned controller", "best tuned agent", "DQN as described"])
+                 & (primary["metric"] == "test_mse")]
+    beats = rl[rl["significant"] & (rl["ratio"] > 1)]
+    controller = rows.loc[("best learned controller", "best schedule")]
+    schedule = rows.loc[("best schedule", "tuned constant lr")]
+    agent = rows.loc[("best tuned agent", "best schedule")]
+    free = rows.loc[("best learning-rate-free optimiser", "best schedule")]
+
+    def against(row: pd.Series) -> str:
+        return (f"{fold(row['ratio'])} test MSE than {row['against']} ({row['wins']} of {row['seeds']} seeds lower; "
+                f"{'significant' if row['significant'] else 'not significant'}, Holm p {row['p_holm']:.2g})")
+
+    lines = [
+        ("An RL controller beat the best tuned schedule: " + ", ".join(beats["method"]) + "." if not beats.empty else
+         "No RL controller beat the best tuned schedule on test MSE (primary tests, Holm over 8)."),
+        f"Best learned controller, {controller['method']}: test MSE {gm[controller['method']]:.2e}, {against(controller)}.",
+        f"Best within-run RL agent, {agent['method']}: test MSE {gm[agent['method']]:.2e}, {against(agent)}.",
+        f"Best schedule, {schedule['method']}: test MSE {gm[schedule['method']]:.2e}, {against(schedule)}.",
+        f"Best learning-rate-free optimiser, {free['method']}: test MSE {gm[free['method']]:.2e}, {against(free)}.",
+        compute_sentence(primary[primary["metric"] == "test_mse"]),
+        f"Power: {n_seeds} evaluation seeds; the smallest effect detectable at 80% power ranges "
+        f"{primary['detectable_ratio'].min():.2f}-{primary['detectable_ratio'].max():.2f} times over the 8 tests.",
+        f"Scope: {scope}."]
+    return "\n".join(lines)

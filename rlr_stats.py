@@ -352,7 +352,7 @@ def primary_tests(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str
         if not {method, reference} <= set(part["method"]):
             raise ValueError(f"the table has no runs of {method!r} and {reference!r} at budget {budget!r}")
         log_ratios = np.log(paired_ratio(finished[finished["budget"] == budget], metric, reference, method).to_numpy())
-        p_value = float(wilcoxon(log_ratios).pvalue) if np.any(log_ratios != 0) else 1.0
+        p_value = float(wilcoxon(log_ratios).pvalue) if len(log_ratios) >= 2 and np.any(log_ratios != 0) else 1.0
         wins = int((log_ratios > 0).sum())
         rows.append({"budget": budget, "method": method, "against": reference, "metric": metric,
                      "seeds": len(log_ratios), "dropped": part["seed"].nunique() - len(log_ratios), "wins": wins,
@@ -361,9 +361,11 @@ def primary_tests(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str
     tests["p_holm"] = holm_adjusted(tests["p_value"])
     tests["level"] = holm_levels(tests["p_value"], alpha)
     tests["significant"] = tests["p_holm"] < alpha
-    intervals = [np.exp(signed_rank_interval(row["log_ratios"], row["level"])) for _, row in tests.iterrows()]
-    tests[["ratio", "ci_low", "ci_high"]] = np.array(intervals)
-    spreads = [float(np.std(log_ratios, ddof=1)) for log_ratios in tests["log_ratios"]]
+    intervals = [np.exp(signed_rank_interval(row["log_ratios"], row["level"])) if len(row["log_ratios"]) >= 2
+                 else np.full(3, math.nan) for _, row in tests.iterrows()]  # under 2 pairs: nothing to estimate
+    for column, values in zip(("ratio", "ci_low", "ci_high"), np.array(intervals, dtype=float).T):
+        tests[column] = values
+    spreads = [float(np.std(log_ratios, ddof=1)) if len(log_ratios) >= 3 else math.nan for log_ratios in tests["log_ratios"]]
     tests["detectable_ratio"] = [minimum_detectable_ratio(spread, int(seeds), alpha / len(tests), power)
                                  if spread > 0 and seeds >= 3 else float("nan")
                                  for spread, seeds in zip(spreads, tests["seeds"])]

@@ -76,8 +76,8 @@ class StudyConfig:
 
     first_eval_seed: int = 0
     """first evaluation seed; every method runs on each evaluation seed with the same data and weights"""
-    n_eval_seeds: int = 16
-    """evaluation seeds"""
+    n_eval_seeds: int = 32
+    """evaluation seeds (32: a 1.33x effect is detectable at 80% power under Holm over 8 tests)"""
     first_tuning_seed: int = 1000
     """first seed used only for tuning (scored on its validation set, never evaluated)"""
     n_tuning_seeds: int = 8
@@ -86,16 +86,24 @@ class StudyConfig:
     """optimiser steps of every full-batch method and agent (the agent's budget)"""
     n_heldout_examples: int = 1024
     """validation and test polynomials per seed (two independent draws), same distribution as training"""
-    tuning_budget: int = 8
-    """configurations per method family, the same for every family"""
+    tuning_budget: int = 32
+    """configurations per method family (its pool), the same for every family; the verdict's picks"""
+    shown_budget: int | None = None
+    """the smaller budget whose pick (the best of the pool's first shown_budget) is shown beside;
+    None: min(8, tuning_budget)"""
     search_seed: int = 0
-    """seed of the scrambled Sobol sequence that places each family's configurations in its ranges"""
+    """seed of the scrambled Sobol draws (each family its own, rlr_methods.family_seed)"""
 
     def __post_init__(self) -> None:
+        if self.shown_budget is None and isinstance(self.tuning_budget, int):
+            self.shown_budget = min(8, self.tuning_budget)
         for name, minimum in (("first_eval_seed", 0), ("n_eval_seeds", 1), ("first_tuning_seed", 0),
-                              ("n_tuning_seeds", 1), ("steps", 1),
-                              ("n_heldout_examples", 1), ("tuning_budget", 2), ("search_seed", 0)):
+                              ("n_tuning_seeds", 1), ("steps", 1), ("n_heldout_examples", 1),
+                              ("tuning_budget", 2), ("shown_budget", 1), ("search_seed", 0)):
             rc.check_int(f"study.{name}", getattr(self, name), minimum)
+        if self.shown_budget > self.tuning_budget:
+            raise ValueError(f"study.shown_budget ({self.shown_budget}) must be at most study.tuning_budget "
+                             f"({self.tuning_budget}): its pick is the best of the pool's first shown_budget")
         overlap = set(self.eval_seeds) & set(self.tuning_seeds)
         if overlap:
             raise ValueError(f"study tuning seeds overlap the evaluation seeds: {sorted(overlap)}")
@@ -174,10 +182,9 @@ def family(name: str) -> methods.Method:
     raise ValueError(f"no family named {name!r}; registered: {methods.keys()}")
 
 
-def family_configurations(family: Family, budget: int, seed: int) -> list[dict[str, float]]:
-    """budget configurations spread over the family's ranges (rlr_methods.sobol_configurations: every family
-    gets the same number, placed the same unbiased way)."""
-    return methods.sobol_configurations(family.ranges, budget, seed)
+def family_configurations(name: str, budget: int, seed: int) -> list[dict[str, float]]:
+    """The family's pool of budget configurations (its registry entry's: its own scrambled Sobol draw)."""
+    return family(name).configurations(budget, seed)
 
 
 def run_family(name: str, params: dict, config: Config, seeds: Sequence[int], steps: int,
@@ -187,25 +194,86 @@ def run_family(name: str, params: dict, config: Config, seeds: Sequence[int], st
     return family(name).run(params, config, rc.check_seeds("seeds", seeds), steps, progress)
 
 
+def pool_scores(runs: Sequence[RunResult], n_examples: int) -> dict[str, float]:
+    """One configuration's scores over the tuning seeds: its validation score (geometric mean; a diverged
+    run scores +inf) with a 95% bootstrap CI over the seeds (NaN when a run diverged), and the geometric
+    mean of its test MSE on the tuning seeds' own test sets (what the budget curves score a pick by,
+    leaving the evaluation seeds untouched by tuning)."""
+    validation = [heldout_mse(run, "validation", n_examples) for run in runs]
+    score = stats.validation_score(validation)
+    low, high = stats.bootstrap_interval(validation) if math.isfinite(score) else (math.nan, math.nan)
+    return {"validation MSE": score, "validation CI low": low, "validation CI high": high,
+            "tuning-seed test MSE": stats.validation_score([heldout_mse(run, "test", n_examples) for run in runs]),
+            "diverged": sum(run.diverged_at is not None for run in runs)}
+
+
 def tune_family(name: str, config: Config, study: StudyConfig, progress: bool = False,
                 submitted: Sequence[Callable[[], list]] | None = None) -> tuple[dict, pd.DataFrame]:
     """The family's configuration with the lowest geometric-mean validation MSE over the tuning seeds
-    (a diverged run scores +inf: never chosen), and one row per configuration tried. submitted: for a
-    learning-rate-free family, the collect() of each configuration's runs already submitted (tune_families)."""
-    rows = []
-    for index, params in enumerate(family(name).configurations(study.tuning_budget, study.search_seed)):
-        runs = submitted[index]() if submitted else run_family(name, params, config, study.tuning_seeds, study.steps,
-                                                                progress)
-        scores = [heldout_mse(run, "validation", study.n_heldout_examples) for run in runs]
-        score = stats.validation_score(scores)
-        rows.append({"family": name, "configuration": index, **params, "validation MSE": score,
-                     "diverged": sum(run.diverged_at is not None for run in runs)})
-    table = pd.DataFrame(rows)
+    (a diverged run scores +inf: never chosen) among its pool of study.tuning_budget, and one row per
+    configuration (pool_scores; 'chosen' marks the pick, f'chosen at {shown_budget}' the best of the
+    pool's first shown_budget). The pool runs as one batch where the family can (Method.run_pool).
+    submitted: for a learning-rate-free family, the collect() of each configuration's runs already
+    submitted (tune_families)."""
+    pool = family_configurations(name, study.tuning_budget, study.search_seed)
+    pool_runs = [collect() for collect in submitted] if submitted else \
+        family(name).run_pool(pool, config, study.tuning_seeds, study.steps, progress)
+    table = pd.DataFrame([{"family": name, "configuration": index, **params,
+                           **pool_scores(runs, study.n_heldout_examples)}
+                          for index, (params, runs) in enumerate(zip(pool, pool_runs))])
     if not np.isfinite(table["validation MSE"]).any():
         raise FloatingPointError(f"every configuration of {name} diverged on the tuning seeds: widen or move its ranges")
     best = int(table["validation MSE"].idxmin())
     table["chosen"] = table.index == best
+    table[shown_column(study)] = table.index == int(table["validation MSE"].iloc[:study.shown_budget].idxmin())
     return {key: table.loc[best, key] for key in family(name).ranges}, table
+
+
+def shown_column(study: StudyConfig) -> str:
+    return f"chosen at {study.shown_budget}"
+
+
+def chosen_at(tuning: pd.DataFrame, column: str) -> dict[str, dict]:
+    """family -> the configuration a tuning table's column ('chosen', or 'chosen at K') marks."""
+    picked = tuning[tuning[column].astype(bool)]
+    return {name: {key: row[key] for key in family(name).ranges} for name, row in picked.set_index("family").iterrows()}
+
+
+BUDGET_KS = (1, 2, 4, 8, 16, 32)
+"""The numbers of trials a budget curve is read at (the pool's size is its last)."""
+
+
+def budget_curves(tuning: pd.DataFrame, ks: Sequence[int] = BUDGET_KS) -> pd.DataFrame:
+    """Per family and number of trials k (rlr_stats.budget_curve over its pool, resampled with
+    replacement): the best validation MSE that k trials find (median, band, expectation) and the
+    expected tuning-seed test MSE of the configuration they pick."""
+    curves = [stats.budget_curve(part["validation MSE"], part["tuning-seed test MSE"], [k for k in ks if k <= len(part)]
+                                 ).assign(family=name)
+              for name, part in tuning.groupby("family", sort=False)]
+    frame = pd.concat(curves, ignore_index=True)
+    return frame[["family", *[column for column in frame.columns if column != "family"]]]
+
+
+SELECTION_RULE = ("the lowest validation MSE of the chosen configurations on the tuning seeds; a runner-up whose "
+                  "score lies inside the pick's 95% validation CI is within noise and carried beside it")
+"""How every reference (best schedule, best learning-rate-free optimiser, best controller) is picked."""
+
+
+def selection_margin(scores: pd.DataFrame, label: str = "family") -> dict:
+    """The pick among candidates (rows: label, 'validation MSE', 'validation CI high') and the runner-up:
+    the margin (runner-up's validation MSE over the pick's, >= 1) and whether the runner-up lies inside
+    the pick's validation CI (within noise: then both are references; None where the pick has no CI)."""
+    ordered = scores.sort_values("validation MSE", kind="stable").reset_index(drop=True)
+    if ordered.empty:
+        raise ValueError("selection_margin needs at least one candidate")
+    best = ordered.iloc[0]
+    if len(ordered) == 1:
+        return {"best": str(best[label]), "runner_up": None, "margin": math.nan, "within_noise": False}
+    runner_up = ordered.iloc[1]
+    high = float(best.get("validation CI high", math.nan))
+    return {"best": str(best[label]), "runner_up": str(runner_up[label]),
+            "margin": float(runner_up["validation MSE"] / best["validation MSE"]),
+            "within_noise": None if math.isnan(high) else bool(runner_up["validation MSE"] <= high)}
 
 
 def tuning_edges(table: pd.DataFrame) -> dict[str, dict[str, str]]:
@@ -229,7 +297,7 @@ def tune_families(config: Config, study: StudyConfig, names: Sequence[str] | Non
     # the per-seed optimisers' runs are submitted first: Ray's workers run them while this process runs the
     # batched families (the same numbers in any order)
     submitted = {name: [family(name).start(params, config, study.tuning_seeds, study.steps) for params in
-                        family(name).configurations(study.tuning_budget, study.search_seed)]
+                        family_configurations(name, study.tuning_budget, study.search_seed)]
                  for name in names if family(name).submit is not None}
     chosen, tables = {}, []
     for name in names:
@@ -249,14 +317,27 @@ def heldout_mse(result: RunResult, split: str, n_examples: int) -> float:
     return value if math.isfinite(value) else float("nan")
 
 
-def tidy_table(methods: dict[str, Sequence[RunResult]], budget: str, study: StudyConfig) -> pd.DataFrame:
+def optimiser_steps(run: RunResult) -> int:
+    """The optimiser steps one run was given (its budget, whether or not it diverged): its steps for the
+    full-batch methods and agents, epochs x mini-batches per epoch for the mini-batch baseline."""
+    config = Config.from_dict(run.config)
+    if run.method == "baseline_minibatch":
+        return config.baseline.epochs * math.ceil(config.task.n_examples / config.baseline.batch_size)
+    return int(run.summary()["n_logged"]) if run.diverged_at is None else config.schedule.steps
+
+
+def tidy_table(methods: dict[str, Sequence[RunResult]], budget: str, study: StudyConfig,
+               runs_per_seed: dict[str, int] | None = None) -> pd.DataFrame:
     """One row per method x seed: training MSE (median of the last 100: the primary training metric;
-    the final value), validation and test MSE of the final weights, cost and divergence."""
+    the final value), validation and test MSE of the final weights, the optimiser steps paid for the row
+    (a run's own, times runs_per_seed[method] for a per-seed pick among that many runs), cost and
+    divergence."""
     rows = []
     for method, runs in methods.items():
         for run in runs:
             summary = run.summary()
             rows.append({"budget": budget, "method": method, "seed": run.seed,
+                         "optimiser_steps": optimiser_steps(run) * (runs_per_seed or {}).get(method, 1),
                          "logged": summary["n_logged"], "train_median_last_100": summary["median_last_100"],
                          "train_final": summary["final_loss"],
                          "validation_mse": heldout_mse(run, "validation", study.n_heldout_examples),
@@ -280,6 +361,23 @@ def run_tuned(chosen: dict[str, dict], config: Config, study: StudyConfig, progr
             run_family(name, params, config, study.eval_seeds, study.steps, progress) for name, params in chosen.items()}
 
 
+def shown_label(name: str, budget: int) -> str:
+    """The label of a family's runs at the pick of a smaller budget (the best of its pool's first `budget`)."""
+    return f"{tuned_label(name)} (best of {budget} trials)"
+
+
+def run_shown_picks(shown: dict[str, dict], chosen: dict[str, dict], tuned_runs: dict[str, list[RunResult]],
+                    config: Config, study: StudyConfig, progress: bool = False) -> dict[str, list[RunResult]]:
+    """Every family at the pick of study.shown_budget trials on the evaluation seeds: the runs of the full
+    pool's pick where both picked the same configuration (the same runs), else its own runs."""
+    runs = {}
+    for name, params in shown.items():
+        same = params == chosen[name]
+        runs[shown_label(name, study.shown_budget)] = tuned_runs[tuned_label(name)] if same else \
+            run_family(name, params, config, study.eval_seeds, study.steps, progress)
+    return runs
+
+
 def pick_per_seed(candidates: dict[str, Sequence[RunResult]], split: str, n_examples: int
                   ) -> tuple[list[RunResult], list[str]]:
     """Per seed, the candidate run with the lowest MSE on `split` ('validation': an honest per-run choice;
@@ -297,18 +395,22 @@ def pick_per_seed(candidates: dict[str, Sequence[RunResult]], split: str, n_exam
     return picked, chosen
 
 
-def constant_configurations(config: Config, study: StudyConfig, progress: bool = False) -> dict[str, list[RunResult]]:
-    """The constant lr at each of its study.tuning_budget configurations, on the evaluation seeds."""
-    return {f"constant lr {params['lr']:.2e}": run_family("constant lr", params, config, study.eval_seeds, study.steps,
-                                                          progress)
-            for params in methods.get("constant").configurations(study.tuning_budget, study.search_seed)}
+def constant_configurations(config: Config, study: StudyConfig, progress: bool = False,
+                            budget: int | None = None) -> dict[str, list[RunResult]]:
+    """The constant lr at each of the first `budget` (default all study.tuning_budget) configurations of its
+    pool, on the evaluation seeds, in one batch."""
+    pool = family_configurations("constant lr", study.tuning_budget, study.search_seed)[:budget]
+    runs = family("constant lr").run_pool(pool, config, study.eval_seeds, study.steps, progress)
+    return {f"constant lr {params['lr']:.2e}": pool_runs for params, pool_runs in zip(pool, runs)}
 
 
-def picked_constant(config: Config, study: StudyConfig, progress: bool = False) -> list[RunResult]:
-    """Per evaluation seed, the constant-lr configuration (of study.tuning_budget) with the lowest validation
-    MSE (never the test set): a per-run choice among that many runs, the equal-compute peer of a PBT
-    population of the same size."""
-    return pick_per_seed(constant_configurations(config, study, progress), "validation", study.n_heldout_examples)[0]
+def picked_constant(config: Config, study: StudyConfig, progress: bool = False, budget: int | None = None
+                    ) -> list[RunResult]:
+    """Per evaluation seed, the constant-lr configuration (of the pool's first `budget`) with the lowest
+    validation MSE (never the test set): a per-run choice among that many runs, the equal-compute peer of
+    a PBT population of the same size."""
+    return pick_per_seed(constant_configurations(config, study, progress, budget), "validation",
+                         study.n_heldout_examples)[0]
 
 
 def headroom_label(n_candidates: int, split: str) -> str:
@@ -364,10 +466,27 @@ def family_names(kind: str) -> list[str]:
 def best_chosen(tuning: pd.DataFrame, families: Sequence[str], what: str) -> str:
     """The tuned label of the family, among families, whose chosen configuration scored the lowest
     validation MSE in the tuning table."""
+    return reference_pick(tuning, families, what)["best"]
+
+
+def reference_pick(tuning: pd.DataFrame, families: Sequence[str], what: str) -> dict:
+    """The pick among families by SELECTION_RULE, as tuned labels, with its margin to the runner-up
+    (selection_margin)."""
     chosen = tuning[tuning["chosen"] & tuning["family"].isin(list(families))]
     if chosen.empty:
         raise ValueError(f"the tuning table holds no {what} family")
-    return tuned_label(str(chosen.loc[chosen["validation MSE"].idxmin(), "family"]))
+    scores = chosen.assign(family=[tuned_label(name) for name in chosen["family"]])
+    return selection_margin(scores)
+
+
+def reference_picks(tuning: pd.DataFrame) -> dict[str, dict]:
+    """The three references the study picks on validation data (SELECTION_RULE), each with its margin:
+    the best schedule (other than the constant), the best learning-rate-free optimiser and the best
+    within-run agent (a tuned DQN family)."""
+    return {"best schedule": reference_pick(tuning, [name for name in family_names("schedule")
+                                                     if family(name).key != "constant"], "schedule"),
+            "best learning-rate-free optimiser": reference_pick(tuning, family_names("lr_free"), "learning-rate-free"),
+            "best tuned agent": reference_pick(tuning, family_names("agent"), "agent")}
 
 
 def run_original_agents(config: Config, study: StudyConfig, progress: bool = False) -> dict[str, list[RunResult]]:
@@ -437,6 +556,80 @@ def wall_clock_budget(agent_seconds_per_step: float, seconds: dict[str, float], 
 
 def wall_clock_label(agent: str) -> str:
     return f"same wall-clock as {agent}"
+
+
+SAME_STEPS, SAME_PASSES = "same optimiser steps", "same passes over the data"
+
+SCOPE = ("one task, MaclaurinNet fitting degree-4 polynomials (256 examples), where the network sits near its "
+         "interpolation threshold; a second, real task is the open MNIST-1D issue")
+"""What the verdict covers, said in its headline."""
+
+PRIMARY_COMPARISONS: tuple[tuple[str, str, str, str], ...] = (
+    (SAME_STEPS, "best learned controller", "best schedule", "test_mse"),
+    (SAME_STEPS, "best learned controller", "tuned constant lr", "test_mse"),
+    (SAME_STEPS, "best tuned agent", "best schedule", "test_mse"),
+    (SAME_STEPS, "DQN as described", "tuned constant lr", "test_mse"),
+    (SAME_PASSES, "DQN as described", "original baseline", "train_median_last_100"),
+    (SAME_PASSES, "DQN as coded (original)", "original baseline", "train_median_last_100"),
+    (SAME_STEPS, "best learning-rate-free optimiser", "best schedule", "test_mse"),
+    (SAME_STEPS, "best schedule", "tuned constant lr", "test_mse"),
+)
+"""The primary, pre-registered family (budget, method role, reference role, metric), fixed before any run
+and printed first by notebook 04: does a learned controller, a tuned within-run agent or the original's
+agent beat the tuned schedules on test MSE; does the original's claim (training MSE against its own
+baseline at the same passes) hold for either variant; and, for scale, the best learning-rate-free optimiser
+and the best schedule against the constant. Holm over these 8 only (rlr_stats.primary_tests); every other
+comparison is descriptive. Roles become labels through primary_labels once the picks are made on
+validation data."""
+
+
+def primary_labels(picks: dict[str, dict], best_controller: str) -> dict[str, str]:
+    """role -> method label for PRIMARY_COMPARISONS: the picks of reference_picks, the best learned
+    controller, the original's agents and the two references."""
+    return {"best learned controller": best_controller, "best schedule": picks["best schedule"]["best"],
+            "best tuned agent": picks["best tuned agent"]["best"],
+            "best learning-rate-free optimiser": picks["best learning-rate-free optimiser"]["best"],
+            "tuned constant lr": TUNED, "original baseline": BASELINE,
+            "DQN as described": "DQN as described", "DQN as coded (original)": "DQN as coded (original)"}
+
+
+def primary_family(labels: dict[str, str]) -> list[tuple[str, str, str, str]]:
+    """PRIMARY_COMPARISONS with their roles replaced by labels (labels: role -> label)."""
+    missing = sorted({role for _, method, reference, _ in PRIMARY_COMPARISONS for role in (method, reference)}
+                     - set(labels))
+    if missing:
+        raise ValueError(f"labels lacks the role(s) {missing}")
+    return [(budget, labels[method], labels[reference], metric) for budget, method, reference, metric in PRIMARY_COMPARISONS]
+
+
+def primary_table(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """The primary tests (rlr_stats.primary_tests) of PRIMARY_COMPARISONS, with each row's roles and the
+    compute ratio of its two sides (the reference's optimiser steps per run over the method's; 1 where
+    they are equal)."""
+    tests = stats.primary_tests(table, primary_family(labels))
+    steps = table.groupby(["budget", "method"])["optimiser_steps"].max()
+    tests.insert(0, "role", [method for _, method, _, _ in PRIMARY_COMPARISONS])
+    tests.insert(1, "reference role", [reference for _, _, reference, _ in PRIMARY_COMPARISONS])
+    tests["compute ratio"] = [steps[(row["budget"], row["against"])] / steps[(row["budget"], row["method"])]
+                              for _, row in tests.iterrows()]
+    return tests
+
+
+def compute_table(table: pd.DataFrame, tuning_steps: dict[str, int],
+                  controller_costs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per method of a table (one budget): the optimiser steps of one evaluated run, and what was paid
+    once before it: its tuning (tuning_steps: label -> optimiser steps, e.g. a pool of tuning_budget
+    configurations x n_tuning_seeds x steps) and, for a learned controller, its training and its tuning
+    (controller_costs: rlr_report.controller_costs' table)."""
+    rows = []
+    for method, part in table.groupby("method", sort=False):
+        row = {"method": method, "optimiser steps per run": int(part["optimiser_steps"].max()),
+               "tuning, once": int(tuning_steps.get(method, 0)), "training, once": 0}
+        if controller_costs is not None and method in controller_costs.index:
+            row["tuning, once"] = int(controller_costs.loc[method, "tuning: optimiser steps"])
+            row["training, once"] = int(controller_costs.loc[method, "training optimiser steps"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
 
 
 def preregistered_comparisons(agents: Sequence[str], lr_free: str | None = None) -> list[tuple[str, str, str]]:

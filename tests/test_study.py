@@ -65,6 +65,7 @@ def test_train_full_batch_records_the_lr_adam_hd_used():
 
 # --- the study layer (rlr_study) ------------------------------------------------------------------
 
+import rlr_methods as methods
 import rlr_study as study  # noqa: E402
 
 
@@ -77,7 +78,7 @@ def test_study_refuses_tuning_seeds_that_overlap_the_evaluation_seeds():
 
 def test_every_family_gets_the_same_number_of_configurations_inside_its_ranges():
     for name, family in study.FAMILIES.items():
-        configurations = study.family_configurations(family, 8, seed=0)
+        configurations = study.family_configurations(name, 8, seed=0)
         assert len(configurations) == 8, name
         for parameter, (low, high, scale) in family.ranges.items():
             values = [configuration[parameter] for configuration in configurations]
@@ -90,10 +91,20 @@ def test_every_family_gets_the_same_number_of_configurations_inside_its_ranges()
             strata = np.floor((position - low_) / (high_ - low_) * 8).clip(0, 7)
             if scale != "log-int":
                 assert sorted(strata) == list(range(8)), (name, parameter)
-    assert study.family_configurations(study.FAMILIES["Adam-HD"], 8, 0) == study.family_configurations(
-        study.FAMILIES["Adam-HD"], 8, 0)
-    assert study.family_configurations(study.FAMILIES["Adam-HD"], 8, 0) != study.family_configurations(
-        study.FAMILIES["Adam-HD"], 8, 1)
+    assert study.family_configurations("Adam-HD", 8, 0) == study.family_configurations("Adam-HD", 8, 0)
+    assert study.family_configurations("Adam-HD", 8, 0) != study.family_configurations("Adam-HD", 8, 1)
+
+
+def test_each_family_draws_its_own_sobol_points_so_no_two_share_the_lr_coordinate():
+    """Families share no coordinate of one sequence (the old protocol gave cosine, one-cycle and Schedule-Free
+    the lr points the constant missed): every family's lr values differ from every other's."""
+    lrs = {name: {round(configuration["lr"], 12) for configuration in study.family_configurations(name, 32, 0)}
+           for name, family in study.FAMILIES.items() if "lr" in family.ranges}
+    names = list(lrs)
+    for index, name in enumerate(names):
+        for other in names[index + 1:]:
+            assert not lrs[name] & lrs[other], (name, other)
+    assert methods.family_seed("cosine", 0) == methods.family_seed("cosine", 0) != methods.family_seed("cosine", 1)
 
 
 def test_tuning_picks_the_lowest_validation_mse_computed_independently():
@@ -188,7 +199,7 @@ def test_a_per_seed_pick_keeps_each_seeds_lowest_validation_mse_among_the_config
     assert [run.seed for run in picked] == setup.eval_seeds
     for run in picked:
         candidates = [study.run_family("constant lr", params, config, [run.seed], 30)[0]
-                      for params in study.family_configurations(study.FAMILIES["constant lr"], 4, 0)]
+                      for params in study.family_configurations("constant lr", 4, 0)]
         scores = [study.heldout_mse(candidate, "validation", 32) for candidate in candidates]
         best = candidates[int(np.nanargmin(scores))]
         assert run.series["lr"][0] == pytest.approx(best.series["lr"][0])
@@ -231,7 +242,7 @@ def test_every_usage_line_of_the_readme_runs_as_written():
 
     import rlr_core
     for name, family in study.FAMILIES.items():
-        params = study.family_configurations(family, 2, seed=0)[0]
+        params = study.family_configurations(name, 2, seed=0)[0]
         line = study.family(name).usage_line(params)
         model = torch.nn.Linear(3, 1)
         scope = {"torch": torch, "rlr_core": rlr_core, "rlr_engine": engine, "schedulefree": schedulefree,
@@ -290,7 +301,8 @@ def controller_inputs(controller_mse: float, controller_return: float, cosine_ms
     summary = stats.summary_with_win_rates(table, "test_mse", {"tuned constant": study.TUNED})
     curve = pd.DataFrame({"round": [0, 0, 1, 1], "return": [1.0, 2.0, 5.0, 6.0]})
     returns = {"c": controller_return, study.TUNED: 10.0, cosine: 11.0}
-    return report.controller_reading(claims, summary, "c", references, curve, returns, "headroom")
+    return report.controller_reading(claims, summary, "c", references, curve, returns, "headroom",
+                                     summary.loc["headroom", "geometric mean"])
 
 
 def test_the_controller_reading_says_whether_the_goal_is_met_and_why_not_from_the_numbers():
@@ -299,7 +311,7 @@ def test_the_controller_reading_says_whether_the_goal_is_met_and_why_not_from_th
     assert "first round of training episodes is 1.50, over its last 5.50" in met
     assert "12.00, against 10.00 for the tuned constant lr and 11.00 for cosine annealing" in met
     assert "4.14e-01" in met, "the headroom (0.4 x 1.00..1.07 over seeds) is shown beside it"
-    assert "Against the best schedule (best)" in met and "Against the tuned constant lr (ratio" in met
+    assert "Against the best schedule (best)" in met and "Against the tuned constant lr (the controller's MSE" in met
     short_of_objective = controller_inputs(2.0, 8.0)
     assert "is **not met**" in short_of_objective
     assert "Why it does not beat the tuned constant lr: frozen on new tasks it decreases the training loss less " \
@@ -310,7 +322,14 @@ def test_the_controller_reading_says_whether_the_goal_is_met_and_why_not_from_th
     assert "is **not met**" in only_cosine and "Why it does not beat the tuned constant lr" not in only_cosine
     assert "Why it does not beat cosine annealing: it decreases the training loss as much or more (12.00 against " \
            "11.00)" in only_cosine
-    assert report.mse_times(1.16, 1.0) == "1.16 times (worse than)" and "better" in report.mse_times(0.5, 1.0)
+
+
+
+def test_every_ratio_reads_k_times_lower_or_higher_with_k_at_least_one():
+    assert report.fold(2.0) == "2.00 times lower" and report.fold(0.5) == "2.00 times higher"
+    assert report.fold(1.0) == "1.00 times lower" and report.fold(float("nan")) == "not comparable"
+    assert report.fold_interval(1.2, 0.9, 1.5) == "1.20 times lower [1.11 times higher, 1.50 times lower]"
+    assert report.times_mse(1.16, 1.0, "the tuned constant lr") == "1.16 times higher test MSE than the tuned constant lr"
 
 
 @pytest.mark.parametrize("content, message", [
@@ -325,3 +344,53 @@ def test_notebook_04s_summary_is_checked_before_a_later_notebook_reads_it(tmp_pa
         study.benchmark_summary(tmp_path)
     with pytest.raises(FileNotFoundError, match="run notebook 04 first"):
         study.benchmark_summary(tmp_path / "elsewhere")
+
+
+def test_tuning_scores_each_pool_member_and_marks_the_full_and_the_shown_budgets_picks():
+    setup = study.StudyConfig(n_eval_seeds=2, first_tuning_seed=50, n_tuning_seeds=2, steps=30, tuning_budget=4,
+                              shown_budget=2, n_heldout_examples=32)
+    chosen, table = study.tune_family("cosine annealing", engine.Config(), setup)
+    assert len(table) == 4 and table["chosen"].sum() == 1 and table["chosen at 2"].sum() == 1
+    assert table.loc[table["chosen"], "validation MSE"].item() == table["validation MSE"].min()
+    assert table.loc[table["chosen at 2"], "validation MSE"].item() == table["validation MSE"].iloc[:2].min()
+    finished = table[np.isfinite(table["validation MSE"])]
+    assert (finished["validation CI low"] <= finished["validation MSE"]).all()
+    assert (finished["validation MSE"] <= finished["validation CI high"]).all()
+    assert study.chosen_at(table, "chosen") == {"cosine annealing": chosen}
+    curves = study.budget_curves(table, (1, 2, 4, 8))
+    assert curves["k"].tolist() == [1, 2, 4]  # k above the pool's size is not read
+    best = table["validation MSE"].min()
+    assert curves.set_index("k").loc[4, "best validation MSE, median"] == best
+    with pytest.raises(ValueError, match="shown_budget"):
+        study.StudyConfig(tuning_budget=4, shown_budget=5)
+
+
+def test_a_reference_pick_reports_its_margin_and_carries_a_runner_up_within_noise():
+    scores = pd.DataFrame({"family": ["a", "b", "c"], "validation MSE": [1.0, 1.02, 2.0],
+                           "validation CI high": [1.05, 1.1, 2.2]})
+    pick = study.selection_margin(scores)
+    assert pick == {"best": "a", "runner_up": "b", "margin": pytest.approx(1.02), "within_noise": True}
+    assert study.selection_margin(scores.assign(**{"validation MSE": [1.0, 1.2, 2.0]}))["within_noise"] is False
+
+
+def test_the_primary_family_resolves_its_roles_and_labels_unequal_compute():
+    labels = {"best learned controller": "c", "best schedule": "s", "best tuned agent": "a",
+              "best learning-rate-free optimiser": "f", "tuned constant lr": study.TUNED,
+              "original baseline": study.BASELINE, "DQN as described": "d", "DQN as coded (original)": "o"}
+    rng = np.random.default_rng(0)
+    rows = []
+    for budget, methods_here in ((study.SAME_STEPS, ["c", "s", "a", "f", study.TUNED, "d"]),
+                                 (study.SAME_PASSES, [study.BASELINE, "d", "o"])):
+        for method in methods_here:
+            for seed in range(6):
+                steps = 80_000 if method == study.BASELINE and budget == study.SAME_PASSES else 10_000
+                value = float(rng.lognormal(-9, 0.3))
+                rows.append({"budget": budget, "method": method, "seed": seed, "optimiser_steps": steps,
+                             "test_mse": value, "train_median_last_100": value, "diverged_at": None})
+    primary = study.primary_table(pd.DataFrame(rows), labels)
+    assert len(primary) == len(study.PRIMARY_COMPARISONS) <= 8
+    assert primary["role"].tolist() == [method for _, method, _, _ in study.PRIMARY_COMPARISONS]
+    assert primary.loc[primary["budget"] == study.SAME_PASSES, "compute ratio"].tolist() == [8.0, 8.0]
+    assert (primary.loc[primary["budget"] == study.SAME_STEPS, "compute ratio"] == 1).all()
+    with pytest.raises(ValueError, match="lacks the role"):
+        study.primary_family({"best schedule": "s"})
