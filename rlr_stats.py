@@ -221,7 +221,8 @@ def budget_curve(validation: Sequence[float], test: Sequence[float], ks: Sequenc
     a band (quantiles of that best, exact from best_of_k_probabilities), its expectation in log space (a
     geometric mean: MSEs span decades), and the expected log test MSE of the configuration the k trials
     pick. A configuration that diverged (NaN or inf validation) ranks last; it is picked only when all k
-    draws diverged, whose probability is its own column, and the expectations are over the other draws."""
+    draws diverged, whose probability is its own column, and the expectations are over the other draws
+    (the pick's test MSE over the picks whose test MSE is finite)."""
     validation = np.asarray(validation, dtype=float)
     test = np.asarray(test, dtype=float)
     if validation.shape != test.shape or validation.ndim != 1 or len(validation) == 0:
@@ -230,7 +231,8 @@ def budget_curve(validation: Sequence[float], test: Sequence[float], ks: Sequenc
     validation = np.where(np.isfinite(validation), validation, np.inf)
     order = np.argsort(validation, kind="stable")
     ranked_validation, ranked_test = validation[order], test[order]
-    finished = np.isfinite(ranked_validation) & np.isfinite(ranked_test) & (ranked_validation > 0) & (ranked_test > 0)
+    finished = np.isfinite(ranked_validation) & (ranked_validation > 0)
+    tested = finished & np.isfinite(ranked_test) & (ranked_test > 0)
     rows = []
     for k in ks:
         weights = best_of_k_probabilities(len(validation), int(k))
@@ -239,14 +241,15 @@ def budget_curve(validation: Sequence[float], test: Sequence[float], ks: Sequenc
         def quantile(q: float) -> float:
             return float(ranked_validation[min(int(np.searchsorted(cumulative, q - 1e-12)), len(weights) - 1)])
 
-        kept = weights * finished
-        total = kept.sum()
-        expected = (lambda values: float(np.exp(np.sum(kept[finished] * np.log(values[finished])) / total))
-                    if total > 0 else float("nan"))
+        def expected(values: np.ndarray, mask: np.ndarray) -> float:
+            kept = weights * mask
+            return float(np.exp(np.sum(kept[mask] * np.log(values[mask])) / kept.sum())) if kept.sum() > 0 else math.nan
+
         rows.append({"k": int(k), "best validation MSE, median": quantile(0.5), "band low": quantile(band[0]),
-                     "band high": quantile(band[1]), "best validation MSE, expected": expected(ranked_validation),
-                     "test MSE of the pick, expected": expected(ranked_test),
-                     "P(every trial diverged)": float(1.0 - total)})
+                     "band high": quantile(band[1]),
+                     "best validation MSE, expected": expected(ranked_validation, finished),
+                     "test MSE of the pick, expected": expected(ranked_test, tested),
+                     "P(every trial diverged)": float(1.0 - np.sum(weights * finished))})
     return pd.DataFrame(rows)
 
 
@@ -265,8 +268,9 @@ def walsh_averages(values: Sequence[float]) -> np.ndarray:
 def signed_rank_interval(log_ratios: Sequence[float], alpha: float) -> tuple[float, float, float]:
     """The Hodges-Lehmann estimate of the per-seed log ratios' centre (the median of the Walsh averages)
     and the CI that inverts scipy's two-sided Wilcoxon signed-rank test at level alpha: every shift d
-    whose test of log_ratios - d has p >= alpha. So the CI excludes 0 exactly when scipy's test of
-    log_ratios rejects at alpha: the interval and the test never disagree.
+    whose test of log_ratios - d has p >= alpha (its hull, decided at 0 by the test at 0). So the CI
+    excludes 0 exactly when scipy's test of log_ratios rejects at alpha: the interval and the test never
+    disagree.
 
     Hand-written because scipy inverts no signed-rank test; the statistic only changes at a Walsh average,
     so testing one shift between each two neighbours (one vectorised scipy call) finds the interval.
@@ -288,18 +292,40 @@ def signed_rank_interval(log_ratios: Sequence[float], alpha: float) -> tuple[flo
     if len(accepted) == 0:  # alpha above the largest p the test can give: an empty interval at the estimate
         return estimate, estimate, estimate
     bounds = np.concatenate([[-np.inf], edges, [np.inf]])  # shift s lies between bounds[s] and bounds[s + 1]
-    return estimate, float(bounds[accepted[0]]), float(bounds[accepted[-1] + 1])
+    low, high = float(bounds[accepted[0]]), float(bounds[accepted[-1] + 1])
+    # At a Walsh average itself scipy drops a zero difference (or ranks a tie), so the test of shift 0 can
+    # differ from its neighbours' when 0 is one (a seed with equal MSEs, two seeds that cancel), and ties can
+    # make the accepted set non-convex. The hull is then cut or widened at 0 by the test at 0 itself.
+    if wilcoxon_p(values) >= alpha:
+        low, high = min(low, 0.0), max(high, 0.0)
+    elif low <= 0.0 <= high:
+        low, high = (math.nextafter(0.0, math.inf), high) if estimate > 0 else (low, math.nextafter(0.0, -math.inf))
+    return estimate, low, high
+
+
+def wilcoxon_p(values: np.ndarray) -> float:
+    """scipy's two-sided Wilcoxon signed-rank p of paired log ratios; 1 when there are fewer than 2 or all
+    are 0 (nothing to test). The one place the primary family's p-value comes from."""
+    from scipy.stats import wilcoxon
+
+    values = np.asarray(values, dtype=float)
+    return float(wilcoxon(values).pvalue) if len(values) >= 2 and np.any(values != 0) else 1.0
 
 
 def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> np.ndarray:
-    """The level at which each test's own step of Holm's procedure decides it: alpha * p / p_Holm, which is
-    alpha / (m - i + 1) for the i-th smallest p unless an earlier, larger product decided it. A test is
-    Holm-significant at alpha exactly when p < its level, so a CI at 1 - level excludes the null exactly
-    then (signed_rank_interval)."""
+    """The level of each test's step in Holm's procedure: alpha / (m - i + 1) for the i-th smallest p up to
+    the first test Holm does not reject, and that step's level for every test after it (the procedure
+    stops there). A test is Holm-significant at alpha exactly when p < its level (the later ones have
+    p >= the stopping p >= its level), so a CI at 1 - level excludes the null exactly then."""
     p_values = np.asarray(p_values, dtype=float)
-    adjusted = holm_adjusted(p_values)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        levels = np.where(adjusted > 0, alpha * p_values / adjusted, alpha / len(p_values))
+    order = np.argsort(p_values, kind="stable")
+    steps = alpha / (len(p_values) - np.arange(len(p_values)))
+    levels_sorted = steps.copy()
+    failed = np.flatnonzero(p_values[order] >= steps)
+    if len(failed):
+        levels_sorted[failed[0]:] = steps[failed[0]]
+    levels = np.empty_like(levels_sorted)
+    levels[order] = levels_sorted
     return levels
 
 
@@ -339,8 +365,6 @@ def primary_tests(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str
     excludes 1 exactly when the test is significant), wins, and the minimum detectable ratio at that
     power and the family's strictest level (alpha / m) from the comparison's own spread of log ratios.
     A seed where either run diverged is left out of that pair and counted in 'dropped'."""
-    from scipy.stats import wilcoxon
-
     if not 1 <= len(comparisons) <= PRIMARY_LIMIT:
         raise ValueError(f"the primary family must hold 1 to {PRIMARY_LIMIT} comparisons, got {len(comparisons)}")
     if len(set(comparisons)) != len(comparisons):
@@ -352,7 +376,7 @@ def primary_tests(table: pd.DataFrame, comparisons: Sequence[tuple[str, str, str
         if not {method, reference} <= set(part["method"]):
             raise ValueError(f"the table has no runs of {method!r} and {reference!r} at budget {budget!r}")
         log_ratios = np.log(paired_ratio(finished[finished["budget"] == budget], metric, reference, method).to_numpy())
-        p_value = float(wilcoxon(log_ratios).pvalue) if len(log_ratios) >= 2 and np.any(log_ratios != 0) else 1.0
+        p_value = wilcoxon_p(log_ratios)
         wins = int((log_ratios > 0).sum())
         rows.append({"budget": budget, "method": method, "against": reference, "metric": metric,
                      "seeds": len(log_ratios), "dropped": part["seed"].nunique() - len(log_ratios), "wins": wins,

@@ -74,8 +74,8 @@ def verdict_markdown(results: Path) -> str:
         f"({setup['first_tuning_seed']}-{setup['first_tuning_seed'] + setup['n_tuning_seeds'] - 1}), chosen on "
         f"validation MSE; {setup['steps']:,} optimiser steps.",
         report.tuning_markdown(summary["chosen"], summary["edges"], setup["tuning_budget"]),
-        f"Budget curves: per family, the best validation MSE k trials find / the tuning-seed test MSE of their pick "
-        f"(`results/benchmark_budget_curves.csv`):",
+        "Budget curves: per family, the best validation MSE k trials find / the tuning-seed test MSE of their pick "
+        "(`results/benchmark_budget_curves.csv`):",
         report.budget_markdown(curves, (1, setup["shown_budget"], setup["tuning_budget"])),
         f"Each reference is picked by {summary['selection_rule']}:",
         report.margins_markdown(summary["picks"]),

@@ -138,13 +138,24 @@ def test_no_library_module_dispatches_on_a_display_label():
 @pytest.mark.parametrize("key", ["constant", "cosine", "plateau", "adam_hd"])
 def test_a_schedule_familys_pool_in_one_batch_is_each_configuration_run_on_its_own(key):
     """run_pool runs every configuration x seed as one batch (per-run lr tables, plateau options and
-    Adam-HD betas): the same runs as one call per configuration, up to float rounding."""
+    Adam-HD betas): the same runs as one call per configuration, up to float rounding. 300 steps, so that
+    plateau's patience (10 to 2 000) cuts some runs' lr and a mis-assigned option would show."""
     method = methods.get(key)
     pool = method.configurations(3, 0)
-    pooled = method.run_pool(pool, engine.Config(), [3, 4], 30)
+    if key == "plateau":  # short patience: cuts within 300 steps, each by its own factor
+        pool = [{**params, "patience": 3.0 + index} for index, params in enumerate(pool)]
+    pooled = method.run_pool(pool, engine.Config(), [3, 4], 300)
+    if key == "plateau":
+        assert any(run.series["lr"][-1] < run.series["lr"][0] for runs in pooled for run in runs)
     for params, runs in zip(pool, pooled):
-        alone = method.run(params, engine.Config(), [3, 4], 30)
+        alone = method.run(params, engine.Config(), [3, 4], 300)
         assert [run.seed for run in runs] == [3, 4]
         for batched, single in zip(runs, alone):
-            np.testing.assert_allclose(batched.series["lr"], single.series["lr"], rtol=1e-6)
-            np.testing.assert_allclose(batched.series["loss"], single.series["loss"], rtol=1e-4)
+            # float32 rounding differs with the batch's size and the runs are chaotic: lr and loss over the
+            # first 50 steps; a plateau run's first cut is by its own configuration's factor
+            np.testing.assert_allclose(batched.series["lr"][:50], single.series["lr"][:50], rtol=1e-4)
+            np.testing.assert_allclose(batched.series["loss"][:50], single.series["loss"][:50], rtol=1e-4)
+            cuts = np.flatnonzero(np.diff(batched.series["lr"]) < 0)
+            if key == "plateau" and len(cuts):
+                lr = batched.series["lr"]
+                assert lr[cuts[0] + 1] / lr[cuts[0]] == pytest.approx(params["factor"], rel=1e-9)

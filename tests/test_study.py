@@ -373,6 +373,49 @@ def test_a_reference_pick_reports_its_margin_and_carries_a_runner_up_within_nois
     assert study.selection_margin(scores.assign(**{"validation MSE": [1.0, 1.2, 2.0]}))["within_noise"] is False
 
 
+def primary_rows(effects: dict[str, float], n_seeds: int = 32) -> pd.DataFrame:
+    """A benchmark table of the primary family's methods: effect = log of how many times lower the method's
+    MSE is than the constant's, with seed noise."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for budget, names in ((study.SAME_STEPS, ["c", "s", "a", "f", study.TUNED, "d"]),
+                          (study.SAME_PASSES, [study.BASELINE, "d", "o"])):
+        for method in names:
+            for seed in range(n_seeds):
+                steps = 80_000 if method == study.BASELINE and budget == study.SAME_PASSES else 10_000
+                value = float(np.exp(-9 - effects.get(method, 0.0) + rng.normal(0, 0.3)))
+                rows.append({"budget": budget, "method": method, "seed": seed, "optimiser_steps": steps,
+                             "test_mse": value, "train_median_last_100": value, "diverged_at": None})
+    return pd.DataFrame(rows)
+
+
+PRIMARY_TEST_LABELS = {"best learned controller": "c", "best schedule": "s", "best tuned agent": "a",
+                       "best learning-rate-free optimiser": "f", "tuned constant lr": study.TUNED,
+                       "original baseline": study.BASELINE, "DQN as described": "d", "DQN as coded (original)": "o"}
+
+
+@pytest.mark.parametrize("controller_effect, beats", [(1.5, True), (0.0, False)])
+def test_the_headline_says_only_what_the_primary_tests_say_in_at_most_eight_lines(controller_effect, beats):
+    """A controller much better than the best schedule is named in the first line; one that only beats the
+    constant (which the schedule ties here) is not said to beat the best schedule."""
+    table = primary_rows({"c": controller_effect, "d": 1.5})
+    primary = study.primary_table(table, PRIMARY_TEST_LABELS)
+    summary = stats.summary_with_win_rates(table[table["budget"] == study.SAME_STEPS], "test_mse", {})
+    headline = report.headline(primary, summary, 32, study.SCOPE).splitlines()
+    assert len(headline) <= report.HEADLINE_LINES == 8
+    # d beats only the constant, which is not the best schedule: never named in the first line
+    assert (headline[0] == "An RL controller beat the best tuned schedule: c.") == beats
+    assert headline[0].startswith("No RL controller beat") != beats
+    assert headline[-2].startswith("Power: 32 evaluation seeds") and headline[-1] == f"Scope: {study.SCOPE}."
+    assert not ratio_words_below_one(" ".join(headline))
+
+
+def ratio_words_below_one(text: str) -> list[str]:
+    import re
+
+    return [match for match in re.findall(r"(\d+\.\d+) times", text) if float(match) < 1]
+
+
 def test_the_primary_family_resolves_its_roles_and_labels_unequal_compute():
     labels = {"best learned controller": "c", "best schedule": "s", "best tuned agent": "a",
               "best learning-rate-free optimiser": "f", "tuned constant lr": study.TUNED,
