@@ -324,6 +324,10 @@ class Config:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def baseline_optimiser_steps(self) -> int:
+        """Optimiser steps of the mini-batch baseline: epochs x mini-batches per epoch (the last one partial)."""
+        return self.baseline.epochs * math.ceil(self.task.n_examples / self.baseline.batch_size)
+
     def with_seed(self, seed: int) -> "Config":
         """This config on another seed (checked: an int >= 0): the one way a run's seed is replaced."""
         return replace(self, seed=check_seed("seed", seed))

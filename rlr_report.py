@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 
 from rlr_core import PolynomialData, TaskConfig, sample_points
-from rlr_engine import Config
 from rlr_results import RunResult
 from rlr_stats import bootstrap_interval, geometric_mean, paired_ratios, smallest_holm_p
 
@@ -193,11 +192,6 @@ def plot_comparison(curves: dict[str, Sequence[RunResult]], title: str) -> plt.F
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
     return fig
-
-
-def baseline_optimiser_steps(config: Config) -> int:
-    """Optimiser steps of the mini-batch baseline: epochs x ceil(n_examples / batch_size)."""
-    return config.baseline.epochs * -(-config.task.n_examples // config.baseline.batch_size)
 
 
 def plot_intervals(summary: pd.DataFrame, title: str, xlabel: str = "test MSE") -> plt.Figure:

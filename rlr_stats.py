@@ -223,6 +223,11 @@ def budget_curve(validation: Sequence[float], test: Sequence[float], ks: Sequenc
     pick. A configuration that diverged (NaN or inf validation) ranks last; it is picked only when all k
     draws diverged, whose probability is its own column, and the expectations are over the other draws
     (the pick's test MSE over the picks whose test MSE is finite)."""
+    if not (isinstance(band, tuple) and len(band) == 2 and 0.0 < band[0] < band[1] < 1.0):
+        raise ValueError(f"band must be two quantiles (low, high) with 0 < low < high < 1, got {band!r}")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"ks must hold ints >= 1 (numbers of trials), got {k!r}")
     validation = np.asarray(validation, dtype=float)
     test = np.asarray(test, dtype=float)
     if validation.shape != test.shape or validation.ndim != 1 or len(validation) == 0:
@@ -280,8 +285,7 @@ def signed_rank_interval(log_ratios: Sequence[float], alpha: float) -> tuple[flo
     values = np.asarray(log_ratios, dtype=float)
     if values.ndim != 1 or len(values) < 2 or not np.all(np.isfinite(values)):
         raise ValueError(f"log_ratios must hold at least 2 finite values, got {values!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    check_level("alpha", alpha)
     averages = walsh_averages(values)
     estimate = float(np.median(averages))
     edges = np.unique(averages)
@@ -317,6 +321,7 @@ def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> np.ndarray:
     the first test Holm does not reject, and that step's level for every test after it (the procedure
     stops there). A test is Holm-significant at alpha exactly when p < its level (the later ones have
     p >= the stopping p >= its level), so a CI at 1 - level excludes the null exactly then."""
+    check_level("alpha", alpha)
     p_values = np.asarray(p_values, dtype=float)
     order = np.argsort(p_values, kind="stable")
     steps = alpha / (len(p_values) - np.arange(len(p_values)))
@@ -329,6 +334,13 @@ def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> np.ndarray:
     return levels
 
 
+def check_level(name: str, value: float) -> float:
+    """A probability strictly between 0 and 1 (a test's level, a power), refused with its name otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    return float(value)
+
+
 def minimum_detectable_ratio(log_ratio_sd: float, n_seeds: int, alpha: float, power: float = 0.8) -> float:
     """The smallest ratio exp(d) a two-sided paired test over n_seeds at level alpha detects with the given
     power, when the per-seed log ratios spread with standard deviation log_ratio_sd: the one-sample t
@@ -337,6 +349,8 @@ def minimum_detectable_ratio(log_ratio_sd: float, n_seeds: int, alpha: float, po
     from scipy.optimize import brentq
     from scipy.stats import nct, t
 
+    check_level("alpha", alpha)
+    check_level("power", power)
     if not (np.isfinite(log_ratio_sd) and log_ratio_sd > 0):
         raise ValueError(f"log_ratio_sd must be finite and > 0, got {log_ratio_sd!r}")
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, (int, np.integer)) or n_seeds < 3:

@@ -108,6 +108,14 @@ class StudyConfig:
         if overlap:
             raise ValueError(f"study tuning seeds overlap the evaluation seeds: {sorted(overlap)}")
 
+    def pool_steps(self, budget: int | None = None) -> int:
+        """Optimiser steps a family's tuning pays once: budget (default tuning_budget) configurations x the
+        tuning seeds x steps."""
+        if budget is None:
+            budget = self.tuning_budget
+        rc.check_int("budget", budget, 1)
+        return budget * self.n_tuning_seeds * self.steps
+
     @property
     def eval_seeds(self) -> list[int]:
         return seed_range(self.first_eval_seed, self.n_eval_seeds)
@@ -323,7 +331,7 @@ def optimiser_steps(run: RunResult) -> int:
     full-batch methods and agents, epochs x mini-batches per epoch for the mini-batch baseline."""
     config = Config.from_dict(run.config)
     if run.method == "baseline_minibatch":
-        return config.baseline.epochs * math.ceil(config.task.n_examples / config.baseline.batch_size)
+        return config.baseline_optimiser_steps()
     return int(run.summary()["n_logged"]) if run.diverged_at is None else config.schedule.steps
 
 
@@ -430,7 +438,7 @@ def optimiser_steps_paid(study: StudyConfig, tuning: StudyConfig, population: in
     """What each method of notebook 06 pays in optimiser steps: per evaluated run (a PBT population and
     the per-seed pick run `population` runs), and once for tuning on the tuning seeds (notebook 04's
     families, given `tuning`, notebook 04's StudyConfig), which any number of runs then reuse."""
-    once = tuning.tuning_budget * tuning.n_tuning_seeds * tuning.steps
+    once = tuning.pool_steps()
     return pd.DataFrame([
         {"method": pbt_label(population), "optimiser steps per run": population * study.steps, "tuning, once": 0},
         {"method": equal_compute_label(population), "optimiser steps per run": population * study.steps,

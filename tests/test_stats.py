@@ -322,3 +322,16 @@ def test_the_primary_family_holds_at_most_eight_tests_and_its_intervals_agree_wi
         stats.primary_tests(table, comparisons + [("same optimiser steps", "method 0", "method 1", "test_mse")])
     with pytest.raises(ValueError, match="no runs of 'nobody'"):
         stats.primary_tests(table, [("same optimiser steps", "nobody", "reference", "test_mse")])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: stats.budget_curve([1, 2], [1, 2], [1], band=(0.9, 0.1)), "band must be two quantiles"),
+    (lambda: stats.budget_curve([1, 2], [1, 2], [1.5]), "ks must hold ints >= 1"),
+    (lambda: stats.minimum_detectable_ratio(0.4, 32, 2.0), "alpha must be a number in"),
+    (lambda: stats.minimum_detectable_ratio(0.4, 32, 0.05, power=1.5), "power must be a number in"),
+    (lambda: stats.holm_levels([0.1], alpha=-1), "alpha must be a number in"),
+    (lambda: stats.signed_rank_interval([0.1, 0.2, 0.3], 1.5), "alpha must be a number in"),
+])
+def test_the_protocols_statistics_refuse_bad_inputs_naming_them(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -437,3 +437,15 @@ def test_the_primary_family_resolves_its_roles_and_labels_unequal_compute():
     assert (primary.loc[primary["budget"] == study.SAME_STEPS, "compute ratio"] == 1).all()
     with pytest.raises(ValueError, match="lacks the role"):
         study.primary_family({"best schedule": "s"})
+
+
+def test_the_compute_helpers_count_optimiser_steps_and_refuse_a_bad_budget():
+    """The mini-batch baseline pays epochs x ceil(256 / 32) = 8 steps per epoch; a pool pays budget x
+    tuning seeds x steps, once."""
+    assert engine.Config().baseline_optimiser_steps() == 10_000 * 8
+    setup = study.StudyConfig(n_tuning_seeds=8, steps=10_000, tuning_budget=32)
+    assert setup.pool_steps() == 32 * 8 * 10_000 and setup.pool_steps(8) == 8 * 8 * 10_000
+    with pytest.raises(ValueError, match="budget must be >= 1"):
+        setup.pool_steps(-3)
+    with pytest.raises(TypeError, match="budget must be an int"):
+        setup.pool_steps(2.5)
