@@ -20,7 +20,7 @@ LAYERS = {
     "rlr_results": 2, "rlr_engine": 2, "rlr_stacked": 2, "rlr_batched": 2,
     "rlr_env": 3, "rlr_peers": 3,
     "rlr_report": 4, "rlr_methods": 4, "rlr_study": 4, "rlr_controllers": 4,
-    "rlr_summaries": 5, "sweep": 5, "readme": 5, "build_site": 5, "rlr_provenance": 5,
+    "rlr_summaries": 5, "rlr_pbt": 5, "sweep": 5, "readme": 5, "build_site": 5, "rlr_provenance": 5,
 }
 """Each library module's layer (README, Layout); entry points (notebooks, benchmarks, sweep) are 5."""
 

@@ -21,6 +21,7 @@ import papermill
 import pytest
 
 import rlr_controllers
+import rlr_pbt
 import rlr_results as results_io
 import rlr_study as study
 
@@ -126,9 +127,23 @@ def test_the_verdict_includes_the_learning_rate_free_reference_and_pbt_is_compar
     assert sorted(history["seed"].unique()) == seeds and history["exploited"].any()
     assert len(history) == len(seeds) * parameters["population"] * (parameters["steps"] // parameters["perturbation_interval"])
     runs = pd.read_csv(results / "pbt_runs.csv")
-    assert sorted(runs["seed"].unique()) == seeds and set(runs["method"]) == {pbt["labels"]["pbt"], pbt["labels"]["equal_compute"]}
-    assert pd.DataFrame(pbt["claims"])["against"].isin([study.TUNED, benchmark["lr_free"], pbt["labels"]["equal_compute"],
-                                                        pbt["labels"]["pbt"]]).all()
+    labels = pbt["labels"]
+    assert sorted(runs["seed"].unique()) == seeds and set(runs["method"]) == {
+        labels["pbt"], labels["equal_compute"], labels["equal_compute_schedule"]}
+    assert (runs["optimiser_steps"] == parameters["population"] * parameters["steps"]).all()  # a population each
+    assert "same optimiser steps" not in set(runs["budget"])
+    # the pre-registered family, in its declared order, with notebook 04's picks as references
+    claims = pd.DataFrame(pbt["claims"])
+    assert [tuple(pair) for pair in pbt["comparisons"]] == list(rlr_pbt.PBT_COMPARISONS)
+    assert list(zip(claims["role"], claims["reference role"])) == list(rlr_pbt.PBT_COMPARISONS)
+    assert pbt["roles"]["best schedule"] == benchmark["best_schedule"] == labels["best_schedule"]
+    assert labels["equal_compute_schedule"].startswith(study.family(benchmark["best_schedule"]).label)
+    equal = claims[claims["against"].isin([labels["equal_compute"], labels["equal_compute_schedule"]])]
+    assert len(equal) == 2 and (equal["compute ratio"] == 1).all()
+    unequal = claims[claims["against"] == study.TUNED].iloc[0]
+    assert unequal["compute ratio"] == pytest.approx(1 / parameters["population"])
+    assert "same optimiser steps" not in unequal["budget"] and f"{parameters['population'] * parameters['steps']:,}" in unequal["budget"]
+    assert (claims["significant"] == ((claims["ci_low"] > 1) | (claims["ci_high"] < 1))).all()
 
 
 def test_notebooks_save_every_figure_as_png(executed):
