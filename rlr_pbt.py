@@ -20,6 +20,11 @@ import rlr_stats as stats
 import rlr_study as study
 from rlr_engine import Config, RunResult
 
+METRIC = "test_mse"
+GROUP = "PBT's comparisons"
+"""The budget label the tests group every row under: the sides pay different compute, so each test row
+states its own (compute_statement), never "same optimiser steps"."""
+
 PBT_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("PBT", "best schedule, best of P per seed"),
     ("PBT", "constant lr, best of P per seed"),
@@ -33,10 +38,8 @@ PBT_COMPARISONS: tuple[tuple[str, str], ...] = (
 two equal-compute per-seed picks (the first two: the question the compute asks), against notebook 04's
 references at one run per seed, and the best RL methods of notebook 04 against PBT."""
 
-METRIC = "test_mse"
-GROUP = "PBT's comparisons"
-"""The budget label the tests group every row under: the sides pay different compute, so each test row
-states its own (compute_statement), never "same optimiser steps"."""
+FAMILY = tuple((GROUP, method, reference, METRIC) for method, reference in PBT_COMPARISONS)
+"""PBT_COMPARISONS in rlr_study's form (budget, method role, reference role, metric)."""
 
 
 def per_seed_label(family_label: str, population: int) -> str:
@@ -74,8 +77,8 @@ def comparison_labels(population: int, benchmark: dict) -> dict[str, str]:
 
 
 def comparison_family(labels: dict[str, str]) -> list[tuple[str, str, str, str]]:
-    """PBT_COMPARISONS as (budget, method, reference, metric) for rlr_stats.primary_tests."""
-    return [(GROUP, labels[method], labels[reference], METRIC) for method, reference in PBT_COMPARISONS]
+    """PBT_COMPARISONS with their roles as labels (rlr_study.primary_family)."""
+    return study.primary_family(labels, FAMILY)
 
 
 def compute_statement(method_steps: int, reference_steps: int) -> str:
@@ -87,17 +90,10 @@ def compute_statement(method_steps: int, reference_steps: int) -> str:
 
 
 def pbt_tests(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """The family's tests (rlr_stats.primary_tests) on rows of every budget grouped together, each row with
-    its roles, both sides' optimiser steps per run, its compute statement (as 'budget', the column the
+    """The family's tests (rlr_study.primary_table: roles, both sides' optimiser steps, compute ratio) on
+    rows of every budget grouped together, with each row's compute statement (as 'budget', the column the
     claims tables print), wins with a Wilson CI, and primary=True."""
-    grouped = table.assign(budget=GROUP)
-    tests = stats.primary_tests(grouped, comparison_family(labels))
-    steps = grouped.groupby("method")["optimiser_steps"].max()
-    tests.insert(0, "role", [method for method, _ in PBT_COMPARISONS])
-    tests.insert(1, "reference role", [reference for _, reference in PBT_COMPARISONS])
-    tests["method steps"] = [int(steps[method]) for method in tests["method"]]
-    tests["reference steps"] = [int(steps[against]) for against in tests["against"]]
-    tests["compute ratio"] = tests["reference steps"] / tests["method steps"]
+    tests = study.primary_table(table.assign(budget=GROUP), labels, FAMILY)
     tests["budget"] = [compute_statement(own, other) for own, other in zip(tests["method steps"], tests["reference steps"])]
     wilson = [stats.wilson_interval(int(wins), int(seeds)) if seeds else (float("nan"), float("nan"))
               for wins, seeds in zip(tests["wins"], tests["seeds"])]

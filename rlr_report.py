@@ -489,27 +489,6 @@ def controller_costs(controllers: dict, tuning: pd.DataFrame, runs: dict[str, Se
     return pd.DataFrame(rows).set_index("method")
 
 
-def pbt_reading(claims: pd.DataFrame, summary: pd.DataFrame, pbt: str, references: Sequence[str],
-                agents: Sequence[str]) -> str:
-    """Notebook 06 in sentences: PBT's test MSE, its comparisons with the references (ratio reference MSE /
-    PBT MSE) and each RL agent's against PBT (ratio PBT MSE / agent MSE), on both primary metrics."""
-    primary = claims[claims["primary"]]
-    row = summary.loc[pbt]
-    lines = [f"**{pbt}** reaches a test MSE of {interval(*row[['geometric mean', 'gm CI low', 'gm CI high']], '.2e')} "
-             f"over {int(row['seeds'])} seeds ({int(row['diverged'])} diverged)."]
-    for method, against in [*((pbt, reference) for reference in references), *((agent, pbt) for agent in agents)]:
-        rows = primary[(primary["method"] == method) & (primary["against"] == against)]
-        parts = [f"{METRIC_WORDS[test['metric']]} {fold_interval(test['ratio'], test['ci_low'], test['ci_high'])} "
-                 f"({outcome(test)})" for _, test in rows.iterrows()]
-        lines.append(f"- {method} against {against} ({method}'s MSE, paired by seed): " + "; ".join(parts) + ".")
-    smallest = smallest_holm_p(int(row["seeds"]), len(primary))
-    lines.append(f"With {int(row['seeds'])} seeds and {len(primary)} tests, the smallest Holm-adjusted p-value "
-                 f"possible is {smallest:.2g} (every seed one way): "
-                 + ("a difference can be significant." if smallest < 0.05 else
-                    "no difference can be significant at 5%; more seeds are needed."))
-    return "\n".join(lines)
-
-
 def plot_pbt_population(history: pd.DataFrame, seed: int) -> plt.Figure:
     """One seed's PBT population per interval: each member's validation MSE (top) and lr (bottom); a ring
     marks an interval that continued another member's checkpoint (an exploit, then a perturbed lr)."""

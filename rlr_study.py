@@ -413,15 +413,6 @@ def constant_configurations(config: Config, study: StudyConfig, progress: bool =
     return {f"constant lr {params['lr']:.2e}": pool_runs for params, pool_runs in zip(pool, runs)}
 
 
-def picked_constant(config: Config, study: StudyConfig, progress: bool = False, budget: int | None = None
-                    ) -> list[RunResult]:
-    """Per evaluation seed, the constant-lr configuration (of the pool's first `budget`) with the lowest
-    validation MSE (never the test set): a per-run choice among that many runs, the equal-compute peer of
-    a PBT population of the same size."""
-    return pick_per_seed(constant_configurations(config, study, progress, budget), "validation",
-                         study.n_heldout_examples)[0]
-
-
 def headroom_label(n_candidates: int, split: str) -> str:
     return f"best of {n_candidates} schedules per seed ({'validation' if split == 'validation' else 'hindsight: test'})"
 
@@ -432,19 +423,6 @@ def pbt_label(population: int) -> str:
 
 def equal_compute_label(population: int) -> str:
     return f"constant lr, best of {population} per seed (validation)"
-
-
-def optimiser_steps_paid(study: StudyConfig, tuning: StudyConfig, population: int) -> pd.DataFrame:
-    """What each method of notebook 06 pays in optimiser steps: per evaluated run (a PBT population and
-    the per-seed pick run `population` runs), and once for tuning on the tuning seeds (notebook 04's
-    families, given `tuning`, notebook 04's StudyConfig), which any number of runs then reuse."""
-    once = tuning.pool_steps()
-    return pd.DataFrame([
-        {"method": pbt_label(population), "optimiser steps per run": population * study.steps, "tuning, once": 0},
-        {"method": equal_compute_label(population), "optimiser steps per run": population * study.steps,
-         "tuning, once": 0},
-        {"method": "a family tuned in notebook 04", "optimiser steps per run": study.steps, "tuning, once": once},
-    ]).set_index("method")
 
 
 BEST_LR_FREE_RULE = ("the learning-rate-free optimiser whose chosen configuration has the lowest validation MSE "
@@ -602,25 +580,28 @@ def primary_labels(picks: dict[str, dict], best_controller: str) -> dict[str, st
             "DQN as described": "DQN as described", "DQN as coded (original)": "DQN as coded (original)"}
 
 
-def primary_family(labels: dict[str, str]) -> list[tuple[str, str, str, str]]:
-    """PRIMARY_COMPARISONS with their roles replaced by labels (labels: role -> label)."""
-    missing = sorted({role for _, method, reference, _ in PRIMARY_COMPARISONS for role in (method, reference)}
-                     - set(labels))
+def primary_family(labels: dict[str, str], comparisons: Sequence[tuple[str, str, str, str]] = PRIMARY_COMPARISONS
+                   ) -> list[tuple[str, str, str, str]]:
+    """A pre-registered family (default PRIMARY_COMPARISONS) with its roles replaced by labels (labels:
+    role -> label)."""
+    missing = sorted({role for _, method, reference, _ in comparisons for role in (method, reference)} - set(labels))
     if missing:
         raise ValueError(f"labels lacks the role(s) {missing}")
-    return [(budget, labels[method], labels[reference], metric) for budget, method, reference, metric in PRIMARY_COMPARISONS]
+    return [(budget, labels[method], labels[reference], metric) for budget, method, reference, metric in comparisons]
 
 
-def primary_table(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """The primary tests (rlr_stats.primary_tests) of PRIMARY_COMPARISONS, with each row's roles and the
-    compute ratio of its two sides (the reference's optimiser steps per run over the method's; 1 where
-    they are equal)."""
-    tests = stats.primary_tests(table, primary_family(labels))
+def primary_table(table: pd.DataFrame, labels: dict[str, str],
+                  comparisons: Sequence[tuple[str, str, str, str]] = PRIMARY_COMPARISONS) -> pd.DataFrame:
+    """The tests (rlr_stats.primary_tests) of a pre-registered family of (budget, method role, reference
+    role, metric), default PRIMARY_COMPARISONS, with each row's roles, both sides' optimiser steps per run
+    and their compute ratio (the reference's over the method's; 1 where they are equal)."""
+    tests = stats.primary_tests(table, primary_family(labels, comparisons))
     steps = table.groupby(["budget", "method"])["optimiser_steps"].max()
-    tests.insert(0, "role", [method for _, method, _, _ in PRIMARY_COMPARISONS])
-    tests.insert(1, "reference role", [reference for _, _, reference, _ in PRIMARY_COMPARISONS])
-    tests["compute ratio"] = [steps[(row["budget"], row["against"])] / steps[(row["budget"], row["method"])]
-                              for _, row in tests.iterrows()]
+    tests.insert(0, "role", [method for _, method, _, _ in comparisons])
+    tests.insert(1, "reference role", [reference for _, _, reference, _ in comparisons])
+    tests["method steps"] = [int(steps[(row["budget"], row["method"])]) for _, row in tests.iterrows()]
+    tests["reference steps"] = [int(steps[(row["budget"], row["against"])]) for _, row in tests.iterrows()]
+    tests["compute ratio"] = tests["reference steps"] / tests["method steps"]
     return tests
 
 

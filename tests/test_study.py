@@ -195,7 +195,8 @@ def test_the_learning_rate_free_reference_is_picked_on_validation_and_compared_a
 def test_a_per_seed_pick_keeps_each_seeds_lowest_validation_mse_among_the_configurations():
     setup = study.StudyConfig(first_eval_seed=3, n_eval_seeds=2, steps=30, tuning_budget=4, n_heldout_examples=32)
     config = engine.Config()
-    picked = study.picked_constant(config, setup)
+    import rlr_pbt
+    picked, _ = rlr_pbt.picked_per_seed("constant lr", config, setup, setup.tuning_budget)
     assert [run.seed for run in picked] == setup.eval_seeds
     for run in picked:
         candidates = [study.run_family("constant lr", params, config, [run.seed], 30)[0]
