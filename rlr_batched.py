@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -449,6 +449,97 @@ def train_full_batch(config: Config, seeds: Sequence[int],
     wall_seconds = time.perf_counter() - started
     series = {"loss": losses.cpu().double().numpy(), "lr": used_lrs.cpu().numpy()}
     return per_member_results(method, configs, series, ~np.isfinite(series["loss"]), wall_seconds,
+                              net.to_modules())
+
+
+def run_major_order(net: StackedModel) -> torch.Tensor:
+    """Indices into net.params such that net.params[order].view(K, P) has run k's P parameters in row k
+    (named_parameters order): the layout in which each run is one flat tensor."""
+    blocks = net.blocks(torch.arange(net.params.numel(), device=net.params.device))
+    return torch.cat([block.reshape(net.n_runs, -1) for block in blocks.values()], dim=1).reshape(-1)
+
+
+class OwnOptimizers:
+    """One optimiser instance per run of a StackedModel, each from its own package, stepping its run's
+    parameters as one flat tensor (a row of a run-major copy of net.params, copied back after each step).
+
+    Hand-written because no library steps many instances of a third-party optimiser on stacked models.
+    Runs must not share an instance: Prodigy and D-Adaptation estimate one step size from norms over all
+    of an instance's parameters. One flat tensor is the same update as the per-layer tensors for
+    optimisers whose update is elementwise with sums over all parameters (Prodigy, D-Adaptation Adam,
+    Schedule-Free AdamW; tests/test_peers.py holds each to the reference loop), up to summation order.
+    """
+
+    def __init__(self, net: StackedModel, make_optimizer: Callable[[Any, float], Any]) -> None:
+        self.net, self.order = net, run_major_order(net)
+        self.runs = net.params[self.order].view(net.n_runs, -1).clone()
+        self.run_grads = torch.zeros_like(self.runs)
+        rows = [self.runs[k] for k in range(net.n_runs)]
+        for row, grad in zip(rows, self.run_grads):
+            row.grad = grad
+        self.optimizers = [make_optimizer([row], 1.0) for row in rows]
+        self.has_modes = all(callable(getattr(opt, "train", None)) and callable(getattr(opt, "eval", None))
+                             for opt in self.optimizers)
+
+    def step(self, alive: np.ndarray, lrs: np.ndarray) -> None:
+        """Each live run's optimiser steps on its gradient (net.grad); lrs[k] gets the lr its group holds."""
+        torch.index_select(self.net.grad, 0, self.order, out=self.run_grads.view(-1))
+        for k in np.flatnonzero(alive):
+            self.optimizers[k].step()
+            lrs[k] = self.optimizers[k].param_groups[0]["lr"]
+        self.net.params.index_copy_(0, self.order, self.runs.view(-1))
+
+    def set_mode(self, mode: str) -> None:
+        """'train' or 'eval' on every instance (schedule-free: the switches rewrite the weights in place)."""
+        for opt in self.optimizers:
+            getattr(opt, mode)()
+        self.net.params.index_copy_(0, self.order, self.runs.view(-1))
+
+
+def train_own_optimizers(config: Config, seeds: Sequence[int], make_optimizer: Callable[[Any, float], Any],
+                         steps: int, method: str, progress: bool = False) -> list[RunResult]:
+    """rlr_engine.train_full_batch(config.with_seed(s), 1.0, steps, method, make_optimizer=make_optimizer)
+    for every seed s, with one batched forward and backward pass per step and one optimiser instance per
+    run, built by make_optimizer([its parameters], 1.0) (OwnOptimizers).
+
+    An optimiser with train()/eval() modes steps in train mode, and its losses and models are those of
+    its eval-mode weights, as in the reference. A run whose loss goes non-finite stops stepping; its
+    series are cut at diverged_at.
+    """
+    rlr_core.check_int("steps", steps, 1)
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"method must be a non-empty string (the results' name), got {method!r}")
+    if not callable(make_optimizer):
+        raise TypeError(f"make_optimizer must be callable(parameters, lr), got {type(make_optimizer).__name__}")
+    configs = member_configs(config, seeds)
+    _, dtype, device, inputs, targets, net = stack_members(configs)
+    optimizers = OwnOptimizers(net, make_optimizer)
+    if optimizers.has_modes:
+        optimizers.set_mode("train")
+    losses = torch.full((steps, net.n_runs), math.nan, dtype=dtype, device=device)
+    used_lrs = np.full((steps, net.n_runs), math.nan)
+    alive = np.ones(net.n_runs, dtype=bool)
+    started = time.perf_counter()
+    with torch.no_grad(), progress_bar(steps, f"{method} x{net.n_runs}", progress) as bar:
+        mse_loss_and_grad(net, inputs, targets)  # gradient of L_0 at the train-mode weights
+        for step in range(steps):
+            optimizers.step(alive, used_lrs[step])
+            if optimizers.has_modes:  # L at the eval-mode weights is logged; the gradient is taken in train mode
+                optimizers.set_mode("eval")
+                losses[step] = mse_loss_and_grad(net, inputs, targets, with_grad=False)
+                optimizers.set_mode("train")
+                if step < steps - 1:
+                    mse_loss_and_grad(net, inputs, targets)
+            else:
+                losses[step] = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
+            alive &= torch.isfinite(losses[step]).cpu().numpy()
+            if not alive.any():
+                break
+            bar.update()
+    if optimizers.has_modes:
+        optimizers.set_mode("eval")  # the returned models hold the weights the optimisers stand for
+    series = {"loss": losses.cpu().double().numpy(), "lr": used_lrs}
+    return per_member_results(method, configs, series, ~np.isfinite(series["loss"]), time.perf_counter() - started,
                               net.to_modules())
 
 

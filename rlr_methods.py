@@ -33,7 +33,7 @@ from rlr_results import RunResult
 
 KINDS = ("schedule", "lr_free", "agent", "controller")
 """schedule: full-batch Adam under a learning-rate rule (batched engine); lr_free: a learning-rate-free
-optimiser of another package, run per seed; agent: a DQN scheduler learning within the run (batched
+optimiser of another package, one instance per run; agent: a DQN scheduler learning within the run (batched
 engine); controller: a controller trained beforehand on other tasks and frozen (rlr_controllers)."""
 
 SCALES = ("linear", "log", "log-int")
@@ -269,8 +269,9 @@ def check_knobs(method: str, ranges: dict, params: Any, defaults: dict, domains:
 def lr_free_method(key: str, label: str, ranges: dict, make_optimizer: Callable, usage: str, *,
                    defaults: dict | None = None, domains: dict | None = None) -> Method:
     """A learning-rate-free optimiser of another package: make_optimizer(parameters, params, steps) -> a
-    torch optimiser, run per seed on the reference loop (its step size comes from norms over all
-    parameters, so batched runs must not share one), as Ray tasks when Ray is started (rlr_peers).
+    torch optimiser, one instance per run (its step size comes from norms over all parameters, so runs
+    must not share one) over a batched forward and backward pass (rlr_batched.train_own_optimizers), as
+    Ray tasks when Ray is started (rlr_peers.submit_per_seed).
     defaults: knobs a run may leave out, with their values; domains: where a knob is valid (check_knobs)."""
     defaults, domains = dict(defaults or {}), dict(domains or {})
 

@@ -1,10 +1,10 @@
 """The methods practitioners use instead of an RL scheduler, each through its own package.
 
 - Learning-rate-free optimisers (Schedule-Free AdamW, Prodigy, D-Adaptation Adam: their entries are in
-  rlr_methods), stepped by rlr_engine.train_full_batch, one seed per run. Prodigy and D-Adaptation
-  estimate their step size from norms over all parameters, so the members of a batched run must not
-  share one optimiser: they run per seed, as Ray tasks when Ray is started (start_ray), else one after
-  another in this process (the same numbers: each run is on one thread either way).
+  rlr_methods). Prodigy and D-Adaptation estimate their step size from norms over all parameters, so
+  runs must not share one optimiser: rlr_batched.train_own_optimizers gives each run its own instance and
+  shares only the forward and backward pass, LR_FREE_BATCH seeds per Ray task when Ray is started
+  (start_ray), else in this process (the same numbers: each batch is on one thread either way).
 - Population Based Training on Ray Tune (run_pbt): P members train full-batch Adam from P learning rates;
   at every perturbation interval the worst quarter copies a best member's checkpoint (model and Adam state)
   and perturbs its lr. It costs P runs of optimiser steps.
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import rlr_batched as batched
 import rlr_core as rc
 import rlr_engine as engine
 from rlr_engine import Config
@@ -74,16 +75,6 @@ def on_one_thread(function: Callable) -> Callable:
     return wrapped
 
 
-# ---------------------------------------------------------------------------------------------------
-# The learning-rate-free optimisers
-# ---------------------------------------------------------------------------------------------------
-
-def train_lr_free(make_optimizer: Callable, method: str, config: Config, steps: int) -> RunResult:
-    """One run of a learning-rate-free optimiser on config.seed's data (rlr_engine's reference loop);
-    make_optimizer(parameters, lr) builds it (rlr_methods' lr_free entries hold its knobs)."""
-    return engine.train_full_batch(config, 1.0, steps, method, make_optimizer=make_optimizer)
-
-
 def submit_tasks(function: Callable, calls: Sequence[tuple]) -> Callable[[], list]:
     """function(*call) for every call: one Ray task each (one CPU, torch on one thread) when Ray is started,
     submitted now; without Ray, nothing runs until the result is asked for. Returns collect(), which gives
@@ -97,11 +88,26 @@ def submit_tasks(function: Callable, calls: Sequence[tuple]) -> Callable[[], lis
     return lambda: ray.get(pending)
 
 
+# ---------------------------------------------------------------------------------------------------
+# The learning-rate-free optimisers
+# ---------------------------------------------------------------------------------------------------
+
+LR_FREE_BATCH = 16
+"""Runs of one learning-rate-free configuration per task, sharing one batched forward and backward pass
+(rlr_batched.train_own_optimizers): 3.3-6x the reference loop's speed at 8-32 runs on one core
+(benchmarks/bench_lr_free.py), flat beyond 16."""
+
+
 def submit_per_seed(make_optimizer: Callable, method: str, config: Config, seeds: Sequence[int], steps: int
                     ) -> Callable[[], list]:
-    """train_lr_free on every seed, one task per seed (submit_tasks); returns collect()."""
-    configs = [config.with_seed(seed) for seed in seeds]
-    return submit_tasks(train_lr_free, [(make_optimizer, method, single, steps) for single in configs])
+    """One learning-rate-free configuration on every seed: rlr_batched.train_own_optimizers on chunks of
+    at most LR_FREE_BATCH seeds, one task per chunk (submit_tasks); returns collect(), one RunResult per
+    seed, in the order of seeds."""
+    seeds = list(seeds)
+    chunks = [seeds[start:start + LR_FREE_BATCH] for start in range(0, len(seeds), LR_FREE_BATCH)]
+    collect = submit_tasks(batched.train_own_optimizers,
+                           [(config, chunk, make_optimizer, steps, method) for chunk in chunks])
+    return lambda: [run for runs in collect() for run in runs]
 
 
 # ---------------------------------------------------------------------------------------------------

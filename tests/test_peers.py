@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import rlr_batched
 import rlr_core as rc
 import rlr_engine as engine
 import rlr_methods as methods
@@ -89,6 +90,81 @@ def test_d_adaptation_trains_only_with_adams_bias_correction_which_the_study_tur
         return engine.train_full_batch(engine.Config(), 1.0, 300, "d", make_optimizer=make).series["loss"][-1]
 
     assert final_loss(False) > 0.25 and final_loss(True) < 0.01
+
+
+@pytest.mark.parametrize("name", methods.keys("lr_free"))
+def test_batched_runs_each_with_its_own_optimiser_equal_the_reference_loop_in_float64(name: str):
+    """rlr_batched.train_own_optimizers shares only the forward and backward pass: every run equals its
+    reference run (same losses to summation order, same lrs, same final weights). A shared instance
+    (one step size from all runs' norms) would not: Prodigy's and D-Adaptation's estimates would mix."""
+    config, steps, seeds = engine.Config(dtype="float64"), 40, [0, 3, 5]
+    make = lr_free_optimizer(name, KNOBS[name], steps)
+    batched = rlr_batched.train_own_optimizers(config, seeds, make, steps, name)
+    for run, seed in zip(batched, seeds):
+        reference = engine.train_full_batch(config.with_seed(seed), 1.0, steps, name, make_optimizer=make)
+        assert run.seed == seed and run.method == reference.method and run.diverged_at is None
+        np.testing.assert_allclose(run.series["loss"], reference.series["loss"], rtol=1e-10)
+        assert np.array_equal(run.series["lr"], reference.series["lr"])
+        for mine, theirs in zip(run.model.parameters(), reference.model.parameters()):
+            torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_batched_run_that_diverges_is_cut_where_its_reference_is_and_leaves_the_others_untouched():
+    """The first run's optimiser gets an absurd lr (make_optimizer is called once per run, in seed order):
+    it diverges at its reference's step, nothing non-finite is logged, and the other run equals its own
+    reference."""
+    config, steps = engine.Config(), 200  # float32: in float64 this lr collapses the network without overflow
+    made = []
+
+    def make(parameters, lr):
+        knobs = {"lr": 1e6} if not made else {"lr": 3e-3}
+        made.append(knobs)
+        return lr_free_optimizer("schedule_free", knobs, steps)(parameters, lr)
+
+    wild, tame = rlr_batched.train_own_optimizers(config, [1, 2], make, steps, "schedule-free")
+    wild_reference = engine.train_full_batch(config.with_seed(1), 1.0, steps, "schedule-free",
+                                             make_optimizer=lr_free_optimizer("schedule_free", {"lr": 1e6}, steps))
+    tame_reference = engine.train_full_batch(config.with_seed(2), 1.0, steps, "schedule-free",
+                                             make_optimizer=lr_free_optimizer("schedule_free", {"lr": 3e-3}, steps))
+    assert wild.diverged_at == wild_reference.diverged_at is not None
+    assert np.isfinite(wild.series["loss"]).all() and len(wild.series["loss"]) == wild.diverged_at
+    assert tame.diverged_at is None
+    np.testing.assert_allclose(tame.series["loss"], tame_reference.series["loss"], rtol=1e-4)
+
+
+def test_batched_schedule_free_runs_are_recorded_at_their_eval_mode_weights():
+    config = engine.Config(seed=2)
+    run, = rlr_batched.train_own_optimizers(config, [2], lr_free_optimizer("schedule_free", KNOBS["schedule_free"], 60),
+                                            60, "schedule-free")
+    data = rc.make_polynomial_dataset(config.task, rc.derive_seeds(2).data)
+    with torch.no_grad():
+        assert run.series["loss"][-1] == pytest.approx(float(rc.full_batch_loss(run.model, data)), rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"steps": 0}, ValueError, "steps"),
+    ({"method": ""}, ValueError, "method"),
+    ({"make_optimizer": "prodigy"}, TypeError, "make_optimizer"),
+    ({"seeds": []}, ValueError, "seeds"),
+])
+def test_batched_learning_rate_free_runs_refuse_bad_input_by_name(kwargs: dict, error: type, match: str):
+    call = {"config": engine.Config(), "seeds": [0], "steps": 10, "method": "prodigy",
+            "make_optimizer": lr_free_optimizer("prodigy", KNOBS["prodigy"], 10), **kwargs}
+    with pytest.raises(error, match=match):
+        rlr_batched.train_own_optimizers(**call)
+
+
+def test_submit_per_seed_batches_at_most_lr_free_batch_seeds_and_keeps_their_order(monkeypatch):
+    calls = []
+
+    def fake(config, seeds, make_optimizer, steps, method):
+        calls.append(list(seeds))
+        return [f"run {seed}" for seed in seeds]
+
+    monkeypatch.setattr(peers.batched, "train_own_optimizers", fake)
+    monkeypatch.setattr(peers, "LR_FREE_BATCH", 3)
+    assert peers.submit_per_seed(None, "m", engine.Config(), range(7), 5)() == [f"run {s}" for s in range(7)]
+    assert calls == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 @pytest.fixture(scope="module")
