@@ -94,8 +94,8 @@ def submit_tasks(function: Callable, calls: Sequence[tuple]) -> Callable[[], lis
 
 LR_FREE_BATCH = 16
 """Runs of one learning-rate-free configuration per task, sharing one batched forward and backward pass
-(rlr_batched.train_own_optimizers): 3.3-6x the reference loop's speed at 8-32 runs on one core
-(benchmarks/bench_lr_free.py), flat beyond 16."""
+(rlr_batched.train_own_optimizers); benchmarks/bench_lr_free.py times K = 8, 16 and 32 against the
+reference loop (the README's performance block)."""
 
 
 def submit_per_seed(make_optimizer: Callable, method: str, config: Config, seeds: Sequence[int], steps: int
