@@ -214,6 +214,12 @@ class ScheduleConfig:
     def n_actions(self) -> int:
         return len(self.lr_factors) if self.lr_factors else len(self.index_shifts)
 
+    @property
+    def sees_budget(self) -> bool:
+        """Whether the state holds the fraction of the budget left (features 'control'): then the run's end
+        is part of the problem the agent sees, a terminal state (rlr_env.time_limit_is_terminal)."""
+        return self.features == "control"
+
 
 @dataclass
 class DQNConfig:
@@ -222,7 +228,8 @@ class DQNConfig:
     hidden_size: int = 64
     """width of both hidden layers of the Q-network"""
     gamma: float = 0.99
-    """discount factor (the original's run has no terminal states; episodic tasks mark them)"""
+    """discount factor in [0, 1]; 1 (the undiscounted telescoping return, log L_0 - log L_T with log
+    rewards) only where the run's end is terminal, i.e. the state sees the budget (Config checks)"""
     lr: float = 1e-3
     """Adam learning rate of the Q-network"""
     tau: float = 0.005
@@ -246,7 +253,7 @@ class DQNConfig:
 
     def __post_init__(self) -> None:
         check_int("dqn.hidden_size", self.hidden_size, 1)
-        check_float("dqn.gamma", self.gamma, 0.0, 1.0, low_open=False, high_open=True)
+        check_float("dqn.gamma", self.gamma, 0.0, 1.0, low_open=False)
         check_float("dqn.lr", self.lr, 0.0, math.inf, high_open=True)
         check_float("dqn.tau", self.tau, 0.0, 1.0)
         check_int("dqn.batch_size", self.batch_size, 1)
@@ -320,6 +327,10 @@ class Config:
                            ("schedule", ScheduleConfig), ("dqn", DQNConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.dqn.gamma == 1.0 and not self.schedule.sees_budget:
+            raise ValueError("dqn.gamma = 1 needs a run whose end is terminal, i.e. schedule.features='control' (the "
+                             f"budget left in the state); with features={self.schedule.features!r} the run has no "
+                             "terminal state and undiscounted values grow without bound")
 
     def to_dict(self) -> dict:
         return asdict(self)

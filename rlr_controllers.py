@@ -36,7 +36,7 @@ import rlr_methods as methods
 import rlr_peers as peers
 import rlr_stats as stats
 from rlr_engine import Config, agent_method_name
-from rlr_env import LRControlEnv, LRControlVectorEnv, train_agent_on_vector_env
+from rlr_env import LRControlEnv, LRControlVectorEnv, time_limit_is_terminal, train_agent_on_vector_env
 from rlr_results import RunResult, atomic_write
 from rlr_study import StudyConfig, heldout_mse
 
@@ -228,6 +228,7 @@ class SB3VectorEnv(VecEnv):
         self.episodes: list[dict] = []
         self.returns, self.lengths = np.zeros(env.num_envs), np.zeros(env.num_envs, dtype=np.int64)
         self.actions: np.ndarray | None = None
+        self.time_limit_terminal = time_limit_is_terminal(env)
 
     def reset(self) -> np.ndarray:
         seeds = None if self._seeds[0] is None else [int(seed) for seed in self._seeds]
@@ -246,7 +247,9 @@ class SB3VectorEnv(VecEnv):
         self.lengths += 1
         infos: list[dict] = [{} for _ in range(self.num_envs)]
         for k in np.flatnonzero(done):
-            infos[k] = {"terminal_observation": observation[k].copy(), "TimeLimit.truncated": bool(truncated[k])}
+            # SB3 bootstraps a done marked TimeLimit.truncated: not where the time limit is terminal
+            infos[k] = {"terminal_observation": observation[k].copy(),
+                        "TimeLimit.truncated": bool(truncated[k]) and not self.time_limit_terminal}
             self.episodes.append({"seed": int(info["episode_seed"][k]), "return": float(self.returns[k]),
                                   "length": int(self.lengths[k]), "terminated": bool(terminated[k])})
         if done.any():
@@ -299,11 +302,12 @@ def quiet_sb3():
 # ---------------------------------------------------------------------------------------------------
 
 CONTROLLER_RANGES = {"dqn.lr": (1e-5, 1e-2, "log"), "dqn.horizon": (10.0, 1000.0, "log"),
-                     "dqn.epsilon_decay": (100.0, 10_000.0, "log")}
+                     "dqn.undiscounted": (0, 1, "binary"), "dqn.epsilon_decay": (100.0, 10_000.0, "log")}
 """The DQN controller's search, fixed before any controller result: the Q-network's Adam lr, the discount
-as a horizon in decisions (10 decisions = 1 000 optimiser steps; 1 000 is about gamma 1 over a 100-decision
-run: no short-horizon bias) and the exploration time constant in acts (a training of 4 rounds on 16 tasks
-acts about 6 500 times)."""
+as a horizon in decisions (10 decisions = 1 000 optimiser steps), or no discount at all (dqn.undiscounted:
+gamma = 1, the telescoping return log L_0 - log L_T itself, valid because the run's end is terminal in the
+controller's state; half of the pool), and the exploration time constant in acts (a training of 4 rounds on
+16 tasks acts about 6 500 times)."""
 
 CONTROLLER_DQN = {"double_dqn": True, "replay_capacity": 100_000, "learning_starts": 256}
 """The controller DQN's fixed settings: Double DQN, a replay memory holding every transition of its training."""
@@ -413,7 +417,9 @@ def validate_controller(trained: TrainedController, study: StudyConfig) -> Train
 def train_dqn_controller(config: Config, study: StudyConfig, controller: ControllerConfig, params: dict
                          ) -> TrainedController:
     """One configuration of the DQN controller (CONTROLLER_RANGES' knobs), trained and validated."""
-    dqn_config = config.with_overrides({"dqn": {**CONTROLLER_DQN, **methods.dqn_overrides(params)["dqn"]}})
+    # the controller's schedule first: gamma = 1 is valid only where the state sees the budget
+    dqn_config = config.with_overrides({"schedule": asdict(controller.schedule(config.schedule.steps)),
+                                        "dqn": {**CONTROLLER_DQN, **methods.dqn_overrides(params)["dqn"]}})
     started = time.perf_counter()
     run_config, agent, curve = train_controller(dqn_config, controller)
     trained = TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), agent.policy_net.state_dict(), curve,

@@ -540,6 +540,9 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         if self.agent.state_dim != schedule.state_dim:
             raise ValueError(f"agent.state_dim must be {schedule.state_dim} for schedule.features="
                              f"{schedule.features!r}, got {self.agent.state_dim}")
+        if self.agent.config.gamma == 1.0 and not schedule.sees_budget:
+            raise ValueError("dqn.gamma = 1 needs schedule.features='control': only a run whose state sees its "
+                             "budget has a terminal end")
         self.lr_index = schedule.start_index
         self.previous_loss: float | None = None
         self.previous_state: torch.Tensor | None = None
@@ -592,7 +595,9 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         state = self.observe(loss)
         if self.previous_state is not None and self.agent.training:
             reward = float(loss_reward(self.previous_loss, loss, self.schedule.features))
-            self.agent.remember(self.previous_state, self.last_action, state, reward)
+            # the run's end is terminal where the state sees the budget (rlr_env.time_limit_is_terminal)
+            end_of_run = self.schedule.sees_budget and self.last_epoch >= self.schedule.steps
+            self.agent.remember(self.previous_state, self.last_action, state, reward, terminated=end_of_run)
             self.agent.learn()
         state = acting_state(state, self.agent.config.variant)
         action = self.agent.act(state)

@@ -332,6 +332,34 @@ class LRControlVectorEnv(VectorEnv):
         return diverged.cpu().numpy()
 
 
+def time_limit_is_terminal(env: Any) -> bool:
+    """Whether an episode's end at its time limit is a terminal state of the problem the agent sees: yes
+    when the observation holds the budget left (schedule.sees_budget), because then the time limit is part
+    of the MDP and bootstrapping past it would value steps the run never takes; no otherwise, where the
+    truncation is the experimenter's and the last transition is bootstrapped from its real next state
+    (Pardo et al. 2018, "Time Limits in Reinforcement Learning"). env: an LRControlEnv, its vector form, or
+    any env (a wrapper's unwrapped one) with a `schedule`; an env without one truncates (False)."""
+    schedule = getattr(getattr(env, "unwrapped", env), "schedule", None)
+    return bool(getattr(schedule, "sees_budget", False))
+
+
+def stored_as_terminal(terminated: Any, truncated: Any, time_limit_terminal: bool) -> Any:
+    """What replay stores as `terminated` (no bootstrapping from next_state): a terminated transition,
+    and a truncated one where the time limit is terminal (time_limit_is_terminal). Works on bools and on
+    numpy bool arrays (vector envs)."""
+    return terminated | (truncated & time_limit_terminal)
+
+
+def check_discount(env: Any, agent: rc.DQNAgent) -> bool:
+    """time_limit_is_terminal(env), after refusing gamma = 1 where no episode end is terminal (undiscounted
+    values would grow without bound over bootstrapped truncations)."""
+    terminal = time_limit_is_terminal(env)
+    if agent.config.gamma == 1.0 and not terminal:
+        raise ValueError("dqn.gamma = 1 needs an environment whose time limit is terminal (the budget left in "
+                         "the state: schedule.features='control')")
+    return terminal
+
+
 def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
                        seed: int | None = None, max_episodes: int | None = None) -> dict[str, list]:
     """Run agent on env for total_steps environment steps (or until max_episodes episodes have finished),
@@ -342,8 +370,9 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
     always the observation step() returned, also at truncation (the real next state). Gymnasium's
     semantics: a terminated transition is stored as terminal (no bootstrapping from it: for
     LRControlEnv's divergence, the penalty is the last reward), a truncated one is bootstrapped from its
-    real next observation. With agent.training False (eval) nothing is stored or learned: an evaluation
-    rollout with the greedy policy.
+    real next observation, except where the time limit is terminal (time_limit_is_terminal: the budget is
+    in the state), when it is stored as terminal too. With agent.training False (eval) nothing is stored
+    or learned: an evaluation rollout with the greedy policy.
 
     Returns episode_returns, episode_lengths and episode_terminated (one per finished episode; an
     unfinished last episode is left out) and dqn_losses (one per DQN update).
@@ -357,6 +386,7 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
     rc.check_int("total_steps", total_steps, 0)
     if max_episodes is not None:
         rc.check_int("max_episodes", max_episodes, 1)
+    time_limit_terminal = check_discount(env, agent)
     history: dict[str, list] = {"episode_returns": [], "episode_lengths": [], "episode_terminated": [],
                                 "dqn_losses": []}
     observation, _ = env.reset(seed=seed)
@@ -365,7 +395,8 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
         action = agent.act(observation)
         next_observation, reward, terminated, truncated, _ = env.step(action)
         if agent.training:
-            agent.remember(observation, action, next_observation, float(reward), terminated=bool(terminated))
+            agent.remember(observation, action, next_observation, float(reward),
+                           terminated=bool(stored_as_terminal(bool(terminated), bool(truncated), time_limit_terminal)))
             dqn_loss = agent.learn()
             if dqn_loss is not None:
                 history["dqn_losses"].append(dqn_loss)
@@ -388,7 +419,8 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
                               updates_per_step: int = 1) -> dict[str, list]:
     """train_agent_on_env over a vector environment with next-step autoreset (e.g. LRControlVectorEnv):
     each vector step the agent acts for every task, remembers every real transition (terminated ones as
-    terminal; not the step that autoresets a task, which is no transition) and takes updates_per_step
+    terminal, truncated ones too where the time limit is terminal: stored_as_terminal; not the step that
+    autoresets a task, which is no transition) and takes updates_per_step
     DQN updates. total_steps counts vector steps. Returns episode_returns, episode_lengths,
     episode_terminated and episode_seeds (info["episode_seed"], None if the env gives none) of every
     finished episode, in the order they finish, and dqn_losses."""
@@ -399,6 +431,7 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
         raise ValueError(f"envs.single_action_space must be Discrete({agent.n_actions}) for this agent, got {single}")
     rc.check_int("total_steps", total_steps, 0)
     rc.check_int("updates_per_step", updates_per_step, 1)
+    time_limit_terminal = check_discount(envs, agent)
     history: dict[str, list] = {"episode_returns": [], "episode_lengths": [], "episode_terminated": [],
                                 "episode_seeds": [], "dqn_losses": []}
     observations, _ = envs.reset(seed=seed)
@@ -407,10 +440,11 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
     for _ in range(total_steps):
         actions = np.array([agent.act(observation) for observation in observations])
         next_observations, rewards, terminated, truncated, info = envs.step(actions)
+        terminal = stored_as_terminal(terminated, truncated, time_limit_terminal)
         for k in np.flatnonzero(~restarting):
             if agent.training:
                 agent.remember(observations[k], int(actions[k]), next_observations[k], float(rewards[k]),
-                               terminated=bool(terminated[k]))
+                               terminated=bool(terminal[k]))
             returns[k] += rewards[k]
             lengths[k] += 1
         for k in np.flatnonzero(terminated | truncated):

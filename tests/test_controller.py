@@ -147,7 +147,8 @@ def test_a_policy_run_that_diverges_stops_before_the_non_finite_loss():
 
 def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expects():
     """SB3VectorEnv over LRControlVectorEnv: a finished task comes back as a new task at once (budget 1 in
-    its observation), its last observation in info["terminal_observation"], truncation marked; every
+    its observation), its last observation in info["terminal_observation"], the run's end not marked as a
+    truncation (the budget is in the state: the end is terminal, SB3 must not bootstrap past it); every
     episode's return telescopes to log L_0 - log L_T of its own task (checked against LRControlEnv on its seed)."""
     schedule = rc.ScheduleConfig(steps=30, decision_interval=10, **CONTROL)
     env = controllers.SB3VectorEnv(rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64"))
@@ -157,7 +158,7 @@ def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expec
     for step in range(3):
         observation, rewards, dones, infos = env.step(np.array([1, 2]))
         assert rewards.dtype == np.float32 and dones.tolist() == [step == 2] * 2
-    assert all(info["TimeLimit.truncated"] and info["terminal_observation"][3] == 0.0 for info in infos)
+    assert all(not info["TimeLimit.truncated"] and info["terminal_observation"][3] == 0.0 for info in infos)
     assert (observation[:, 3] == 1.0).all(), "the returned observation is the new task's"
     assert [episode["seed"] for episode in env.episodes] == [11, 12]
     for episode, action in zip(env.episodes, (1, 2)):
