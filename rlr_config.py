@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 DQN_VARIANTS = ("described", "as_coded")
-STATE_FEATURES = ("raw", "log", "control")
+STATE_FEATURES = ("raw", "log", "control", "validation")
+REWARDS = ("training", "validation")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -167,13 +168,21 @@ class ScheduleConfig:
     """'raw': state (L, L - L_prev), reward L_t - L_{t+1} (original); 'log': state (log L,
     log L - log L_prev, lr position in [0, 1]), reward log L_t - log L_{t+1} (scale-free ablation);
     'control': the log state plus the fraction of the budget (steps) left, the same log reward (a
-    controller that sees the end of its run)"""
+    controller that sees the end of its run); 'validation': the control state plus log V and
+    log V - log V_prev, V the loss on the task seed's validation split (what the verdict's tuning scores)"""
     lr_factors: tuple[float, ...] = ()
     """empty: actions shift the grid index (original); else action a multiplies the lr by
     lr_factors[a], clipped to [lr_grid[0], lr_grid[-1]] (e.g. (0.5, 1.0, 2.0))"""
     decision_interval: int = 1
     """optimiser steps per decision: an action's lr is held this many steps, and the reward and the
     state's change span them (1: the original, a decision every step)"""
+    reward: str = "training"
+    """'training': the features' reward on the training loss; 'validation': log V_t - log V_{t+1} on the
+    validation split (telescoping to log V_0 - log V_T; Xu et al. 2019 reward the validation loss to target
+    generalisation); not with raw features"""
+    validation_examples: int = 1024
+    """validation polynomials of the task seed (its validation stream) that V is measured on, wherever
+    the features or the reward use it"""
 
     def __post_init__(self) -> None:
         self.lr_grid = tuple(float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
@@ -200,6 +209,12 @@ class ScheduleConfig:
         for i, factor in enumerate(self.lr_factors):
             check_float(f"schedule.lr_factors[{i}]", factor, 0.0, math.inf, high_open=True)
         check_int("schedule.decision_interval", self.decision_interval, 1)
+        if self.reward not in REWARDS:
+            raise ValueError(f"schedule.reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.reward == "validation" and self.features == "raw":
+            raise ValueError("schedule.reward='validation' is a log reward: use features 'log', 'control' or "
+                             "'validation', not 'raw'")
+        check_int("schedule.validation_examples", self.validation_examples, 1)
         if self.decision_interval > self.steps:
             raise ValueError(f"schedule.decision_interval must be at most schedule.steps ({self.steps}): a "
                              f"decision holds its lr that many steps, got {self.decision_interval}")
@@ -207,8 +222,9 @@ class ScheduleConfig:
     @property
     def state_dim(self) -> int:
         """2 for raw features (L, dL), 3 for log features (log L, d log L, lr position), 4 for control
-        features (log features and the fraction of the budget left)."""
-        return {"raw": 2, "log": 3, "control": 4}[self.features]
+        features (log features and the fraction of the budget left), 6 for validation features (control
+        features and log V, d log V)."""
+        return {"raw": 2, "log": 3, "control": 4, "validation": 6}[self.features]
 
     @property
     def n_actions(self) -> int:
@@ -216,9 +232,14 @@ class ScheduleConfig:
 
     @property
     def sees_budget(self) -> bool:
-        """Whether the state holds the fraction of the budget left (features 'control'): then the run's end
-        is part of the problem the agent sees, a terminal state (rlr_env.time_limit_is_terminal)."""
-        return self.features == "control"
+        """Whether the state holds the fraction of the budget left (features 'control', 'validation'): then
+        the run's end is part of the problem the agent sees, a terminal state (rlr_env.time_limit_is_terminal)."""
+        return self.features in ("control", "validation")
+
+    @property
+    def uses_validation(self) -> bool:
+        """Whether the state or the reward reads the validation loss V (the environments measure it)."""
+        return self.features == "validation" or self.reward == "validation"
 
 
 @dataclass
@@ -328,7 +349,8 @@ class Config:
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
         if self.dqn.gamma == 1.0 and not self.schedule.sees_budget:
-            raise ValueError("dqn.gamma = 1 needs a run whose end is terminal, i.e. schedule.features='control' (the "
+            raise ValueError("dqn.gamma = 1 needs a run whose end is terminal, i.e. schedule.features 'control' or "
+                             "'validation' (the "
                              f"budget left in the state); with features={self.schedule.features!r} the run has no "
                              "terminal state and undiscounted values grow without bound")
 

@@ -22,7 +22,7 @@ import math
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -73,11 +73,22 @@ class ControllerConfig:
     """DQN updates per vector step (16 with 16 tasks: one per transition, as the original's one per step)"""
     agent_seed: int = 0
     """seed of the agent's exploration, replay sampling and Q-network"""
+    validation_state: bool = False
+    """the validation loss in the state too (schedule features 'validation': log V and its change)"""
+    validation_reward: bool = False
+    """reward the validation loss's log decrease instead of the training loss's (schedule reward
+    'validation', telescoping to log V_0 - log V_T: the quantity tuning scores)"""
+    validation_examples: int = 1024
+    """validation polynomials per task seed that V is measured on (the study's n_heldout_examples)"""
 
     def __post_init__(self) -> None:
         for name, minimum in (("decision_interval", 1), ("start_index", 0), ("n_envs", 1), ("training_rounds", 1),
                               ("first_training_seed", 0), ("updates_per_step", 1), ("agent_seed", 0)):
             rc.check_int(f"controller.{name}", getattr(self, name), minimum)
+        for name in ("validation_state", "validation_reward"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"controller.{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        rc.check_int("controller.validation_examples", self.validation_examples, 1)
         self.lr_range = rc.check_lr_range("controller.lr_range", self.lr_range)
         self.lr_factors = rc.check_sequence("controller.lr_factors", self.lr_factors)
         if len(self.lr_factors) < 2:  # an empty tuple would mean index shifts to ScheduleConfig
@@ -112,8 +123,21 @@ class ControllerConfig:
         low, high = self.lr_range
         self.check_steps(steps)
         grid = tuple(float(lr) for lr in np.logspace(math.log10(low), math.log10(high), CONTROLLER_GRID_SIZE))
-        return rc.ScheduleConfig(lr_grid=grid, start_index=self.start_index, steps=steps, features="control",
+        return rc.ScheduleConfig(lr_grid=grid, start_index=self.start_index, steps=steps,
+                                 features="validation" if self.validation_state else "control",
+                                 reward="validation" if self.validation_reward else "training",
+                                 validation_examples=self.validation_examples,
                                  lr_factors=tuple(self.lr_factors), decision_interval=self.decision_interval)
+
+    def with_knobs(self, params: dict) -> "ControllerConfig":
+        """This config with the search's controller.* knobs of a configuration (binary: 1.0 is yes)."""
+        knobs = {name.removeprefix("controller."): bool(value) for name, value in params.items()
+                 if name.startswith("controller.")}
+        unknown = sorted(set(knobs) - {"validation_state", "validation_reward"})
+        if unknown:
+            raise ValueError(f"unknown controller knob(s) {unknown}: the search knows controller.validation_state "
+                             "and controller.validation_reward")
+        return replace(self, **knobs)
 
 
 def vector_env(config: Config, n_envs: int) -> LRControlVectorEnv:
@@ -302,12 +326,14 @@ def quiet_sb3():
 # ---------------------------------------------------------------------------------------------------
 
 CONTROLLER_RANGES = {"dqn.lr": (1e-5, 1e-2, "log"), "dqn.horizon": (10.0, 1000.0, "log"),
-                     "dqn.undiscounted": (0, 1, "binary"), "dqn.epsilon_decay": (100.0, 10_000.0, "log")}
+                     "dqn.undiscounted": (0, 1, "binary"), "dqn.epsilon_decay": (100.0, 10_000.0, "log"),
+                     "controller.validation_state": (0, 1, "binary"), "controller.validation_reward": (0, 1, "binary")}
 """The DQN controller's search, fixed before any controller result: the Q-network's Adam lr, the discount
 as a horizon in decisions (10 decisions = 1 000 optimiser steps), or no discount at all (dqn.undiscounted:
 gamma = 1, the telescoping return log L_0 - log L_T itself, valid because the run's end is terminal in the
 controller's state; half of the pool), and the exploration time constant in acts (a training of 4 rounds on
-16 tasks acts about 6 500 times)."""
+16 tasks acts about 6 500 times); whether the state holds the validation loss and whether the reward is its
+decrease (ControllerConfig.validation_state, validation_reward; half of the pool each)."""
 
 CONTROLLER_DQN = {"double_dqn": True, "replay_capacity": 100_000, "learning_starts": 256}
 """The controller DQN's fixed settings: Double DQN, a replay memory holding every transition of its training."""
@@ -417,9 +443,11 @@ def validate_controller(trained: TrainedController, study: StudyConfig) -> Train
 def train_dqn_controller(config: Config, study: StudyConfig, controller: ControllerConfig, params: dict
                          ) -> TrainedController:
     """One configuration of the DQN controller (CONTROLLER_RANGES' knobs), trained and validated."""
+    controller = controller.with_knobs(params)
+    dqn_params = {name: value for name, value in params.items() if not name.startswith("controller.")}
     # the controller's schedule first: gamma = 1 is valid only where the state sees the budget
     dqn_config = config.with_overrides({"schedule": asdict(controller.schedule(config.schedule.steps)),
-                                        "dqn": {**CONTROLLER_DQN, **methods.dqn_overrides(params)["dqn"]}})
+                                        "dqn": {**CONTROLLER_DQN, **methods.dqn_overrides(dqn_params)["dqn"]}})
     started = time.perf_counter()
     run_config, agent, curve = train_controller(dqn_config, controller)
     trained = TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), agent.policy_net.state_dict(), curve,

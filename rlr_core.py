@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlr_config import (DQN_VARIANTS, DTYPES, STATE_FEATURES, DQNConfig, ScheduleConfig, TaskConfig,  # noqa: F401
+from rlr_config import (DQN_VARIANTS, DTYPES, REWARDS, STATE_FEATURES, DQNConfig, ScheduleConfig, TaskConfig,  # noqa: F401
                         check_float, check_int, check_int_array, check_lr_range, check_seed, check_seeds,
                         check_sequence, global_rng_preserved, original_lr_grid)
 
@@ -405,14 +405,17 @@ def safe_log(loss: float | torch.Tensor) -> torch.Tensor:
 
 def loss_state(loss: float | torch.Tensor, previous_loss: float | torch.Tensor | None,
                lr_position: float | torch.Tensor = 0.0, features: str = "raw",
-               dtype: torch.dtype = torch.float32, budget_left: float | torch.Tensor | None = None) -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, budget_left: float | torch.Tensor | None = None,
+               validation: float | torch.Tensor | None = None,
+               previous_validation: float | torch.Tensor | None = None) -> torch.Tensor:
     """The agent's state s_t = (L_t, L_t - L_{t-1}), raw; the difference is 0 when there is no L_{t-1}
     (L_{t-1}: the loss at the previous decision).
 
     With features='log': (log L_t, log L_t - log L_{t-1}, lr_position), scale-free; with 'control' also
     budget_left, the fraction of the run's optimiser steps still to come (budget_fraction_left), so that
-    the policy can see the end. Computed in float64, then cast to dtype. Losses [...] give states
-    [..., state_dim].
+    the policy can see the end; with 'validation' also log V_t and log V_t - log V_{t-1} (validation, the
+    loss on the task's validation split; previous_validation at the previous decision, none at the first).
+    Computed in float64, then cast to dtype. Losses [...] give states [..., state_dim].
     """
     loss = as_float64(loss)
     if features == "raw":
@@ -421,10 +424,16 @@ def loss_state(loss: float | torch.Tensor, previous_loss: float | torch.Tensor |
     log_loss = safe_log(loss)
     log_difference = torch.zeros_like(loss) if previous_loss is None else log_loss - safe_log(previous_loss)
     columns = [log_loss, log_difference, as_float64(lr_position).expand_as(loss)]
-    if features == "control":
+    if features in ("control", "validation"):
         if budget_left is None:
-            raise ValueError("features='control' needs budget_left (budget_fraction_left)")
+            raise ValueError(f"features={features!r} needs budget_left (budget_fraction_left)")
         columns.append(as_float64(budget_left).expand_as(loss))
+    if features == "validation":
+        if validation is None:
+            raise ValueError("features='validation' needs validation (the loss on the validation split)")
+        log_validation = safe_log(validation).expand_as(loss)
+        columns += [log_validation, torch.zeros_like(loss) if previous_validation is None
+                    else log_validation - safe_log(previous_validation)]
     return torch.stack(columns, dim=-1).to(dtype)
 
 
@@ -454,9 +463,22 @@ def loss_reward(previous_loss: float | torch.Tensor, loss: float | torch.Tensor,
     """The agent's reward r_t = L_t - L_{t+1} (raw), or log L_t - log L_{t+1} with features 'log' and
     'control' (float64); over a decision interval, L_t and L_{t+1} are the losses at two decisions, so an
     episode's rewards sum (telescope) to L_0 - L_T or log L_0 - log L_T."""
-    if features in ("log", "control"):
+    if features in ("log", "control", "validation"):
         return safe_log(previous_loss) - safe_log(loss)
     return as_float64(previous_loss) - as_float64(loss)
+
+
+def decision_reward(previous_loss: float | torch.Tensor, loss: float | torch.Tensor, schedule: ScheduleConfig,
+                    previous_validation: float | torch.Tensor | None = None,
+                    validation: float | torch.Tensor | None = None) -> torch.Tensor:
+    """The reward of one decision under schedule.reward: 'training', loss_reward of the training losses;
+    'validation', log V_t - log V_{t+1} of the validation losses at the two decisions (telescoping to
+    log V_0 - log V_T). The one rule both environments use."""
+    if schedule.reward == "validation":
+        if previous_validation is None or validation is None:
+            raise ValueError("schedule.reward='validation' needs the validation losses at both decisions")
+        return safe_log(previous_validation) - safe_log(validation)
+    return loss_reward(previous_loss, loss, schedule.features)
 
 
 def lr_position(lr: float | torch.Tensor, schedule: ScheduleConfig) -> torch.Tensor:
@@ -540,6 +562,9 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         if self.agent.state_dim != schedule.state_dim:
             raise ValueError(f"agent.state_dim must be {schedule.state_dim} for schedule.features="
                              f"{schedule.features!r}, got {self.agent.state_dim}")
+        if schedule.uses_validation:
+            raise ValueError("RLRScheduler sees only the training loss: schedule.features='validation' and "
+                             "schedule.reward='validation' need a validation loss (use rlr_env's environments)")
         if self.agent.config.gamma == 1.0 and not schedule.sees_budget:
             raise ValueError("dqn.gamma = 1 needs schedule.features='control': only a run whose state sees its "
                              "budget has a terminal end")

@@ -223,3 +223,85 @@ def test_every_learner_trains_on_the_one_controller_environment():
     assert run_config.task == config.task and run_config.dtype == "float64" and run_config.dqn == config.dqn
     assert controllers.decisions_per_episode(run_config.schedule) == 4
     assert controllers.decisions_per_episode(controllers.ControllerConfig(decision_interval=15).schedule(40)) == 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# The validation loss as a state feature and as a reward
+# ---------------------------------------------------------------------------------------------------
+
+VALIDATION = {"lr_factors": (0.5, 1.0, 2.0), "decision_interval": 10, "steps": 30, "validation_examples": 64}
+
+
+@pytest.mark.parametrize("features, reward", [("validation", "training"), ("control", "validation"),
+                                              ("validation", "validation")])
+def test_the_validation_loss_reaches_state_and_reward_the_same_in_both_environments(features: str, reward: str):
+    """V is the MSE on the task seed's validation split (the split tuning scores: rlr_engine.heldout_data);
+    the vector env gives every task the single env's observations and rewards; a validation reward
+    telescopes to log V_0 - log V_T."""
+    schedule = rc.ScheduleConfig(features=features, reward=reward, **VALIDATION)
+    vector = rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64")
+    observations, info = vector.reset(seed=[4, 9])
+    first_validation, returns = info["validation_loss"].copy(), np.zeros(2)
+    for _ in range(3):
+        observations, rewards, _, truncated, info = vector.step(np.array([2, 0]))
+        returns += rewards
+    assert observations.shape == (2, schedule.state_dim) and truncated.all()
+    if reward == "validation":
+        np.testing.assert_allclose(returns, np.log(first_validation) - np.log(info["validation_loss"]), rtol=1e-9)
+    for k, (seed, action) in enumerate([(4, 2), (9, 0)]):
+        single = rlr_env.LRControlEnv(schedule=schedule, dtype="float64")
+        single.reset(seed=seed)
+        total = 0.0
+        for _ in range(3):
+            observation, reward_k, _, _, single_info = single.step(action)
+            total += reward_k
+        np.testing.assert_allclose(observation, observations[k], rtol=1e-9)
+        assert total == pytest.approx(returns[k], rel=1e-9)
+        heldout = engine.heldout_data(engine.Config(seed=seed, dtype="float64"), "validation", 64)
+        with torch.no_grad():
+            assert single_info["validation_loss"] == pytest.approx(float(rc.full_batch_loss(single.model, heldout)),
+                                                                   rel=1e-12)
+
+
+def test_validation_features_extend_the_control_state_by_log_v_and_its_change():
+    state = rc.loss_state(0.5, 0.25, 0.2, "validation", torch.float64, 0.75, validation=0.1, previous_validation=0.2)
+    expected = [math.log(0.5), math.log(2.0), 0.2, 0.75, math.log(0.1), math.log(0.5)]
+    torch.testing.assert_close(state, torch.tensor(expected, dtype=torch.float64))
+    assert rc.loss_state(0.5, None, 0.2, "validation", torch.float64, 1.0, validation=0.1)[-1] == 0.0
+    with pytest.raises(ValueError, match="needs validation"):
+        rc.loss_state(0.5, None, 0.2, "validation", torch.float64, 1.0)
+    schedule = rc.ScheduleConfig(features="control", reward="validation", lr_factors=(0.5, 1.0, 2.0))
+    assert float(rc.decision_reward(0.5, 0.25, schedule, 0.2, 0.1)) == pytest.approx(math.log(2.0))
+    assert float(rc.decision_reward(0.5, 0.25, rc.ScheduleConfig(features="log", lr_factors=(0.5, 1.0, 2.0)))) \
+        == pytest.approx(math.log(2.0))
+    with pytest.raises(ValueError, match="validation losses"):
+        rc.decision_reward(0.5, 0.25, schedule)
+
+
+def test_validation_settings_are_checked_and_refused_where_only_the_training_loss_exists():
+    assert rc.ScheduleConfig(features="validation", lr_factors=(0.5, 1.0, 2.0)).state_dim == 6
+    assert rc.ScheduleConfig(features="validation", lr_factors=(0.5, 1.0, 2.0)).sees_budget
+    with pytest.raises(ValueError, match="schedule.reward"):
+        rc.ScheduleConfig(reward="test")
+    with pytest.raises(ValueError, match="schedule.reward='validation' is a log reward"):
+        rc.ScheduleConfig(reward="validation")
+    with pytest.raises(ValueError, match="schedule.validation_examples"):
+        rc.ScheduleConfig(validation_examples=0)
+    model = rc.make_model(rc.TaskConfig(), 0)
+    schedule = rc.ScheduleConfig(features="control", reward="validation", lr_factors=(0.5, 1.0, 2.0))
+    with pytest.raises(ValueError, match="RLRScheduler sees only the training loss"):
+        rc.RLRScheduler(torch.optim.Adam(model.parameters()), agent=rc.DQNAgent(4, 3), schedule=schedule)
+
+
+def test_the_controller_search_sets_the_validation_knobs_through_its_schedule():
+    controller = controllers.ControllerConfig().with_knobs({"dqn.lr": 1e-3, "controller.validation_state": 1.0,
+                                                           "controller.validation_reward": 0.0})
+    schedule = controller.schedule(1000)
+    assert (schedule.features, schedule.reward, schedule.state_dim) == ("validation", "training", 6)
+    assert controllers.ControllerConfig(validation_reward=True).schedule(1000).reward == "validation"
+    with pytest.raises(ValueError, match="unknown controller knob"):
+        controllers.ControllerConfig().with_knobs({"controller.test_reward": 1.0})
+    with pytest.raises(TypeError, match="controller.validation_state"):
+        controllers.ControllerConfig(validation_state=1)
+    assert {"controller.validation_state", "controller.validation_reward", "dqn.undiscounted"} <= \
+        set(controllers.CONTROLLER_RANGES)
