@@ -174,10 +174,16 @@ def train_controller(config: Config, controller: ControllerConfig) -> tuple[Conf
                         rc.DTYPES[run_config.dtype], run_config.device)
     history = train_agent_on_vector_env(env, agent, (decisions_per_episode(schedule) + 1) * controller.training_rounds,
                                         controller.first_training_seed, controller.updates_per_step)
+    return run_config, agent, training_curve(history, controller.n_envs)
+
+
+def training_curve(history: dict[str, list], n_envs: int) -> pd.DataFrame:
+    """One row per finished training episode of train_agent_on_vector_env's history: episode, seed, return
+    (log L_0 - log L_T), diverged, and its round (n_envs episodes each)."""
     curve = pd.DataFrame({"episode": range(len(history["episode_returns"])), "seed": history["episode_seeds"],
                           "return": history["episode_returns"], "diverged": history["episode_terminated"]})
-    curve["round"] = curve["episode"] // controller.n_envs
-    return run_config, agent, curve
+    curve["round"] = curve["episode"] // n_envs
+    return curve
 
 
 def greedy_policy(agent: rc.DQNAgent) -> Callable[[np.ndarray], np.ndarray]:
@@ -338,33 +344,63 @@ decrease (ControllerConfig.validation_state, validation_reward; half of the pool
 CONTROLLER_DQN = {"double_dqn": True, "replay_capacity": 100_000, "learning_starts": 256}
 """The controller DQN's fixed settings: Double DQN, a replay memory holding every transition of its training."""
 
-DQN_CONTROLLER, SB3_PPO, SB3_DQN = "DQN controller, tuned", "PPO controller (stable-baselines3)", \
-    "DQN controller (stable-baselines3)"
+DQN_CONTROLLER, SB3_PPO, SB3_DQN = "DQN controller, tuned", "PPO controller (stable-baselines3), tuned", \
+    "DQN controller (stable-baselines3), tuned"
 """Labels of the learned controllers in the tables."""
 
-BEST_CONTROLLER_RULE = ("the learned controller with the lowest validation MSE on the tuning seeds (for the "
-                        "tuned DQN controller, its chosen configuration's)")
+BEST_CONTROLLER_RULE = ("the learned controller with the lowest validation MSE on the tuning seeds (for each "
+                        "tuned learner, its chosen configuration's)")
 """How the pre-registered best RL controller is picked: on validation data, never on test data."""
 
 
-def _sb3_ppo(env, seed: int, decisions: int):
-    """SB3's PPO at its defaults, except a rollout of one episode per task (n_steps = decisions; the
-    default 2048 per task would be 20 episodes each, more than a training holds)."""
+SB3_RANGES = {
+    "ppo": {"sb3.learning_rate": (1e-5, 1e-2, "log"), "sb3.rollout_episodes": (1.0, 4.0, "log-int"),
+            "sb3.ent_coef": (1e-5, 0.1, "log"), "dqn.horizon": (10.0, 1000.0, "log"),
+            "dqn.undiscounted": (0, 1, "binary")},
+    "dqn-sb3": {"sb3.learning_rate": (1e-5, 1e-2, "log"), "sb3.exploration_fraction": (0.05, 0.5, "linear"),
+                "sb3.tau": (1e-3, 0.2, "log"), "dqn.horizon": (10.0, 1000.0, "log"),
+                "dqn.undiscounted": (0, 1, "binary")},
+}
+"""The SB3 learners' searches, as many configurations as the DQN controller's (the study's tuning budget),
+fixed before any result. PPO: its Adam lr, the episodes per task in one rollout (n_steps = that many
+episodes' decisions, made to divide the training rounds: rollout_steps), its entropy bonus, the discount
+(horizon in decisions, or none). DQN: its lr, the fraction of training spent lowering epsilon, its soft
+target update's tau (per vector step), the discount."""
+
+
+def sb3_gamma(params: dict) -> float:
+    """The discount of an SB3 configuration: 1 - 1 / horizon, or 1 where dqn.undiscounted says yes (the
+    run's end is terminal in the controller's state, so SB3 does not bootstrap past it: SB3VectorEnv)."""
+    return 1.0 if params.get("dqn.undiscounted") else 1.0 - 1.0 / params["dqn.horizon"]
+
+
+def rollout_steps(params: dict, decisions: int, rounds: int) -> int:
+    """PPO's n_steps: sb3.rollout_episodes episodes of `decisions` per task, lowered to the nearest divisor of
+    the training's rounds, so that every rollout is whole and the training is a whole number of rollouts."""
+    episodes = max(1, min(int(params.get("sb3.rollout_episodes", 1)), rounds))
+    while rounds % episodes:
+        episodes -= 1
+    return episodes * decisions
+
+
+def _sb3_ppo(env, seed: int, decisions: int, rounds: int, params: dict):
+    """SB3's PPO at a configuration of SB3_RANGES["ppo"], its defaults otherwise."""
     from stable_baselines3 import PPO
-    return PPO("MlpPolicy", env, n_steps=decisions, seed=seed, device="cpu")
+    return PPO("MlpPolicy", env, learning_rate=params["sb3.learning_rate"], n_steps=rollout_steps(params, decisions, rounds),
+               ent_coef=params["sb3.ent_coef"], gamma=sb3_gamma(params), seed=seed, device="cpu")
 
 
-def _sb3_dqn(env, seed: int, decisions: int):
-    """SB3's DQN with the controller DQN's design (CONTROLLER_DQN, DQNConfig's defaults: batch 64, Adam 1e-3,
-    gamma 0.99, soft target update, epsilon from 0.9 to 0.05 over the first quarter, one update per
-    transition); SB3 updates the target once per vector step, so its tau is the pull of n_envs updates at
-    tau 0.005. SB3's DQN has no Double DQN."""
+def _sb3_dqn(env, seed: int, decisions: int, rounds: int, params: dict):
+    """SB3's DQN with the controller DQN's design (CONTROLLER_DQN, DQNConfig's defaults: batch 64, epsilon
+    from 0.9 to 0.05, one update per transition) at a configuration of SB3_RANGES["dqn-sb3"]: its lr,
+    exploration fraction, tau (SB3 updates the target once per vector step) and discount. SB3's DQN has no
+    Double DQN."""
     from stable_baselines3 import DQN
-    return DQN("MlpPolicy", env, learning_rate=1e-3, buffer_size=CONTROLLER_DQN["replay_capacity"],
-               learning_starts=CONTROLLER_DQN["learning_starts"], batch_size=64, tau=1 - 0.995 ** env.num_envs,
-               gamma=0.99,
-               train_freq=1, gradient_steps=env.num_envs, target_update_interval=1, exploration_fraction=0.25,
-               exploration_initial_eps=0.9, exploration_final_eps=0.05, seed=seed, device="cpu")
+    return DQN("MlpPolicy", env, learning_rate=params["sb3.learning_rate"], buffer_size=CONTROLLER_DQN["replay_capacity"],
+               learning_starts=CONTROLLER_DQN["learning_starts"], batch_size=64, tau=params["sb3.tau"],
+               gamma=sb3_gamma(params), train_freq=1, gradient_steps=env.num_envs, target_update_interval=1,
+               exploration_fraction=params["sb3.exploration_fraction"], exploration_initial_eps=0.9,
+               exploration_final_eps=0.05, seed=seed, device="cpu")
 
 
 SB3_LEARNERS = {"ppo": ("PPO", _sb3_ppo, SB3_PPO), "dqn-sb3": ("DQN", _sb3_dqn, SB3_DQN)}
@@ -444,27 +480,52 @@ def train_dqn_controller(config: Config, study: StudyConfig, controller: Control
                          ) -> TrainedController:
     """One configuration of the DQN controller (CONTROLLER_RANGES' knobs), trained and validated."""
     controller = controller.with_knobs(params)
-    dqn_params = {name: value for name, value in params.items() if not name.startswith("controller.")}
-    # the controller's schedule first: gamma = 1 is valid only where the state sees the budget
-    dqn_config = config.with_overrides({"schedule": asdict(controller.schedule(config.schedule.steps)),
-                                        "dqn": {**CONTROLLER_DQN, **methods.dqn_overrides(dqn_params)["dqn"]}})
     started = time.perf_counter()
-    run_config, agent, curve = train_controller(dqn_config, controller)
-    trained = TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), agent.policy_net.state_dict(), curve,
+    run_config, agent, curve = train_controller(dqn_run_config(config, controller, params), controller)
+    trained = TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), policy_weights(agent), curve,
                                 time.perf_counter() - started, dict(params))
     return validate_controller(trained, study)
 
 
-def train_sb3_controller(config: Config, study: StudyConfig, controller: ControllerConfig, learner: str
-                         ) -> TrainedController:
-    """An SB3 learner on the controller's environment, task seeds, episodes and reward; validated."""
+def dqn_run_config(config: Config, controller: ControllerConfig, params: dict) -> Config:
+    """The run config of a DQN controller configuration: the controller's schedule (controller already
+    carries the configuration's controller.* knobs: ControllerConfig.with_knobs) and its DQN at the
+    configuration's dqn.* knobs over CONTROLLER_DQN. The schedule goes in with the DQN: gamma = 1 is valid
+    only where the state sees the budget."""
+    dqn_params = {name: value for name, value in params.items() if not name.startswith("controller.")}
+    return config.with_overrides({"schedule": asdict(controller.schedule(config.schedule.steps)),
+                                  "dqn": {**CONTROLLER_DQN, **methods.dqn_overrides(dqn_params)["dqn"]}})
+
+
+def policy_weights(agent: rc.DQNAgent) -> dict:
+    """A copy of the agent's policy network weights (plain tensors): a frozen policy that later training
+    does not move."""
+    return {name: tensor.detach().clone() for name, tensor in agent.policy_net.state_dict().items()}
+
+
+def frozen_dqn(run_config: Config, agent: rc.DQNAgent, controller: ControllerConfig, history: dict[str, list],
+               seconds: float, params: dict) -> TrainedController:
+    """The DQN controller as it stands: its greedy policy frozen (policy_weights) with its training curve so far."""
+    return TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), policy_weights(agent),
+                             training_curve(history, controller.n_envs), seconds, dict(params))
+
+
+def train_sb3_controller(config: Config, study: StudyConfig, controller: ControllerConfig, learner: str,
+                         params: dict) -> TrainedController:
+    """An SB3 learner at one configuration of SB3_RANGES[learner], on the controller's environment, task
+    seeds, episodes and reward; validated."""
+    if learner not in SB3_LEARNERS:
+        raise ValueError(f"learner must be one of {sorted(SB3_LEARNERS)}, got {learner!r}")
+    methods.check_ranges(learner, SB3_RANGES[learner])
+    if not isinstance(params, dict) or set(params) != set(SB3_RANGES[learner]):
+        raise ValueError(f"params must give {learner}'s knobs {sorted(SB3_RANGES[learner])}, got {params!r}")
     run_config, tasks = controller_env(config, controller)
     env = SB3VectorEnv(tasks)
     decisions = decisions_per_episode(run_config.schedule)
     _, build, label = SB3_LEARNERS[learner]
     started = time.perf_counter()
     with quiet_sb3(), rc.global_rng_preserved():  # SB3 seeds torch, numpy and random globally
-        model = build(env, controller.agent_seed, decisions)
+        model = build(env, controller.agent_seed, decisions, controller.training_rounds, params)
         env.seed(controller.first_training_seed)  # after the model: SB3 seeds the env with its own seed
         model.learn(controller.n_envs * decisions * controller.training_rounds)
     seconds = time.perf_counter() - started
@@ -472,43 +533,48 @@ def train_sb3_controller(config: Config, study: StudyConfig, controller: Control
     curve.insert(0, "episode", range(len(curve)))
     curve["round"] = curve["episode"] // controller.n_envs
     weights = {name: tensor.detach().cpu().clone() for name, tensor in model.policy.state_dict().items()}
-    trained = TrainedController(label, learner, run_config.to_dict(), weights, curve, seconds)
+    trained = TrainedController(label, learner, run_config.to_dict(), weights, curve, seconds, dict(params))
     return validate_controller(trained, study)
 
 
 def submit_controllers(config: Config, study: StudyConfig, controller: ControllerConfig
                        ) -> Callable[[], list[TrainedController]]:
     """Start training every controller: the DQN controller at study.tuning_budget configurations of
-    CONTROLLER_RANGES (scrambled Sobol, as every family) and the SB3 learners (untuned, one configuration
-    each), one Ray task per training when Ray is started (peers.submit_tasks: they train while this process
-    goes on). Returns collect(), for choose_controllers."""
+    CONTROLLER_RANGES and each SB3 learner at as many of SB3_RANGES[learner] (scrambled Sobol, each its own
+    draw, as every family), one Ray task per training when Ray is started (peers.submit_tasks: they train
+    while this process goes on). Returns collect(), for choose_controllers."""
     configurations = methods.sobol_configurations(CONTROLLER_RANGES, study.tuning_budget,
                                                     methods.family_seed("dqn_controller", study.search_seed))
     collect_dqn = peers.submit_tasks(train_dqn_controller, [(config, study, controller, params)
                                                             for params in configurations])
-    collect_sb3 = peers.submit_tasks(train_sb3_controller, [(config, study, controller, learner)
-                                                            for learner in SB3_LEARNERS])
+    collect_sb3 = peers.submit_tasks(train_sb3_controller, [
+        (config, study, controller, learner, params) for learner in SB3_LEARNERS
+        for params in methods.sobol_configurations(SB3_RANGES[learner], study.tuning_budget,
+                                                   methods.family_seed(learner, study.search_seed))])
     return lambda: collect_dqn() + collect_sb3()
 
 
 def choose_controllers(candidates: Sequence[TrainedController], study: StudyConfig
                        ) -> tuple[dict[str, TrainedController], pd.DataFrame]:
-    """The DQN controller configuration with the lowest geometric-mean validation MSE on the tuning seeds
-    (a diverged run scores +inf: stats.validation_score) and every SB3 learner: label -> trained
-    controller, and one row per controller trained. RuntimeError if any trained on an evaluation or tuning seed."""
+    """Per learner (label), the configuration with the lowest geometric-mean validation MSE on the tuning
+    seeds (a diverged run scores +inf: stats.validation_score): label -> trained controller, and one row per
+    controller trained ('configuration' counts within its learner). RuntimeError if any trained on an
+    evaluation or tuning seed."""
     seen = {int(seed) for trained in candidates for seed in trained.curve["seed"]}
     if seen & (set(study.eval_seeds) | set(study.tuning_seeds)):
         raise RuntimeError("a controller trained on an evaluation or tuning seed: move controller.first_training_seed")
-    rows = []
-    for index, trained in enumerate(candidates):
-        rows.append({"controller": trained.label, "configuration": index if trained.learner == "dqn" else 0,
+    rows, counts = [], {}
+    for trained in candidates:
+        counts[trained.label] = counts.get(trained.label, -1) + 1
+        rows.append({"controller": trained.label, "configuration": counts[trained.label],
                      **trained.params, "validation MSE": stats.validation_score(trained.validation_mse),
                      "diverged": sum(not math.isfinite(value) for value in trained.validation_mse),
                      "training episodes": len(trained.curve), "training seconds": trained.training_seconds})
     table = pd.DataFrame(rows)
-    dqn_rows = table[table["controller"] == DQN_CONTROLLER]
-    best = int(dqn_rows["validation MSE"].idxmin()) if np.isfinite(dqn_rows["validation MSE"]).any() else 0
-    table["chosen"] = (table["controller"] != DQN_CONTROLLER) | (table.index == best)
+    table["chosen"] = False
+    for _, part in table.groupby("controller", sort=False):  # the first of equals where every one diverged
+        scores = part["validation MSE"].to_numpy()
+        table.loc[part.index[int(np.argmin(scores)) if np.isfinite(scores).any() else 0], "chosen"] = True
     return {trained.label: trained for index, trained in enumerate(candidates) if table.loc[index, "chosen"]}, table
 
 

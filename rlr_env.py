@@ -13,7 +13,7 @@ Nothing of the RL logic or of the training step is copied here.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium
 import numpy as np
@@ -473,12 +473,15 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
 
 
 def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: int, seed: int | None = None,
-                              updates_per_step: int = 1) -> dict[str, list]:
+                              updates_per_step: int = 1, checkpoints: Sequence[int] = (),
+                              at_checkpoint: Callable[[int, dict], None] | None = None) -> dict[str, list]:
     """train_agent_on_env over a vector environment with next-step autoreset (e.g. LRControlVectorEnv):
     each vector step the agent acts for every task, remembers every real transition (terminated ones as
     terminal, truncated ones too where the time limit is terminal: stored_as_terminal; not the step that
     autoresets a task, which is no transition) and takes updates_per_step
-    DQN updates. total_steps counts vector steps. Returns episode_returns, episode_lengths,
+    DQN updates. total_steps counts vector steps; after each vector step count in checkpoints,
+    at_checkpoint(steps, history so far) is called (to freeze and score the policy mid-training without
+    touching the training: learning curves). Returns episode_returns, episode_lengths,
     episode_terminated and episode_seeds (info["episode_seed"], None if the env gives none) of every
     finished episode, in the order they finish, and dqn_losses."""
     if envs.metadata.get("autoreset_mode") != AutoresetMode.NEXT_STEP:
@@ -488,13 +491,16 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
         raise ValueError(f"envs.single_action_space must be Discrete({agent.n_actions}) for this agent, got {single}")
     rc.check_int("total_steps", total_steps, 0)
     rc.check_int("updates_per_step", updates_per_step, 1)
+    checkpoints = set(rc.check_seeds("checkpoints", list(checkpoints))) if len(checkpoints) else set()
+    if checkpoints and not callable(at_checkpoint):
+        raise TypeError("at_checkpoint must be callable(steps, history) when checkpoints are given")
     time_limit_terminal = check_discount(envs, agent)
     history: dict[str, list] = {"episode_returns": [], "episode_lengths": [], "episode_terminated": [],
                                 "episode_seeds": [], "dqn_losses": []}
     observations, _ = envs.reset(seed=seed)
     returns, lengths = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=np.int64)
     restarting = np.zeros(envs.num_envs, dtype=bool)
-    for _ in range(total_steps):
+    for step in range(1, total_steps + 1):
         actions = np.array([agent.act(observation) for observation in observations])
         next_observations, rewards, terminated, truncated, info = envs.step(actions)
         terminal = stored_as_terminal(terminated, truncated, time_limit_terminal)
@@ -516,6 +522,8 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
                 history["dqn_losses"].append(dqn_loss)
         restarting = terminated | truncated
         observations = next_observations
+        if step in checkpoints:
+            at_checkpoint(step, history)
     return history
 
 

@@ -15,6 +15,7 @@ import rlr_batched
 import rlr_core as rc
 import rlr_engine as engine
 import rlr_controllers as controllers
+import rlr_methods as methods
 import rlr_env
 
 CONTROL = dict(features="control", lr_factors=(0.5, 1.0, 2.0))
@@ -174,8 +175,8 @@ def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expec
 
 
 def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again(tmp_path):
-    """The DQN controller at two Sobol configurations and the SB3 learners, on 2 tasks for 1 round: one row
-    per training, the DQN configuration with the lowest validation MSE kept (SB3 ones always), the same
+    """The DQN controller and each SB3 learner at two Sobol configurations, on 2 tasks for 2 rounds: one row
+    per training, each learner's configuration with the lowest validation MSE kept, the same
     numbers on a second training, no training seed among the evaluation or tuning seeds, and a saved and
     reloaded controller steering the same runs, on the original task and on another."""
     import rlr_study as study
@@ -185,9 +186,11 @@ def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again
     controller = c.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2)
     config = study.study_config(engine.Config(), setup)
     tuned, table = c.tune_controllers(config, setup, controller)
-    assert list(table["controller"]) == [c.DQN_CONTROLLER] * 2 + [c.SB3_PPO, c.SB3_DQN]
-    dqn = table[table["controller"] == c.DQN_CONTROLLER]
-    assert table.loc[dqn["validation MSE"].idxmin(), "chosen"] and table["chosen"].sum() == 3
+    assert list(table["controller"]) == [c.DQN_CONTROLLER] * 2 + [c.SB3_PPO] * 2 + [c.SB3_DQN] * 2
+    assert list(table["configuration"]) == [0, 1] * 3 and table["chosen"].sum() == 3
+    for label in (c.DQN_CONTROLLER, c.SB3_PPO, c.SB3_DQN):
+        rows = table[table["controller"] == label]
+        assert table.loc[rows["validation MSE"].idxmin(), "chosen"], label
     assert set(tuned) == {c.DQN_CONTROLLER, c.SB3_PPO, c.SB3_DQN}
     assert c.best_controller(table) == table.loc[table[table["chosen"]]["validation MSE"].idxmin(), "controller"]
     again, table_again = c.tune_controllers(config, setup, controller)
@@ -305,3 +308,20 @@ def test_the_controller_search_sets_the_validation_knobs_through_its_schedule():
         controllers.ControllerConfig(validation_state=1)
     assert {"controller.validation_state", "controller.validation_reward", "dqn.undiscounted"} <= \
         set(controllers.CONTROLLER_RANGES)
+
+
+def test_the_sb3_searches_map_onto_their_learners_settings():
+    c = controllers
+    assert c.sb3_gamma({"dqn.horizon": 10.0, "dqn.undiscounted": 0.0}) == pytest.approx(0.9)
+    assert c.sb3_gamma({"dqn.horizon": 10.0, "dqn.undiscounted": 1.0}) == 1.0
+    # a rollout is whole episodes and the training whole rollouts: 3 episodes do not divide 4 rounds, 2 do
+    assert c.rollout_steps({"sb3.rollout_episodes": 3.0}, 100, 4) == 200
+    assert c.rollout_steps({"sb3.rollout_episodes": 4.0}, 100, 4) == 400
+    assert c.rollout_steps({"sb3.rollout_episodes": 4.0}, 100, 2) == 200
+    for learner, ranges in c.SB3_RANGES.items():
+        pool = methods.sobol_configurations(ranges, 8, methods.family_seed(learner, 0))
+        assert len(pool) == 8 and all(set(params) == set(ranges) for params in pool)
+    with pytest.raises(ValueError, match="learner must be one of"):
+        c.train_sb3_controller(engine.Config(), None, c.ControllerConfig(), "a2c", {})
+    with pytest.raises(ValueError, match="params must give ppo's knobs"):
+        c.train_sb3_controller(engine.Config(), None, c.ControllerConfig(), "ppo", {"sb3.learning_rate": 1e-3})
