@@ -590,6 +590,16 @@ def best_controller(table: pd.DataFrame) -> str:
     return str(chosen.loc[chosen["validation MSE"].idxmin(), "controller"])
 
 
+def best_trained(trained: dict[str, TrainedController]) -> str:
+    """BEST_CONTROLLER_RULE over trained controllers as they will be evaluated (label -> controller, e.g.
+    with the DQN controller replaced by its agent trained to the learning curves' end): the label with the
+    lowest validation score on the tuning seeds (the first of equals)."""
+    if not trained:
+        raise ValueError("best_trained needs at least one trained controller")
+    scores = {label: stats.validation_score(controller.validation_mse) for label, controller in trained.items()}
+    return min(scores, key=lambda label: scores[label])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Frozen runs of trained controllers (notebook 04's evaluation seeds, notebook 05's held-out tasks)
 # ---------------------------------------------------------------------------------------------------

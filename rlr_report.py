@@ -20,7 +20,7 @@ import torch
 
 from rlr_core import PolynomialData, TaskConfig, sample_points
 from rlr_results import RunResult
-from rlr_stats import bootstrap_interval, geometric_mean, paired_ratios, smallest_holm_p
+from rlr_stats import bootstrap_interval, geometric_mean, paired_ratios, paired_validation, smallest_holm_p
 
 ACTION_NAMES = ("decrease", "keep", "increase")
 
@@ -532,11 +532,26 @@ def tuning_markdown(chosen: dict[str, dict], edges: dict[str, dict[str, str]], b
     return markdown_table(pd.DataFrame(rows))
 
 
+def learning_table(returns: dict[str, Sequence[float]]) -> pd.DataFrame:
+    """Per agent (label -> its training returns in episode order): rlr_stats.return_rose's first and last
+    quarter means, p and whether it learned (LEARNED_RULE)."""
+    from rlr_stats import return_rose
+    return pd.DataFrame({label: return_rose(values) for label, values in returns.items()}).T
+
+
 def transfer_reading(summary: pd.DataFrame, runs: dict[str, dict[str, Sequence[RunResult]]],
-                     agents: Sequence[str], reference: str) -> str:
+                     agents: Sequence[str], reference: str, learned: dict[str, bool | None] | None = None) -> str:
     """Per task: each frozen agent's geometric-mean test MSE relative to the reference, its win rate,
-    and where it leaves the learning rate (median over seeds of the last step's lr)."""
+    and where it leaves the learning rate (median over seeds of the last step's lr). learned (label ->
+    learning_table's verdict): an agent whose training returns did not rise is named first, so that its
+    rows read as an untrained policy's, not as a transfer result."""
     lines = []
+    for agent in agents:
+        verdict = (learned or {}).get(agent, True)
+        if verdict is not True:
+            lines.append(f"- **{agent}** " + ("did not learn by the stated rule (its training returns did not rise): "
+                                             if verdict is False else "trained too few episodes to tell whether it learned: ")
+                         + "its rows below are those of a policy that did not improve in training, not a transfer result.")
     for task in dict.fromkeys(summary.index.get_level_values("task")):
         part = summary.loc[task]
         best = part["geometric mean"].idxmin()
@@ -692,3 +707,75 @@ def headline(primary: pd.DataFrame, summary: pd.DataFrame, n_seeds: int, scope: 
         f"{primary['detectable_ratio'].min():.2f}-{primary['detectable_ratio'].max():.2f} times over the {len(primary)} tests.",
         f"Scope: {scope}."]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Learning curves of the DQN controller and the oracle of its policy class (issue: give RL a real chance)
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot_controller_curves(table: pd.DataFrame, levels: dict[str, float]) -> plt.Figure:
+    """Validation MSE (tuning seeds, geometric mean with its 95% CI) of each agent seed's frozen policy
+    against its training optimiser steps, with the tuned schedules' validation levels (levels: label -> MSE)
+    as horizontal lines and each agent's plateau (the 'plateau at' column) marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for seed, part in table.sort_values("episodes").groupby("agent seed", sort=False):
+        steps = part["training optimiser steps"]
+        line, = ax.plot(steps, part["validation MSE"], "o-", ms=4, label=f"agent seed {seed}")
+        ax.fill_between(steps, part["validation CI low"], part["validation CI high"], color=line.get_color(), alpha=0.15)
+        plateau = part["plateau at"].iloc[0]
+        if plateau is not None and not pd.isna(plateau):
+            at = part[part["episodes"] == plateau]
+            ax.plot(at["training optimiser steps"], at["validation MSE"], "s", ms=9, mfc="none", color=line.get_color())
+    for (label, level), style in zip(levels.items(), ("--", ":", "-.")):
+        ax.axhline(level, color="0.3", ls=style, lw=1, label=f"{label} (validation)")
+    ax.set(xscale="log", yscale="log", xlabel="training optimiser steps (all tasks)",
+           ylabel="validation MSE, tuning seeds")
+    ax.set_title("DQN controller trained longer: frozen at doubling checkpoints (square: plateau)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def curve_markdown(table: pd.DataFrame) -> str:
+    """The learning curves as a table: per agent seed and checkpoint, validation MSE with its CI and the
+    mean training return."""
+    shown = table.assign(**{"validation MSE": [interval(v, lo, hi, ".3g") for v, lo, hi in zip(
+        table["validation MSE"], table["validation CI low"], table["validation CI high"])]})
+    columns = ["agent seed", "episodes", "training optimiser steps", "validation MSE", "training return", "plateau at"]
+    return markdown_table(formatted(shown[columns], {"training optimiser steps": ",d", "training return": ".2f"}
+                                    ).astype({"plateau at": object}).fillna("-"))
+
+
+def curve_reading(table: pd.DataFrame, plateau_rule: str, controller: str, beaten: bool, best_schedule: str,
+                  validation: dict[str, Sequence[float]], oracle: str) -> str:
+    """What the learning curves and the oracle say, from the numbers. beaten: whether the primary test
+    found the controller's test MSE lower than the best schedule's. validation: label -> per-tuning-seed
+    validation MSEs of the controller, the best schedule and the oracle (same seeds), compared by
+    rlr_stats.paired_validation. Three outcomes: the controller beats the schedule; it does not, and the
+    oracle shows the class could (the learning is the bottleneck); it does not, and the oracle is worse
+    too (the policy class is)."""
+    reached = table.groupby("agent seed")["plateau at"].first()
+    plateaus = ", ".join(f"agent seed {seed}: " + ("not within the budget" if pd.isna(at) else f"at {int(at)} episodes")
+                         for seed, at in reached.items())
+    lines = [f"Plateau rule ({plateau_rule}): {plateaus}."]
+    versus_oracle = paired_validation(validation[controller], validation[oracle])
+    oracle_versus = paired_validation(validation[oracle], validation[best_schedule])
+    lines.append(f"On the tuning seeds' validation sets, {oracle} has {times_mse(oracle_versus['ratio'], 1.0, best_schedule, 'validation MSE')} "
+                 f"({oracle_versus['wins']} of {oracle_versus['seeds']} seeds lower, Wilcoxon p = {oracle_versus['p']:.2g}); "
+                 f"{controller} has {times_mse(versus_oracle['ratio'], 1.0, oracle, 'validation MSE')} "
+                 f"({versus_oracle['wins']} of {versus_oracle['seeds']} seeds lower, p = {versus_oracle['p']:.2g}).")
+    trained_out = reached.notna().all()
+    if beaten:
+        lines.append(f"{controller} beats {best_schedule} on the primary test: the goal is met.")
+    elif not (oracle_versus["ratio"] > 1 and oracle_versus["p"] < 0.05):
+        lines.append(f"The controller's actions can express a schedule as good as {best_schedule} (the oracle is not "
+                     f"significantly worse on validation), yet the learned controller does not beat it: the bottleneck is "
+                     "the learning, not the policy class" + (", even with every agent at its plateau." if trained_out
+                                                             else "; not every agent reached its plateau, so more training may still help."))
+    else:
+        lines.append(f"Even the oracle is significantly worse than {best_schedule} on validation: the controller's "
+                     "actions (factors, decision interval, lr range) cannot express that schedule, so the policy class is "
+                     "a bottleneck before any learning.")
+    return "\n\n".join(lines)

@@ -580,6 +580,14 @@ def primary_labels(picks: dict[str, dict], best_controller: str) -> dict[str, st
             "DQN as described": "DQN as described", "DQN as coded (original)": "DQN as coded (original)"}
 
 
+def beats(primary: pd.DataFrame, method: str, reference: str, metric: str = "test_mse") -> bool:
+    """Whether the primary family found method's metric significantly lower than reference's (Holm)."""
+    rows = primary[(primary["method"] == method) & (primary["against"] == reference) & (primary["metric"] == metric)]
+    if rows.empty:
+        raise ValueError(f"the primary family has no test of {method!r} against {reference!r} on {metric}")
+    return bool(rows["significant"].iloc[0] and rows["ratio"].iloc[0] > 1)
+
+
 def primary_family(labels: dict[str, str], comparisons: Sequence[tuple[str, str, str, str]] = PRIMARY_COMPARISONS
                    ) -> list[tuple[str, str, str, str]]:
     """A pre-registered family (default PRIMARY_COMPARISONS) with its roles replaced by labels (labels:

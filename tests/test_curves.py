@@ -80,3 +80,66 @@ def test_the_evaluated_agent_is_the_lowest_final_validation_mse():
     assert curves.best_agent(results) == 1
     with pytest.raises(ValueError, match="at least one"):
         curves.best_agent([])
+
+
+def test_paired_validation_is_the_geometric_ratio_with_wins_and_scipys_wilcoxon():
+    from scipy.stats import wilcoxon
+    import rlr_stats as stats
+    method, reference = [1.0, 2.0, 4.0, 8.0, math.nan], [2.0, 2.0, 2.0, 2.0, 1.0]
+    result = stats.paired_validation(method, reference)
+    assert result["seeds"] == 4 and result["wins"] == 1
+    assert result["ratio"] == pytest.approx(math.exp(np.mean(np.log([0.5, 1.0, 2.0, 4.0]))))
+    assert result["p"] == pytest.approx(wilcoxon(np.log([0.5, 1.0, 2.0, 4.0])).pvalue)
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.paired_validation([1.0], [1.0, 2.0])
+
+
+def curve_frame(reached):
+    rows = []
+    for seed, at in reached.items():
+        for episodes, score in ((64, 2.0), (128, 1.0)):
+            rows.append({"agent seed": seed, "episodes": episodes, "training optimiser steps": episodes * 100,
+                         "validation MSE": score, "validation CI low": 0.8 * score, "validation CI high": 1.2 * score,
+                         "training return": 1.0, "plateau at": at})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("beaten, oracle_scale, expected", [
+    (True, 1.0, "the goal is met"),
+    (False, 1.0, "the bottleneck is the learning"),
+    (False, 3.0, "the policy class is a bottleneck"),
+])
+def test_the_curve_reading_names_one_of_three_outcomes_from_the_numbers(beaten, oracle_scale, expected):
+    import rlr_report as report
+    rng = np.random.default_rng(0)
+    schedule = list(rng.uniform(1.0, 2.0, 8))
+    validation = {"ctrl": [2 * v for v in schedule], "best": schedule,
+                  "oracle": [oracle_scale * v * f for v, f in zip(schedule, rng.uniform(0.95, 1.05, 8))]}
+    text = report.curve_reading(curve_frame({0: 128, 1: None}), curves.PLATEAU_RULE, "ctrl", beaten, "best",
+                                validation, "oracle")
+    assert expected in text
+    assert "agent seed 0: at 128 episodes" in text and "agent seed 1: not within the budget" in text
+    assert "times lower" in text or "times higher" in text
+
+
+def test_the_curve_figure_and_table_render():
+    import matplotlib
+    matplotlib.use("Agg")
+    import rlr_report as report
+    table = curve_frame({0: 128, 1: None})
+    fig = report.plot_controller_curves(table, {"best schedule": 1.5, "cosine": 1.7})
+    assert len(fig.axes[0].lines) >= 4
+    markdown = report.curve_markdown(table)
+    assert markdown.count("\n") >= 5 and "6,400" in markdown and "128" in markdown
+
+
+def test_the_evaluated_controllers_best_is_the_lowest_validation_score_and_beats_reads_the_primary_family():
+    make = lambda label, mse: controllers.TrainedController(label, "dqn", {}, {}, pd.DataFrame(), 0.0, {}, mse)
+    trained = {"a": make("a", [1.0, 4.0]), "b": make("b", [2.0, 1.0]), "c": make("c", [math.nan, 0.1])}
+    assert controllers.best_trained(trained) == "b"  # c diverged once: +inf
+    primary = pd.DataFrame([{"method": "a", "against": "s", "metric": "test_mse", "significant": True, "ratio": 1.5},
+                            {"method": "b", "against": "s", "metric": "test_mse", "significant": True, "ratio": 0.5},
+                            {"method": "c", "against": "s", "metric": "test_mse", "significant": False, "ratio": 2.0}])
+    assert [study.beats(primary, m, "s") for m in "abc"] == [True, False, False]
+    with pytest.raises(ValueError, match="no test"):
+        study.beats(primary, "a", "t")
