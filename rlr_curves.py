@@ -168,6 +168,16 @@ def best_agent(results: Sequence[tuple[controllers.TrainedController, pd.DataFra
     return int(np.argmin(finals))
 
 
+def selection_cost(table: pd.DataFrame, evaluated_seed: int) -> tuple[int, float]:
+    """Optimiser steps and seconds of the agents trained beside the evaluated one (their whole curves):
+    what picking the agent cost, on top of the tuning pool (rlr_report.controller_costs' selection)."""
+    finals = table.sort_values("episodes").groupby("agent seed").last()
+    if evaluated_seed not in finals.index:
+        raise ValueError(f"agent seed {evaluated_seed} has no curve in the table (seeds {sorted(finals.index)})")
+    others = finals.drop(index=evaluated_seed)
+    return int(others["training optimiser steps"].sum()), float(others["seconds"].sum())
+
+
 def curve_table(results: Sequence[tuple[controllers.TrainedController, pd.DataFrame]]) -> pd.DataFrame:
     """Every agent's checkpoints in one table, with the plateau column (PLATEAU_RULE) per agent."""
     table = pd.concat([rows for _, rows in results], ignore_index=True)

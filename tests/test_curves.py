@@ -104,16 +104,18 @@ def curve_frame(reached):
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("beaten, oracle_scale, expected", [
-    (True, 1.0, "the goal is met"),
-    (False, 1.0, "the bottleneck is the learning"),
-    (False, 3.0, "the policy class is a bottleneck"),
+@pytest.mark.parametrize("beaten, oracle_scale, controller_scale, expected", [
+    (True, 1.0, 2.0, "the goal is met"),
+    (False, 1.0, 2.0, "the bottleneck is the learning"),
+    (False, 1.0, 1.0, "resolve no gap"),
+    (False, 3.0, 2.0, "the policy class is a bottleneck"),
 ])
-def test_the_curve_reading_names_one_of_three_outcomes_from_the_numbers(beaten, oracle_scale, expected):
+def test_the_curve_reading_names_one_of_three_outcomes_from_the_numbers(beaten, oracle_scale, controller_scale,
+                                                                       expected):
     import rlr_report as report
     rng = np.random.default_rng(0)
     schedule = list(rng.uniform(1.0, 2.0, 8))
-    validation = {"ctrl": [2 * v for v in schedule], "best": schedule,
+    validation = {"ctrl": [controller_scale * v * f for v, f in zip(schedule, rng.uniform(0.97, 1.03, 8))], "best": schedule,
                   "oracle": [oracle_scale * v * f for v, f in zip(schedule, rng.uniform(0.95, 1.05, 8))]}
     text = report.curve_reading(curve_frame({0: 128, 1: None}), curves.PLATEAU_RULE, "ctrl", beaten, "best",
                                 validation, "oracle")
@@ -143,3 +145,11 @@ def test_the_evaluated_controllers_best_is_the_lowest_validation_score_and_beats
     assert [study.beats(primary, m, "s") for m in "abc"] == [True, False, False]
     with pytest.raises(ValueError, match="no test"):
         study.beats(primary, "a", "t")
+
+
+def test_the_selection_cost_is_every_other_agents_whole_curve():
+    table = pd.DataFrame([{"agent seed": seed, "episodes": episodes, "training optimiser steps": episodes * 10,
+                           "seconds": episodes / 10} for seed in (0, 1, 2) for episodes in (4, 8)])
+    assert curves.selection_cost(table, 1) == (160, 1.6)
+    with pytest.raises(ValueError, match="agent seed 5"):
+        curves.selection_cost(table, 5)
