@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
     "rlr_config": 1, "rlr_core": 1, "rlr_stats": 1,
-    "rlr_results": 2, "rlr_engine": 2, "rlr_stacked": 2, "rlr_batched": 2,
+    "rlr_results": 2, "rlr_engine": 2, "rlr_stacked": 2, "rlr_batched": 2, "rlr_tasks": 2,
     "rlr_env": 3, "rlr_peers": 3,
     "rlr_report": 4, "rlr_methods": 4, "rlr_study": 4, "rlr_controllers": 4, "rlr_curves": 4, "rlr_oracle": 4,
     "rlr_summaries": 5, "rlr_pbt": 5, "sweep": 5, "readme": 5, "build_site": 5, "rlr_provenance": 5,
@@ -26,6 +26,7 @@ LAYERS = {
 
 WITHIN_LAYER = {("rlr_engine", "rlr_results"), ("rlr_batched", "rlr_engine"), ("rlr_batched", "rlr_results"),
                 ("rlr_stacked", "rlr_engine"), ("rlr_batched", "rlr_stacked"),
+                ("rlr_tasks", "rlr_results"), ("rlr_tasks", "rlr_stacked"),
                 ("rlr_controllers", "rlr_study"), ("build_site", "readme"),
                 ("rlr_core", "rlr_config"), ("rlr_study", "rlr_methods"), ("rlr_controllers", "rlr_methods"),
                 ("readme", "rlr_provenance"), ("rlr_curves", "rlr_controllers"), ("rlr_curves", "rlr_study"),
