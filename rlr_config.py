@@ -21,6 +21,10 @@ import torch
 
 DQN_VARIANTS = ("described", "as_coded")
 STATE_FEATURES = ("raw", "log", "control", "validation")
+SEES_BUDGET = ("control", "validation")
+"""The features whose state holds the fraction of the budget left (ScheduleConfig.sees_budget)."""
+LOG_FEATURES = ("log", "control", "validation")
+"""The features with log states and the log reward (everything but 'raw')."""
 REWARDS = ("training", "validation")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -169,7 +173,8 @@ class ScheduleConfig:
     log L - log L_prev, lr position in [0, 1]), reward log L_t - log L_{t+1} (scale-free ablation);
     'control': the log state plus the fraction of the budget (steps) left, the same log reward (a
     controller that sees the end of its run); 'validation': the control state plus log V and
-    log V - log V_prev, V the loss on the task seed's validation split (what the verdict's tuning scores)"""
+    log V - log V_prev, V the loss on held-out polynomials of the task seed's own monitoring stream
+    (RunSeeds.monitor: independent of the validation set tuning scores by and of the test set)"""
     lr_factors: tuple[float, ...] = ()
     """empty: actions shift the grid index (original); else action a multiplies the lr by
     lr_factors[a], clipped to [lr_grid[0], lr_grid[-1]] (e.g. (0.5, 1.0, 2.0))"""
@@ -181,8 +186,8 @@ class ScheduleConfig:
     validation split (telescoping to log V_0 - log V_T; Xu et al. 2019 reward the validation loss to target
     generalisation); not with raw features"""
     validation_examples: int = 1024
-    """validation polynomials of the task seed (its validation stream) that V is measured on, wherever
-    the features or the reward use it"""
+    """held-out polynomials of the task seed's monitoring stream that V is measured on, wherever the
+    features or the reward use it"""
 
     def __post_init__(self) -> None:
         self.lr_grid = tuple(float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
@@ -234,7 +239,7 @@ class ScheduleConfig:
     def sees_budget(self) -> bool:
         """Whether the state holds the fraction of the budget left (features 'control', 'validation'): then
         the run's end is part of the problem the agent sees, a terminal state (rlr_env.time_limit_is_terminal)."""
-        return self.features in ("control", "validation")
+        return self.features in SEES_BUDGET
 
     @property
     def uses_validation(self) -> bool:
@@ -298,6 +303,16 @@ class DQNConfig:
 
 
 
+def check_discount(gamma: float, schedule: "ScheduleConfig | None") -> None:
+    """The one rule for gamma = 1 (the undiscounted return): only where the run's end is terminal, i.e. the
+    state sees the budget (schedule.sees_budget); elsewhere the run has no terminal state and undiscounted
+    values grow without bound over bootstrapped truncations. schedule None: an environment without one."""
+    if gamma == 1.0 and not (schedule is not None and schedule.sees_budget):
+        features = "no schedule" if schedule is None else f"features={schedule.features!r}"
+        raise ValueError(f"dqn.gamma = 1 needs a run whose end is terminal: schedule.features 'control' or "
+                         f"'validation' (the budget left in the state), got {features}")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The run config: the task and agent configs plus the baseline, seed, device and dtype
 # ---------------------------------------------------------------------------------------------------
@@ -348,11 +363,7 @@ class Config:
                            ("schedule", ScheduleConfig), ("dqn", DQNConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
-        if self.dqn.gamma == 1.0 and not self.schedule.sees_budget:
-            raise ValueError("dqn.gamma = 1 needs a run whose end is terminal, i.e. schedule.features 'control' or "
-                             "'validation' (the "
-                             f"budget left in the state); with features={self.schedule.features!r} the run has no "
-                             "terminal state and undiscounted values grow without bound")
+        check_discount(self.dqn.gamma, self.schedule)
 
     def to_dict(self) -> dict:
         return asdict(self)

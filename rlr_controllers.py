@@ -179,9 +179,10 @@ def train_controller(config: Config, controller: ControllerConfig) -> tuple[Conf
 
 def training_curve(history: dict[str, list], n_envs: int) -> pd.DataFrame:
     """One row per finished training episode of train_agent_on_vector_env's history: episode, seed, return
-    (log L_0 - log L_T), diverged, and its round (n_envs episodes each)."""
+    (log L_0 - log L_T), length (decisions), diverged, and its round (n_envs episodes each)."""
     curve = pd.DataFrame({"episode": range(len(history["episode_returns"])), "seed": history["episode_seeds"],
-                          "return": history["episode_returns"], "diverged": history["episode_terminated"]})
+                          "return": history["episode_returns"], "length": history["episode_lengths"],
+                          "diverged": history["episode_terminated"]})
     curve["round"] = curve["episode"] // n_envs
     return curve
 

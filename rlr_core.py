@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlr_config import (DQN_VARIANTS, DTYPES, REWARDS, STATE_FEATURES, DQNConfig, ScheduleConfig, TaskConfig,  # noqa: F401
-                        check_float, check_int, check_int_array, check_lr_range, check_seed, check_seeds,
+from rlr_config import (DQN_VARIANTS, DTYPES, LOG_FEATURES, REWARDS, SEES_BUDGET, STATE_FEATURES, DQNConfig, ScheduleConfig, TaskConfig,  # noqa: F401
+                        check_discount, check_float, check_int, check_int_array, check_lr_range, check_seed, check_seeds,
                         check_sequence, global_rng_preserved, original_lr_grid)
 
 # ---------------------------------------------------------------------------------------------------
@@ -44,6 +44,9 @@ class RunSeeds(NamedTuple):
     """held-out test polynomials, same distribution as the training data"""
     validation: int
     """held-out validation polynomials (for tuning), same distribution, independent of the test set"""
+    monitor: int
+    """held-out polynomials a controller watches during its run (the validation loss V in its state or reward),
+    independent of the validation set tuning scores it by and of the test set"""
 
 
 def derive_seeds(seed: int) -> RunSeeds:
@@ -424,7 +427,7 @@ def loss_state(loss: float | torch.Tensor, previous_loss: float | torch.Tensor |
     log_loss = safe_log(loss)
     log_difference = torch.zeros_like(loss) if previous_loss is None else log_loss - safe_log(previous_loss)
     columns = [log_loss, log_difference, as_float64(lr_position).expand_as(loss)]
-    if features in ("control", "validation"):
+    if features in SEES_BUDGET:
         if budget_left is None:
             raise ValueError(f"features={features!r} needs budget_left (budget_fraction_left)")
         columns.append(as_float64(budget_left).expand_as(loss))
@@ -463,7 +466,7 @@ def loss_reward(previous_loss: float | torch.Tensor, loss: float | torch.Tensor,
     """The agent's reward r_t = L_t - L_{t+1} (raw), or log L_t - log L_{t+1} with features 'log' and
     'control' (float64); over a decision interval, L_t and L_{t+1} are the losses at two decisions, so an
     episode's rewards sum (telescope) to L_0 - L_T or log L_0 - log L_T."""
-    if features in ("log", "control", "validation"):
+    if features in LOG_FEATURES:
         return safe_log(previous_loss) - safe_log(loss)
     return as_float64(previous_loss) - as_float64(loss)
 
@@ -565,9 +568,7 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         if schedule.uses_validation:
             raise ValueError("RLRScheduler sees only the training loss: schedule.features='validation' and "
                              "schedule.reward='validation' need a validation loss (use rlr_env's environments)")
-        if self.agent.config.gamma == 1.0 and not schedule.sees_budget:
-            raise ValueError("dqn.gamma = 1 needs schedule.features='control': only a run whose state sees its "
-                             "budget has a terminal end")
+        check_discount(self.agent.config.gamma, schedule)
         self.lr_index = schedule.start_index
         self.previous_loss: float | None = None
         self.previous_state: torch.Tensor | None = None
@@ -614,15 +615,16 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         if not math.isfinite(loss):
             raise FloatingPointError(f"RLRScheduler.step got a non-finite loss ({loss}); the model "
                                      "diverged. Nothing was stored; stop or restart the run.")
-        if not is_decision_step(self.last_epoch, self.schedule):
+        run_end = self.schedule.sees_budget and self.last_epoch == self.schedule.steps
+        if not (is_decision_step(self.last_epoch, self.schedule) or run_end):  # the env's last, partial decision too
             self.last_epoch += 1
             return
         state = self.observe(loss)
         if self.previous_state is not None and self.agent.training:
             reward = float(loss_reward(self.previous_loss, loss, self.schedule.features))
             # the run's end is terminal where the state sees the budget (rlr_env.time_limit_is_terminal)
-            end_of_run = self.schedule.sees_budget and self.last_epoch >= self.schedule.steps
-            self.agent.remember(self.previous_state, self.last_action, state, reward, terminated=end_of_run)
+            self.agent.remember(self.previous_state, self.last_action, state, reward,
+                                terminated=self.schedule.sees_budget and self.last_epoch >= self.schedule.steps)
             self.agent.learn()
         state = acting_state(state, self.agent.config.variant)
         action = self.agent.act(state)
@@ -648,7 +650,7 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         """What of the schedule a saved state must agree on: all of it, except the run length where the state
         does not see it (with features='control' the budget left is part of the state, so the length is too)."""
         schedule = asdict(self.schedule)
-        if self.schedule.features != "control":
+        if not self.schedule.sees_budget:
             del schedule["steps"]
         return {name: list(value) if isinstance(value, tuple) else value for name, value in schedule.items()}
 
@@ -657,6 +659,8 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         saved = {name: list(value) if isinstance(value, tuple) else value  # older states lack the schedule
                  for name, value in state.get("schedule", self.schedule_fields()).items()}
         saved.setdefault("decision_interval", 1)  # and states before decision intervals, this field
+        saved.setdefault("reward", "training")  # states before the validation reward, these two
+        saved.setdefault("validation_examples", 1024)
         if saved != self.schedule_fields():
             raise ValueError(f"scheduler state was saved with schedule {saved}, this scheduler has "
                              f"{self.schedule_fields()}")

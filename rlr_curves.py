@@ -24,7 +24,6 @@ import pandas as pd
 
 import rlr_controllers as controllers
 import rlr_core as rc
-import rlr_methods as methods
 import rlr_peers as peers
 import rlr_stats as stats
 from rlr_engine import Config
@@ -81,16 +80,21 @@ class CurveConfig:
 
 
 def curve_row(trained: controllers.TrainedController, agent_seed: int, episodes: int, steps: int) -> dict:
-    """One checkpoint's row: its validation score over the tuning seeds with its 95% bootstrap CI, and the
-    mean training return of the last half of its episodes (those since the previous checkpoint, which is
-    at half)."""
+    """One checkpoint's row: the episodes finished by then (a diverged episode ends early and its task
+    restarts, so this can exceed the checkpoint's nominal count), the optimiser steps they took (each
+    finished episode's decisions x the decision interval, capped at the run's steps), its validation score
+    over the tuning seeds with its 95% bootstrap CI, the mean training return of the last half of the
+    finished episodes, and the training seconds (scoring excluded)."""
     validation = trained.validation_mse
     score = stats.validation_score(validation)
     low, high = stats.bootstrap_interval(validation) if math.isfinite(score) else (math.nan, math.nan)
-    return {"agent seed": agent_seed, "episodes": episodes, "training optimiser steps": episodes * steps,
+    interval = Config.from_dict(trained.run_config).schedule.decision_interval
+    taken = int(np.minimum(trained.curve["length"].to_numpy() * interval, steps).sum())
+    return {"agent seed": agent_seed, "episodes": episodes, "episodes finished": len(trained.curve),
+            "training optimiser steps": taken,
             "validation MSE": score, "validation CI low": low, "validation CI high": high,
             "diverged": sum(not math.isfinite(value) for value in validation),
-            "training return": float(trained.curve["return"].iloc[-episodes // 2:].mean()),
+            "training return": float(trained.curve["return"].iloc[-(len(trained.curve) // 2 or 1):].mean()),
             "seconds": trained.training_seconds}
 
 
@@ -102,7 +106,7 @@ def train_to_checkpoints(config: Config, study: StudyConfig, controller: control
     frozen controller and one row per checkpoint (curve_row). Training continues across checkpoints (the same
     agent, replay and exploration schedule; the environment draws each round's task seeds from its own
     seeded generator), so the last checkpoint is one training of curve.episodes episodes."""
-    curve.check_tasks(controller)
+    check_curve_inputs(controller, params, curve)
     controller = replace(controller, agent_seed=rc.check_seed("agent_seed", agent_seed)).with_knobs(params)
     run_config = controllers.dqn_run_config(config, controller, params)
     _, env = controllers.controller_env(run_config, controller)
@@ -112,16 +116,31 @@ def train_to_checkpoints(config: Config, study: StudyConfig, controller: control
     steps_per_round = controllers.decisions_per_episode(schedule) + 1  # the last step autoresets every task
     at_steps = {steps_per_round * point // controller.n_envs: point for point in curve.checkpoints()}
     frozen: list[controllers.TrainedController] = []
-    rows, started = [], time.perf_counter()
+    rows, started, scoring = [], time.perf_counter(), [0.0]
 
     def score(vector_steps: int, history: dict) -> None:  # freezes a copy: the training goes on untouched
-        trained = controllers.frozen_dqn(run_config, agent, controller, history, time.perf_counter() - started, params)
+        begun = time.perf_counter()
+        trained = controllers.frozen_dqn(run_config, agent, controller, history, begun - started - scoring[0], params)
         frozen.append(controllers.validate_controller(trained, study))
         rows.append(curve_row(frozen[-1], agent_seed, at_steps[vector_steps], schedule.steps))
+        scoring[0] += time.perf_counter() - begun
 
     train_agent_on_vector_env(env, agent, max(at_steps), controller.first_training_seed, controller.updates_per_step,
                               sorted(at_steps), score)
     return frozen[-1], pd.DataFrame(rows)
+
+
+def check_curve_inputs(controller: controllers.ControllerConfig, params: dict, curve: CurveConfig) -> None:
+    """Before any training: the configs' types, params naming exactly CONTROLLER_RANGES' knobs, and every
+    checkpoint ending a round of the controller's tasks."""
+    if not isinstance(curve, CurveConfig):
+        raise TypeError(f"curve must be a CurveConfig, got {type(curve).__name__}")
+    if not isinstance(controller, controllers.ControllerConfig):
+        raise TypeError(f"controller must be a ControllerConfig, got {type(controller).__name__}")
+    if not isinstance(params, dict) or set(params) != set(controllers.CONTROLLER_RANGES):
+        raise ValueError(f"params must give the DQN controller's knobs {sorted(controllers.CONTROLLER_RANGES)}, "
+                         f"got {sorted(params) if isinstance(params, dict) else params!r}")
+    curve.check_tasks(controller)
 
 
 def submit_learning_curves(config: Config, study: StudyConfig, controller: controllers.ControllerConfig,
@@ -129,8 +148,7 @@ def submit_learning_curves(config: Config, study: StudyConfig, controller: contr
                            ) -> Callable[[], list[tuple[controllers.TrainedController, pd.DataFrame]]]:
     """train_to_checkpoints for every agent seed, one Ray task each when Ray is started (they train while the
     caller goes on); returns collect(), in the order of curve.agent_seeds."""
-    curve.check_tasks(controller)
-    methods.check_ranges("params", {name: controllers.CONTROLLER_RANGES[name] for name in params})
+    check_curve_inputs(controller, params, curve)
     return peers.submit_tasks(train_to_checkpoints, [(config, study, controller, params, curve, seed)
                                                      for seed in curve.agent_seeds])
 

@@ -116,7 +116,8 @@ class LRControlEnv(gymnasium.Env):
         return info
 
     def _validation_loss(self) -> float | None:
-        """V: the full loss on the task seed's validation split (None where the schedule does not use it)."""
+        """V: the full loss on the task seed's monitoring split (RunSeeds.monitor; None where the schedule does
+        not use it)."""
         if not self.schedule.uses_validation:
             return None
         with torch.no_grad():
@@ -136,7 +137,7 @@ class LRControlEnv(gymnasium.Env):
         if self.data is None or seed is not None or self.resample_data:
             self.data = rc.make_polynomial_dataset(self.task, seeds.data, dtype=self.dtype, device=self.device)
             if self.schedule.uses_validation:
-                self.validation_data = rc.make_polynomial_dataset(self.task, seeds.validation,
+                self.validation_data = rc.make_polynomial_dataset(self.task, seeds.monitor,
                                                                   self.schedule.validation_examples,
                                                                   dtype=self.dtype, device=self.device)
         self.model = rc.make_model(self.task, seeds.init, self.dtype, self.device)
@@ -288,8 +289,9 @@ class LRControlVectorEnv(VectorEnv):
         self.validation = self.validation_losses()
 
     def validation_split(self, seed: int) -> rc.PolynomialData:
-        """Task seed's validation polynomials (its validation stream, schedule.validation_examples of them)."""
-        return rc.make_polynomial_dataset(self.task, rc.derive_seeds(seed).validation, self.schedule.validation_examples,
+        """Task seed's monitoring polynomials (its monitor stream, schedule.validation_examples of them): the
+        held-out data V is measured on, never the validation set tuning scores the controller by."""
+        return rc.make_polynomial_dataset(self.task, rc.derive_seeds(seed).monitor, self.schedule.validation_examples,
                                           dtype=self.dtype, device=self.device)
 
     def validation_losses(self) -> torch.Tensor | None:
@@ -408,13 +410,10 @@ def stored_as_terminal(terminated: Any, truncated: Any, time_limit_terminal: boo
 
 
 def check_discount(env: Any, agent: rc.DQNAgent) -> bool:
-    """time_limit_is_terminal(env), after refusing gamma = 1 where no episode end is terminal (undiscounted
-    values would grow without bound over bootstrapped truncations)."""
-    terminal = time_limit_is_terminal(env)
-    if agent.config.gamma == 1.0 and not terminal:
-        raise ValueError("dqn.gamma = 1 needs an environment whose time limit is terminal (the budget left in "
-                         "the state: schedule.features='control')")
-    return terminal
+    """time_limit_is_terminal(env), after rlr_config.check_discount's rule for the agent's gamma on the
+    env's schedule (gamma = 1 only where the time limit is terminal)."""
+    rc.check_discount(agent.config.gamma, getattr(getattr(env, "unwrapped", env), "schedule", None))
+    return time_limit_is_terminal(env)
 
 
 def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,

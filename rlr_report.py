@@ -752,41 +752,57 @@ def curve_markdown(table: pd.DataFrame) -> str:
                                     ).astype({"plateau at": object}).fillna("-"))
 
 
-def curve_reading(table: pd.DataFrame, plateau_rule: str, controller: str, beaten: bool, best_schedule: str,
-                  validation: dict[str, Sequence[float]], oracle: str) -> str:
-    """What the learning curves and the oracle say, from the numbers. beaten: whether the primary test
-    found the controller's test MSE lower than the best schedule's. validation: label -> per-tuning-seed
-    validation MSEs of the controller, the best schedule and the oracle (same seeds), compared by
-    rlr_stats.paired_validation. Three outcomes: the controller beats the schedule; it does not, and the
-    oracle shows the class could (the learning is the bottleneck); it does not, and the oracle is worse
-    too (the policy class is); the middle one splits on whether the controller is significantly worse than
-    the oracle (the learning is the bottleneck) or within noise of it (no gap resolved)."""
+def significance(comparison: dict, alpha: float = 0.05) -> str:
+    """'better', 'worse' or 'tie' for rlr_stats.paired_validation's result (ratio reference / method)."""
+    if comparison["p"] >= alpha or not math.isfinite(comparison["ratio"]):
+        return "tie"
+    return "better" if comparison["ratio"] > 1 else "worse"
+
+
+def curve_reading(table: pd.DataFrame, plateau_rule: str, controller: str, best_schedule: str,
+                  validation: dict[str, Sequence[float]], oracle: str, beaten_by: str | None) -> str:
+    """What the learning curves (of `controller`, the DQN controller whose agents they are) and the oracle
+    say, from the numbers. validation: label -> per-tuning-seed validation MSEs of the controller, the best
+    schedule and the oracle (same seeds), compared by rlr_stats.paired_validation (descriptive, tuning
+    seeds). beaten_by: the best learned controller if the primary test found its test MSE lower than the
+    best schedule's, else None. The outcomes: the goal is met; else the oracle (the class's nearest path
+    to the schedule) against the schedule, then the controller against the oracle, decide between 'the
+    learning is the bottleneck', 'no gap resolved', 'the learned policy beats the clone' and 'the nearest
+    path in the class is worse'."""
+    missing = sorted({controller, best_schedule, oracle} - set(validation))
+    if missing:
+        raise ValueError(f"validation lacks the label(s) {missing}")
     reached = table.groupby("agent seed")["plateau at"].first()
     plateaus = ", ".join(f"agent seed {seed}: " + ("not within the budget" if pd.isna(at) else f"at {int(at)} episodes")
                          for seed, at in reached.items())
-    lines = [f"Plateau rule ({plateau_rule}): {plateaus}."]
-    versus_oracle = paired_validation(validation[controller], validation[oracle])
-    oracle_versus = paired_validation(validation[oracle], validation[best_schedule])
-    lines.append(f"On the tuning seeds' validation sets, {oracle} has {times_mse(oracle_versus['ratio'], 1.0, best_schedule, 'validation MSE')} "
-                 f"({oracle_versus['wins']} of {oracle_versus['seeds']} seeds lower, Wilcoxon p = {oracle_versus['p']:.2g}); "
-                 f"{controller} has {times_mse(versus_oracle['ratio'], 1.0, oracle, 'validation MSE')} "
-                 f"({versus_oracle['wins']} of {versus_oracle['seeds']} seeds lower, p = {versus_oracle['p']:.2g}).")
-    trained_out = reached.notna().all()
-    if beaten:
-        lines.append(f"{controller} beats {best_schedule} on the primary test: the goal is met.")
-    elif not (oracle_versus["ratio"] > 1 and oracle_versus["p"] < 0.05):
-        if versus_oracle["ratio"] > 1 and versus_oracle["p"] < 0.05:
-            lines.append(f"The controller's actions can express a schedule as good as {best_schedule} (the oracle is not "
-                         "significantly worse on validation), and the learned controller is significantly worse than that "
-                         "oracle: the bottleneck is the learning, not the policy class" + (
-                             ", even with every agent at its plateau." if trained_out
-                             else "; not every agent reached its plateau, so more training may still help."))
-        else:
-            lines.append(f"The learned controller is within noise of the oracle, and the oracle within noise of "
-                         f"{best_schedule}, on validation: these seeds resolve no gap, neither in the learning nor in "
-                         "the policy class.")
+    lines = [f"Plateau rule ({plateau_rule}), {controller}'s agents: {plateaus}."]
+    oracle_vs = paired_validation(validation[oracle], validation[best_schedule])
+    controller_vs = paired_validation(validation[controller], validation[oracle])
+    lines.append(f"On the tuning seeds' validation sets, {oracle} has "
+                 f"{times_mse(1.0, oracle_vs['ratio'], best_schedule, 'validation MSE')} ({oracle_vs['wins']} of "
+                 f"{oracle_vs['seeds']} seeds lower, Wilcoxon p = {oracle_vs['p']:.2g}); {controller} has "
+                 f"{times_mse(1.0, controller_vs['ratio'], 'the oracle', 'validation MSE')} ({controller_vs['wins']} of "
+                 f"{controller_vs['seeds']} seeds lower, p = {controller_vs['p']:.2g}).")
+    if beaten_by is not None:
+        lines.append(f"{beaten_by} beats {best_schedule} on the primary test: the goal is met.")
+        return "\n\n".join(lines)
+    oracle_side, controller_side = significance(oracle_vs), significance(controller_vs)
+    at_plateau = bool(reached.notna().all())
+    if oracle_side == "worse":
+        lines.append(f"The nearest path the controllers' actions allow to {best_schedule} is significantly worse than it "
+                     "on validation: the policy class (its factors, decision interval and range) limits before any "
+                     "learning, although a path further from the schedule could still do better.")
+    elif controller_side == "worse":
+        lines.append(f"The controllers' actions can follow {best_schedule} without significant loss (the oracle"
+                     f"{' beats it' if oracle_side == 'better' else ' ties it'} on validation), and {controller} is "
+                     "significantly worse than that oracle: the bottleneck is the learning, not the policy class" + (
+                         ", with every agent at its plateau." if at_plateau
+                         else "; not every agent reached its plateau, so more training may still help."))
+    elif controller_side == "better":
+        lines.append(f"{controller} beats the oracle on validation, yet no learned controller beats {best_schedule} "
+                     "on the primary test: the learned policy improves on the clone of the schedule, not on the schedule.")
     else:
-        lines.append(f"Even the oracle is significantly worse than {best_schedule} on validation: the controller's "
-                     "actions (factors, decision interval, lr range) cannot express that schedule, so the policy class is "
-                     "a bottleneck before any learning.")
+        lines.append(f"{controller} is within noise of the oracle, and the oracle "
+                     f"{'beats' if oracle_side == 'better' else 'ties'} {best_schedule} on validation: these seeds "
+                     "resolve no gap in the learning.")
     return "\n\n".join(lines)

@@ -318,17 +318,17 @@ def wilcoxon_p(values: np.ndarray) -> float:
 
 def paired_validation(method: Sequence[float], reference: Sequence[float]) -> dict:
     """Two methods' MSEs on the same seeds (paired by position; a non-finite one drops its pair): the
-    geometric-mean ratio method / reference, the seeds where the method is lower, and the two-sided
-    Wilcoxon p of the log ratios (wilcoxon_p). Descriptive: for readings on the tuning seeds, never a
-    primary test."""
+    geometric-mean ratio reference / method (> 1: the method is better, as primary_tests' ratio), the seeds
+    where the method is lower, and the two-sided Wilcoxon p of the log ratios (wilcoxon_p). Descriptive:
+    for readings on the tuning seeds, never a primary test."""
     method, reference = np.asarray(method, dtype=float), np.asarray(reference, dtype=float)
     if method.shape != reference.shape or method.ndim != 1:
         raise ValueError(f"method and reference must be MSEs on the same seeds, got shapes {method.shape} "
                          f"and {reference.shape}")
     kept = np.isfinite(method) & np.isfinite(reference) & (method > 0) & (reference > 0)
-    log_ratios = np.log(method[kept]) - np.log(reference[kept])
+    log_ratios = np.log(reference[kept]) - np.log(method[kept])
     return {"ratio": float(np.exp(log_ratios.mean())) if kept.any() else math.nan,
-            "wins": int((log_ratios < 0).sum()), "seeds": int(kept.sum()), "p": wilcoxon_p(log_ratios)}
+            "wins": int((log_ratios > 0).sum()), "seeds": int(kept.sum()), "p": wilcoxon_p(log_ratios)}
 
 
 LEARNED_RULE = ("an agent learned when its training returns rose: the last quarter of its training episodes "

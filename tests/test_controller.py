@@ -238,9 +238,9 @@ VALIDATION = {"lr_factors": (0.5, 1.0, 2.0), "decision_interval": 10, "steps": 3
 @pytest.mark.parametrize("features, reward", [("validation", "training"), ("control", "validation"),
                                               ("validation", "validation")])
 def test_the_validation_loss_reaches_state_and_reward_the_same_in_both_environments(features: str, reward: str):
-    """V is the MSE on the task seed's validation split (the split tuning scores: rlr_engine.heldout_data);
-    the vector env gives every task the single env's observations and rewards; a validation reward
-    telescopes to log V_0 - log V_T."""
+    """V is the MSE on the task seed's monitoring split (RunSeeds.monitor), not the validation split tuning
+    scores by (rlr_engine.heldout_data); the vector env gives every task the single env's observations and
+    rewards; a validation reward telescopes to log V_0 - log V_T."""
     schedule = rc.ScheduleConfig(features=features, reward=reward, **VALIDATION)
     vector = rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64")
     observations, info = vector.reset(seed=[4, 9])
@@ -260,10 +260,12 @@ def test_the_validation_loss_reaches_state_and_reward_the_same_in_both_environme
             total += reward_k
         np.testing.assert_allclose(observation, observations[k], rtol=1e-9)
         assert total == pytest.approx(returns[k], rel=1e-9)
-        heldout = engine.heldout_data(engine.Config(seed=seed, dtype="float64"), "validation", 64)
+        monitor = rc.make_polynomial_dataset(rc.TaskConfig(), rc.derive_seeds(seed).monitor, 64, dtype=torch.float64)
+        scored = engine.heldout_data(engine.Config(seed=seed, dtype="float64"), "validation", 64)
         with torch.no_grad():
-            assert single_info["validation_loss"] == pytest.approx(float(rc.full_batch_loss(single.model, heldout)),
+            assert single_info["validation_loss"] == pytest.approx(float(rc.full_batch_loss(single.model, monitor)),
                                                                    rel=1e-12)
+            assert not torch.equal(monitor.inputs, scored.inputs)  # the tuning score's data stay unseen
 
 
 def test_validation_features_extend_the_control_state_by_log_v_and_its_change():

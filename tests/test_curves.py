@@ -49,6 +49,7 @@ def test_a_learning_curve_is_deterministic_and_its_last_checkpoint_is_one_contin
     again, table_again = curves.train_to_checkpoints(config, setup, controller, PARAMS, curve, 0)
     pd.testing.assert_frame_equal(table.drop(columns="seconds"), table_again.drop(columns="seconds"))
     assert list(table["episodes"]) == [2, 4, 8] and list(table["training optimiser steps"]) == [80, 160, 320]
+    assert list(table["episodes finished"]) == [2, 4, 8]
     assert all(torch.equal(trained.policy[key], again.policy[key]) for key in trained.policy)
     assert len(trained.curve) == 8 and trained.run_config["dqn"]["gamma"] == 1.0
     assert trained.run_config["schedule"]["features"] == "validation" and len(trained.validation_mse) == 2
@@ -86,10 +87,10 @@ def test_paired_validation_is_the_geometric_ratio_with_wins_and_scipys_wilcoxon(
     from scipy.stats import wilcoxon
     import rlr_stats as stats
     method, reference = [1.0, 2.0, 4.0, 8.0, math.nan], [2.0, 2.0, 2.0, 2.0, 1.0]
-    result = stats.paired_validation(method, reference)
+    result = stats.paired_validation(method, reference)  # reference / method, as the primary tests
     assert result["seeds"] == 4 and result["wins"] == 1
-    assert result["ratio"] == pytest.approx(math.exp(np.mean(np.log([0.5, 1.0, 2.0, 4.0]))))
-    assert result["p"] == pytest.approx(wilcoxon(np.log([0.5, 1.0, 2.0, 4.0])).pvalue)
+    assert result["ratio"] == pytest.approx(math.exp(np.mean(np.log([2.0, 1.0, 0.5, 0.25]))))
+    assert result["p"] == pytest.approx(wilcoxon(np.log([2.0, 1.0, 0.5, 0.25])).pvalue)
     with pytest.raises(ValueError, match="same seeds"):
         stats.paired_validation([1.0], [1.0, 2.0])
 
@@ -107,8 +108,10 @@ def curve_frame(reached):
 @pytest.mark.parametrize("beaten, oracle_scale, controller_scale, expected", [
     (True, 1.0, 2.0, "the goal is met"),
     (False, 1.0, 2.0, "the bottleneck is the learning"),
+    (False, 0.5, 2.0, "the bottleneck is the learning"),
     (False, 1.0, 1.0, "resolve no gap"),
-    (False, 3.0, 2.0, "the policy class is a bottleneck"),
+    (False, 1.0, 0.5, "improves on the clone"),
+    (False, 3.0, 2.0, "the policy class (its factors"),
 ])
 def test_the_curve_reading_names_one_of_three_outcomes_from_the_numbers(beaten, oracle_scale, controller_scale,
                                                                        expected):
@@ -117,11 +120,13 @@ def test_the_curve_reading_names_one_of_three_outcomes_from_the_numbers(beaten, 
     schedule = list(rng.uniform(1.0, 2.0, 8))
     validation = {"ctrl": [controller_scale * v * f for v, f in zip(schedule, rng.uniform(0.97, 1.03, 8))], "best": schedule,
                   "oracle": [oracle_scale * v * f for v, f in zip(schedule, rng.uniform(0.95, 1.05, 8))]}
-    text = report.curve_reading(curve_frame({0: 128, 1: None}), curves.PLATEAU_RULE, "ctrl", beaten, "best",
-                                validation, "oracle")
+    text = report.curve_reading(curve_frame({0: 128, 1: None}), curves.PLATEAU_RULE, "ctrl", "best", validation,
+                                "oracle", "ctrl" if beaten else None)
     assert expected in text
     assert "agent seed 0: at 128 episodes" in text and "agent seed 1: not within the budget" in text
     assert "times lower" in text or "times higher" in text
+    with pytest.raises(ValueError, match="lacks the label"):
+        report.curve_reading(curve_frame({0: None}), "", "ctrl", "best", {"best": [1.0]}, "oracle", None)
 
 
 def test_the_curve_figure_and_table_render():
@@ -153,3 +158,14 @@ def test_the_selection_cost_is_every_other_agents_whole_curve():
     assert curves.selection_cost(table, 1) == (160, 1.6)
     with pytest.raises(ValueError, match="agent seed 5"):
         curves.selection_cost(table, 5)
+
+
+def test_learning_curves_refuse_bad_input_before_training():
+    setup, config, controller = tiny()
+    curve = curves.CurveConfig(episodes=4, first_checkpoint=2)
+    with pytest.raises(ValueError, match="params must give"):
+        curves.submit_learning_curves(config, setup, controller, {"dqn.lr": 1e-3}, curve)
+    with pytest.raises(TypeError, match="curve must be a CurveConfig"):
+        curves.train_to_checkpoints(config, setup, controller, PARAMS, {"episodes": 4}, 0)
+    with pytest.raises(TypeError, match="controller must be a ControllerConfig"):
+        curves.submit_learning_curves(config, setup, None, PARAMS, curve)

@@ -184,10 +184,12 @@ def test_gamma_1_is_refused_where_no_episode_end_is_terminal():
         rc.DQNConfig(gamma=1.5)
 
 
-def test_rlr_scheduler_stores_the_run_end_as_terminal_when_it_sees_the_budget():
-    """A 4-step run with a decision every 2 steps: decisions at L_0, L_2, L_4; the transition into L_4 (no
-    budget left) is terminal, the one into L_2 is not."""
-    schedule = rc.ScheduleConfig(steps=4, decision_interval=2, **CONTROL)
+@pytest.mark.parametrize("steps, expected", [(4, [0.0, 1.0]), (5, [0.0, 0.0, 1.0])])
+def test_rlr_scheduler_stores_the_run_end_as_terminal_when_it_sees_the_budget(steps: int, expected: list):
+    """A decision every 2 steps: at L_0, L_2, L_4 and, as the environment's last partial decision, at the
+    run's end (L_5 of a 5-step run); the transition into the end (no budget left) is terminal, the others
+    are not."""
+    schedule = rc.ScheduleConfig(steps=steps, decision_interval=2, **CONTROL)
     agent = rc.DQNAgent(4, 3, rc.DQNConfig(gamma=1.0, learning_starts=64), seed=0)
     model = rc.make_model(rc.TaskConfig(), 0)
     optimizer = torch.optim.Adam(model.parameters())
@@ -195,13 +197,13 @@ def test_rlr_scheduler_stores_the_run_end_as_terminal_when_it_sees_the_budget():
     data = rc.make_polynomial_dataset(rc.TaskConfig(), 0)
     loss = rc.full_batch_loss(model, data)
     scheduler.step(loss.item())
-    for _ in range(4):
+    for _ in range(steps):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         loss = rc.full_batch_loss(model, data)
         scheduler.step(loss.item())
-    assert agent.replay.terminated[:len(agent.replay)].tolist() == [0.0, 1.0]
+    assert agent.replay.terminated[:len(agent.replay)].tolist() == expected
 
 
 def test_an_undiscounted_target_at_the_run_end_is_the_reward_alone_and_telescopes():
