@@ -127,9 +127,14 @@ class TaskConfig:
     """standard deviation of each coefficient; its length is the degree + 1 ("Maclaurin-like" decay)"""
     hidden_sizes: tuple[int, ...] = (32, 16)
     """widths of MaclaurinNet's hidden layers"""
+    input_noise: float = 0.0
+    """standard deviation of Gaussian noise on each sampled value (a noisy reading of the polynomial; the
+    coefficients stay exact): 0, the original, is noise-free and exactly linear; > 0 gives the task a
+    non-zero Bayes floor (rlr_core.bayes_floor), so test MSE can be read against the best any model can do"""
 
     def __post_init__(self) -> None:
         check_int("task.n_examples", self.n_examples, 1)
+        check_float("task.input_noise", self.input_noise, 0.0, math.inf, low_open=False, high_open=True)
         check_int("task.n_points", self.n_points, 2)
         check_float("task.x_min", self.x_min, -math.inf, math.inf, high_open=True)
         check_float("task.x_max", self.x_max, -math.inf, math.inf, high_open=True)

@@ -73,7 +73,9 @@ class PolynomialData(NamedTuple):
 def make_polynomial_dataset(task: TaskConfig, seed: int, n_examples: int | None = None,
                             dtype: torch.dtype = torch.float32,
                             device: str | torch.device = "cpu") -> PolynomialData:
-    """w = randn(n, d) * coeff_scale; y = w @ X with X[j, i] = x_i ** j. Seeded by its own generator."""
+    """w = randn(n, d) * coeff_scale; y = w @ X with X[j, i] = x_i ** j, plus task.input_noise * randn(n, points)
+    when the task is noisy (drawn after w from the same generator, so a noise-free task's data are the
+    original's bit for bit). Seeded by its own generator."""
     if not isinstance(task, TaskConfig):
         raise TypeError(f"task must be a TaskConfig, got {type(task).__name__}")
     check_int("seed", seed, 0)
@@ -86,7 +88,25 @@ def make_polynomial_dataset(task: TaskConfig, seed: int, n_examples: int | None 
     targets = torch.randn(n, task.n_coefficients, generator=generator, dtype=torch.float64) * scale
     powers = sample_points(task)[None, :] ** torch.arange(task.n_coefficients, dtype=torch.float64)[:, None]
     inputs = targets @ powers
+    if task.input_noise > 0:
+        inputs = inputs + task.input_noise * torch.randn(inputs.shape, generator=generator, dtype=torch.float64)
     return PolynomialData(inputs.to(device=device, dtype=dtype), targets.to(device=device, dtype=dtype))
+
+
+def bayes_floor(task: TaskConfig) -> float:
+    """The lowest MSE (mean over the coefficients) any predictor of w from the noisy samples y can reach on
+    the task's distribution: w ~ N(0, diag(coeff_scale^2)) and y = X^T w + N(0, input_noise^2 I) are jointly
+    Gaussian, so the best predictor is the posterior mean and its MSE is trace(posterior covariance) / d,
+    with posterior covariance (diag(1 / coeff_scale^2) + X X^T / input_noise^2)^-1. 0 for a noise-free task
+    whose design has full rank (the map is then exactly linear and invertible). Hand-written: a closed
+    form no library states for this task; tests/test_core.py checks it against the posterior mean's MSE
+    on sampled data."""
+    scale = torch.tensor(task.coeff_scale, dtype=torch.float64)
+    powers = sample_points(task)[None, :] ** torch.arange(task.n_coefficients, dtype=torch.float64)[:, None]
+    if task.input_noise == 0:
+        return 0.0 if torch.linalg.matrix_rank(powers) == task.n_coefficients else math.nan
+    precision = torch.diag(1.0 / scale ** 2) + powers @ powers.T / task.input_noise ** 2
+    return float(torch.linalg.inv(precision).trace() / task.n_coefficients)
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:

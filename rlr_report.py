@@ -806,3 +806,42 @@ def curve_reading(table: pd.DataFrame, plateau_rule: str, controller: str, best_
                      f"{'beats' if oracle_side == 'better' else 'ties'} {best_schedule} on validation: these seeds "
                      "resolve no gap in the learning.")
     return "\n\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The polynomial task off its interpolation threshold (notebook 05)
+# ---------------------------------------------------------------------------------------------------
+
+
+def floor_table(table: pd.DataFrame, floors: dict[str, float], tasks: Sequence[str]) -> pd.DataFrame:
+    """Per task of `tasks` and method (a transfer table's rows): geometric means over the finished seeds of
+    the training MSE (median of the last 100 steps: optimisation) and the test MSE (generalisation), the
+    task's Bayes floor (floors: task -> rlr_core.bayes_floor) and the test MSE's excess over it, test /
+    floor (NaN for a noise-free task, whose floor is 0)."""
+    finished = table[table["diverged_at"].isna() & table["task"].isin(list(tasks))]
+    rows = []
+    for (task, method), part in finished.groupby(["task", "method"], sort=False):
+        test = geometric_mean(part["test_mse"])
+        rows.append({"task": task, "method": method, "training MSE": geometric_mean(part["train_median_last_100"]),
+                     "test MSE": test, "Bayes floor": floors[task],
+                     "test / floor": test / floors[task] if floors[task] > 0 else math.nan})
+    return pd.DataFrame(rows).set_index(["task", "method"])
+
+
+def floor_reading(floors: pd.DataFrame) -> str:
+    """Per task: the method best on training MSE and the one best on test MSE (the same one, or not: then a
+    better optimiser is not the better generaliser), and on a noisy task how far the best test MSE is from
+    the Bayes floor."""
+    lines = []
+    for task, part in floors.groupby(level="task", sort=False):
+        part = part.droplevel("task")
+        train_best, test_best = part["training MSE"].idxmin(), part["test MSE"].idxmin()
+        line = (f"- **{task}**: lowest training MSE {train_best}, lowest test MSE {test_best}"
+                + (" (the same method)" if train_best == test_best else " (not the same: optimising the training "
+                   "loss better did not generalise better here)"))
+        floor = float(part["Bayes floor"].iloc[0])
+        if floor > 0:
+            line += (f"; the Bayes floor is {floor:.3g}, and {test_best}'s test MSE is "
+                     f"{part.loc[test_best, 'test / floor']:.2f} times it")
+        lines.append(line + ".")
+    return "\n".join(lines)

@@ -729,9 +729,16 @@ HELD_OUT_TASKS: dict[str, dict] = {
     "degree 3 polynomials": {"coeff_scale": (1.0, 0.5, 0.2, 0.1)},
     "degree 6 polynomials": {"coeff_scale": (1.0, 0.5, 0.2, 0.1, 0.05, 0.025, 0.0125)},
     "wider, deeper net (64, 32, 16)": {"hidden_sizes": (64, 32, 16)},
+    "1 024 examples": {"n_examples": 1024},
+    "noisy samples (sd 0.1)": {"input_noise": 0.1},
 }
 """Held-out tasks: label -> overrides of the training TaskConfig (the first is the training task itself,
-evaluated on new data seeds and initialisations)."""
+evaluated on new data seeds and initialisations). The last two move the task off its interpolation
+threshold (MaclaurinNet's 1 285 parameters against 256 x 5 targets): 4x the examples, and noisy samples
+with a non-zero Bayes floor (rlr_core.bayes_floor), so test MSE can be read against the best possible."""
+
+OFF_THRESHOLD = ("1 024 examples", "noisy samples (sd 0.1)")
+"""The held-out tasks off the interpolation threshold (notebook 05 reads their training and test MSE apart)."""
 
 TRANSFER_AGENTS: dict[str, dict] = {
     "scale-free DQN (log features, x0.5/x1/x2)": {"features": "log", "lr_factors": (0.5, 1.0, 2.0)},

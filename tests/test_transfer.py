@@ -190,3 +190,17 @@ def test_transfer_summary_keeps_a_method_whose_runs_all_diverged():
     assert np.isnan(summary.loc["agent", "geometric mean"])
     assert np.isnan(summary.loc["agent", "wins vs cosine annealing"])
     assert summary.loc[rlr_study.COSINE, "wins vs tuned constant lr"] == 0.0
+
+
+def test_the_floor_table_and_reading_tell_optimisation_from_generalisation():
+    import rlr_report as report
+    rows = [{"task": task, "method": method, "seed": seed, "diverged_at": None, "train_median_last_100": train,
+             "test_mse": test}
+            for task in ("noisy", "big") for seed in range(3)
+            for method, train, test in (("a", 1e-4, 2e-2), ("b", 1e-3, 1.5e-2))]
+    table = report.floor_table(pd.DataFrame(rows), {"noisy": 1e-2, "big": 0.0}, ["noisy", "big"])
+    assert table.loc[("noisy", "b"), "test / floor"] == pytest.approx(1.5)
+    assert np.isnan(table.loc[("big", "a"), "test / floor"])
+    text = report.floor_reading(table)
+    assert "lowest training MSE a, lowest test MSE b (not the same" in text
+    assert "Bayes floor is 0.01" in text and "1.50 times it" in text
