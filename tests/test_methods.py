@@ -91,7 +91,7 @@ def test_the_registry_refuses_what_would_make_dispatch_ambiguous():
         methods.Method("Cosine Annealing", "x", "schedule", {"lr": methods.LR_RANGE}, lambda *a: [], "x")
     with pytest.raises(ValueError, match=r"x.ranges\['lr'\] is on a log scale: low must be > 0"):
         methods.Method("x", "x", "schedule", {"lr": (0.0, 1.0, "log")}, lambda *a: [], "x")
-    with pytest.raises(ValueError, match=r"scale in \('linear', 'log', 'log-int'\)"):
+    with pytest.raises(ValueError, match=r"scale in \('linear', 'log', 'log-int', 'binary'\)"):
         methods.Method("x", "x", "schedule", {"lr": (1e-3, 1.0, "exp")}, lambda *a: [], "x")
 
 

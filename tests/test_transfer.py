@@ -45,7 +45,9 @@ def test_held_out_tasks_have_the_stated_degrees_and_widths():
     tasks = rlr_study.held_out_tasks(rc.TaskConfig())
     expected = {"same task, new seeds": (4, [32, 16]), "degree 3 polynomials": (3, [32, 16]),
                 "degree 6 polynomials": (6, [32, 16]), "wider, deeper net (64, 32, 16)": (4, [64, 32, 16])}
-    assert set(tasks) == set(expected)
+    assert set(tasks) == set(expected) | set(rlr_study.OFF_THRESHOLD)
+    assert tasks["1 024 examples"].n_examples == 4 * rc.TaskConfig().n_examples
+    assert tasks["noisy samples (sd 0.1)"].input_noise == 0.1 and rc.bayes_floor(tasks["noisy samples (sd 0.1)"]) > 0
     for label, (degree, hidden) in expected.items():
         model = rc.MaclaurinNet(tasks[label])
         assert layer_widths(model) == hidden + [degree + 1], label
