@@ -20,7 +20,12 @@ import numpy as np
 import torch
 
 DQN_VARIANTS = ("described", "as_coded")
-STATE_FEATURES = ("raw", "log", "control")
+STATE_FEATURES = ("raw", "log", "control", "validation")
+SEES_BUDGET = ("control", "validation")
+"""The features whose state holds the fraction of the budget left (ScheduleConfig.sees_budget)."""
+LOG_FEATURES = ("log", "control", "validation")
+"""The features with log states and the log reward (everything but 'raw')."""
+REWARDS = ("training", "validation")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -122,9 +127,14 @@ class TaskConfig:
     """standard deviation of each coefficient; its length is the degree + 1 ("Maclaurin-like" decay)"""
     hidden_sizes: tuple[int, ...] = (32, 16)
     """widths of MaclaurinNet's hidden layers"""
+    input_noise: float = 0.0
+    """standard deviation of Gaussian noise on each sampled value (a noisy reading of the polynomial; the
+    coefficients stay exact): 0, the original, is noise-free and exactly linear; > 0 gives the task a
+    non-zero Bayes floor (rlr_core.bayes_floor), so test MSE can be read against the best any model can do"""
 
     def __post_init__(self) -> None:
         check_int("task.n_examples", self.n_examples, 1)
+        check_float("task.input_noise", self.input_noise, 0.0, math.inf, low_open=False, high_open=True)
         check_int("task.n_points", self.n_points, 2)
         check_float("task.x_min", self.x_min, -math.inf, math.inf, high_open=True)
         check_float("task.x_max", self.x_max, -math.inf, math.inf, high_open=True)
@@ -167,13 +177,22 @@ class ScheduleConfig:
     """'raw': state (L, L - L_prev), reward L_t - L_{t+1} (original); 'log': state (log L,
     log L - log L_prev, lr position in [0, 1]), reward log L_t - log L_{t+1} (scale-free ablation);
     'control': the log state plus the fraction of the budget (steps) left, the same log reward (a
-    controller that sees the end of its run)"""
+    controller that sees the end of its run); 'validation': the control state plus log V and
+    log V - log V_prev, V the loss on held-out polynomials of the task seed's own monitoring stream
+    (RunSeeds.monitor: independent of the validation set tuning scores by and of the test set)"""
     lr_factors: tuple[float, ...] = ()
     """empty: actions shift the grid index (original); else action a multiplies the lr by
     lr_factors[a], clipped to [lr_grid[0], lr_grid[-1]] (e.g. (0.5, 1.0, 2.0))"""
     decision_interval: int = 1
     """optimiser steps per decision: an action's lr is held this many steps, and the reward and the
     state's change span them (1: the original, a decision every step)"""
+    reward: str = "training"
+    """'training': the features' reward on the training loss; 'validation': log V_t - log V_{t+1} on the
+    validation split (telescoping to log V_0 - log V_T; Xu et al. 2019 reward the validation loss to target
+    generalisation); not with raw features"""
+    validation_examples: int = 1024
+    """held-out polynomials of the task seed's monitoring stream that V is measured on, wherever the
+    features or the reward use it"""
 
     def __post_init__(self) -> None:
         self.lr_grid = tuple(float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
@@ -200,6 +219,12 @@ class ScheduleConfig:
         for i, factor in enumerate(self.lr_factors):
             check_float(f"schedule.lr_factors[{i}]", factor, 0.0, math.inf, high_open=True)
         check_int("schedule.decision_interval", self.decision_interval, 1)
+        if self.reward not in REWARDS:
+            raise ValueError(f"schedule.reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.reward == "validation" and self.features == "raw":
+            raise ValueError("schedule.reward='validation' is a log reward: use features 'log', 'control' or "
+                             "'validation', not 'raw'")
+        check_int("schedule.validation_examples", self.validation_examples, 1)
         if self.decision_interval > self.steps:
             raise ValueError(f"schedule.decision_interval must be at most schedule.steps ({self.steps}): a "
                              f"decision holds its lr that many steps, got {self.decision_interval}")
@@ -207,12 +232,24 @@ class ScheduleConfig:
     @property
     def state_dim(self) -> int:
         """2 for raw features (L, dL), 3 for log features (log L, d log L, lr position), 4 for control
-        features (log features and the fraction of the budget left)."""
-        return {"raw": 2, "log": 3, "control": 4}[self.features]
+        features (log features and the fraction of the budget left), 6 for validation features (control
+        features and log V, d log V)."""
+        return {"raw": 2, "log": 3, "control": 4, "validation": 6}[self.features]
 
     @property
     def n_actions(self) -> int:
         return len(self.lr_factors) if self.lr_factors else len(self.index_shifts)
+
+    @property
+    def sees_budget(self) -> bool:
+        """Whether the state holds the fraction of the budget left (features 'control', 'validation'): then
+        the run's end is part of the problem the agent sees, a terminal state (rlr_env.time_limit_is_terminal)."""
+        return self.features in SEES_BUDGET
+
+    @property
+    def uses_validation(self) -> bool:
+        """Whether the state or the reward reads the validation loss V (the environments measure it)."""
+        return self.features == "validation" or self.reward == "validation"
 
 
 @dataclass
@@ -222,7 +259,8 @@ class DQNConfig:
     hidden_size: int = 64
     """width of both hidden layers of the Q-network"""
     gamma: float = 0.99
-    """discount factor (the original's run has no terminal states; episodic tasks mark them)"""
+    """discount factor in [0, 1]; 1 (the undiscounted telescoping return, log L_0 - log L_T with log
+    rewards) only where the run's end is terminal, i.e. the state sees the budget (Config checks)"""
     lr: float = 1e-3
     """Adam learning rate of the Q-network"""
     tau: float = 0.005
@@ -246,7 +284,7 @@ class DQNConfig:
 
     def __post_init__(self) -> None:
         check_int("dqn.hidden_size", self.hidden_size, 1)
-        check_float("dqn.gamma", self.gamma, 0.0, 1.0, low_open=False, high_open=True)
+        check_float("dqn.gamma", self.gamma, 0.0, 1.0, low_open=False)
         check_float("dqn.lr", self.lr, 0.0, math.inf, high_open=True)
         check_float("dqn.tau", self.tau, 0.0, 1.0)
         check_int("dqn.batch_size", self.batch_size, 1)
@@ -268,6 +306,16 @@ class DQNConfig:
         if self.variant == "as_coded" and self.batch_size < 4:  # its update reads 4 sampled transitions
             raise ValueError(f"dqn.batch_size must be >= 4 for variant 'as_coded', got {self.batch_size}")
 
+
+
+def check_discount(gamma: float, schedule: "ScheduleConfig | None") -> None:
+    """The one rule for gamma = 1 (the undiscounted return): only where the run's end is terminal, i.e. the
+    state sees the budget (schedule.sees_budget); elsewhere the run has no terminal state and undiscounted
+    values grow without bound over bootstrapped truncations. schedule None: an environment without one."""
+    if gamma == 1.0 and not (schedule is not None and schedule.sees_budget):
+        features = "no schedule" if schedule is None else f"features={schedule.features!r}"
+        raise ValueError(f"dqn.gamma = 1 needs a run whose end is terminal: schedule.features 'control' or "
+                         f"'validation' (the budget left in the state), got {features}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,6 +368,7 @@ class Config:
                            ("schedule", ScheduleConfig), ("dqn", DQNConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        check_discount(self.dqn.gamma, self.schedule)
 
     def to_dict(self) -> dict:
         return asdict(self)

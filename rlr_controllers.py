@@ -22,7 +22,7 @@ import math
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,7 +36,7 @@ import rlr_methods as methods
 import rlr_peers as peers
 import rlr_stats as stats
 from rlr_engine import Config, agent_method_name
-from rlr_env import LRControlEnv, LRControlVectorEnv, train_agent_on_vector_env
+from rlr_env import LRControlEnv, LRControlVectorEnv, time_limit_is_terminal, train_agent_on_vector_env
 from rlr_results import RunResult, atomic_write
 from rlr_study import StudyConfig, heldout_mse
 
@@ -73,11 +73,22 @@ class ControllerConfig:
     """DQN updates per vector step (16 with 16 tasks: one per transition, as the original's one per step)"""
     agent_seed: int = 0
     """seed of the agent's exploration, replay sampling and Q-network"""
+    validation_state: bool = False
+    """the validation loss in the state too (schedule features 'validation': log V and its change)"""
+    validation_reward: bool = False
+    """reward the validation loss's log decrease instead of the training loss's (schedule reward
+    'validation', telescoping to log V_0 - log V_T: the quantity tuning scores)"""
+    validation_examples: int = 1024
+    """validation polynomials per task seed that V is measured on (the study's n_heldout_examples)"""
 
     def __post_init__(self) -> None:
         for name, minimum in (("decision_interval", 1), ("start_index", 0), ("n_envs", 1), ("training_rounds", 1),
                               ("first_training_seed", 0), ("updates_per_step", 1), ("agent_seed", 0)):
             rc.check_int(f"controller.{name}", getattr(self, name), minimum)
+        for name in ("validation_state", "validation_reward"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"controller.{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        rc.check_int("controller.validation_examples", self.validation_examples, 1)
         self.lr_range = rc.check_lr_range("controller.lr_range", self.lr_range)
         self.lr_factors = rc.check_sequence("controller.lr_factors", self.lr_factors)
         if len(self.lr_factors) < 2:  # an empty tuple would mean index shifts to ScheduleConfig
@@ -112,8 +123,21 @@ class ControllerConfig:
         low, high = self.lr_range
         self.check_steps(steps)
         grid = tuple(float(lr) for lr in np.logspace(math.log10(low), math.log10(high), CONTROLLER_GRID_SIZE))
-        return rc.ScheduleConfig(lr_grid=grid, start_index=self.start_index, steps=steps, features="control",
+        return rc.ScheduleConfig(lr_grid=grid, start_index=self.start_index, steps=steps,
+                                 features="validation" if self.validation_state else "control",
+                                 reward="validation" if self.validation_reward else "training",
+                                 validation_examples=self.validation_examples,
                                  lr_factors=tuple(self.lr_factors), decision_interval=self.decision_interval)
+
+    def with_knobs(self, params: dict) -> "ControllerConfig":
+        """This config with the search's controller.* knobs of a configuration (binary: 1.0 is yes)."""
+        knobs = {name.removeprefix("controller."): bool(value) for name, value in params.items()
+                 if name.startswith("controller.")}
+        unknown = sorted(set(knobs) - {"validation_state", "validation_reward"})
+        if unknown:
+            raise ValueError(f"unknown controller knob(s) {unknown}: the search knows controller.validation_state "
+                             "and controller.validation_reward")
+        return replace(self, **knobs)
 
 
 def vector_env(config: Config, n_envs: int) -> LRControlVectorEnv:
@@ -150,10 +174,17 @@ def train_controller(config: Config, controller: ControllerConfig) -> tuple[Conf
                         rc.DTYPES[run_config.dtype], run_config.device)
     history = train_agent_on_vector_env(env, agent, (decisions_per_episode(schedule) + 1) * controller.training_rounds,
                                         controller.first_training_seed, controller.updates_per_step)
+    return run_config, agent, training_curve(history, controller.n_envs)
+
+
+def training_curve(history: dict[str, list], n_envs: int) -> pd.DataFrame:
+    """One row per finished training episode of train_agent_on_vector_env's history: episode, seed, return
+    (log L_0 - log L_T), length (decisions), diverged, and its round (n_envs episodes each)."""
     curve = pd.DataFrame({"episode": range(len(history["episode_returns"])), "seed": history["episode_seeds"],
-                          "return": history["episode_returns"], "diverged": history["episode_terminated"]})
-    curve["round"] = curve["episode"] // controller.n_envs
-    return run_config, agent, curve
+                          "return": history["episode_returns"], "length": history["episode_lengths"],
+                          "diverged": history["episode_terminated"]})
+    curve["round"] = curve["episode"] // n_envs
+    return curve
 
 
 def greedy_policy(agent: rc.DQNAgent) -> Callable[[np.ndarray], np.ndarray]:
@@ -228,6 +259,7 @@ class SB3VectorEnv(VecEnv):
         self.episodes: list[dict] = []
         self.returns, self.lengths = np.zeros(env.num_envs), np.zeros(env.num_envs, dtype=np.int64)
         self.actions: np.ndarray | None = None
+        self.time_limit_terminal = time_limit_is_terminal(env)
 
     def reset(self) -> np.ndarray:
         seeds = None if self._seeds[0] is None else [int(seed) for seed in self._seeds]
@@ -246,7 +278,9 @@ class SB3VectorEnv(VecEnv):
         self.lengths += 1
         infos: list[dict] = [{} for _ in range(self.num_envs)]
         for k in np.flatnonzero(done):
-            infos[k] = {"terminal_observation": observation[k].copy(), "TimeLimit.truncated": bool(truncated[k])}
+            # SB3 bootstraps a done marked TimeLimit.truncated: not where the time limit is terminal
+            infos[k] = {"terminal_observation": observation[k].copy(),
+                        "TimeLimit.truncated": bool(truncated[k]) and not self.time_limit_terminal}
             self.episodes.append({"seed": int(info["episode_seed"][k]), "return": float(self.returns[k]),
                                   "length": int(self.lengths[k]), "terminated": bool(terminated[k])})
         if done.any():
@@ -299,42 +333,75 @@ def quiet_sb3():
 # ---------------------------------------------------------------------------------------------------
 
 CONTROLLER_RANGES = {"dqn.lr": (1e-5, 1e-2, "log"), "dqn.horizon": (10.0, 1000.0, "log"),
-                     "dqn.epsilon_decay": (100.0, 10_000.0, "log")}
+                     "dqn.undiscounted": (0, 1, "binary"), "dqn.epsilon_decay": (100.0, 10_000.0, "log"),
+                     "controller.validation_state": (0, 1, "binary"), "controller.validation_reward": (0, 1, "binary")}
 """The DQN controller's search, fixed before any controller result: the Q-network's Adam lr, the discount
-as a horizon in decisions (10 decisions = 1 000 optimiser steps; 1 000 is about gamma 1 over a 100-decision
-run: no short-horizon bias) and the exploration time constant in acts (a training of 4 rounds on 16 tasks
-acts about 6 500 times)."""
+as a horizon in decisions (10 decisions = 1 000 optimiser steps), or no discount at all (dqn.undiscounted:
+gamma = 1, the telescoping return log L_0 - log L_T itself, valid because the run's end is terminal in the
+controller's state; half of the pool), and the exploration time constant in acts (a training of 4 rounds on
+16 tasks acts about 6 500 times); whether the state holds the validation loss and whether the reward is its
+decrease (ControllerConfig.validation_state, validation_reward; half of the pool each)."""
 
 CONTROLLER_DQN = {"double_dqn": True, "replay_capacity": 100_000, "learning_starts": 256}
 """The controller DQN's fixed settings: Double DQN, a replay memory holding every transition of its training."""
 
-DQN_CONTROLLER, SB3_PPO, SB3_DQN = "DQN controller, tuned", "PPO controller (stable-baselines3)", \
-    "DQN controller (stable-baselines3)"
+DQN_CONTROLLER, SB3_PPO, SB3_DQN = "DQN controller, tuned", "PPO controller (stable-baselines3), tuned", \
+    "DQN controller (stable-baselines3), tuned"
 """Labels of the learned controllers in the tables."""
 
-BEST_CONTROLLER_RULE = ("the learned controller with the lowest validation MSE on the tuning seeds (for the "
-                        "tuned DQN controller, its chosen configuration's)")
+BEST_CONTROLLER_RULE = ("the learned controller with the lowest validation MSE on the tuning seeds (for each "
+                        "tuned learner, its chosen configuration's)")
 """How the pre-registered best RL controller is picked: on validation data, never on test data."""
 
 
-def _sb3_ppo(env, seed: int, decisions: int):
-    """SB3's PPO at its defaults, except a rollout of one episode per task (n_steps = decisions; the
-    default 2048 per task would be 20 episodes each, more than a training holds)."""
+SB3_RANGES = {
+    "ppo": {"sb3.learning_rate": (1e-5, 1e-2, "log"), "sb3.rollout_episodes": (1.0, 4.0, "log-int"),
+            "sb3.ent_coef": (1e-5, 0.1, "log"), "dqn.horizon": (10.0, 1000.0, "log"),
+            "dqn.undiscounted": (0, 1, "binary")},
+    "dqn-sb3": {"sb3.learning_rate": (1e-5, 1e-2, "log"), "sb3.exploration_fraction": (0.05, 0.5, "linear"),
+                "sb3.tau": (1e-3, 0.2, "log"), "dqn.horizon": (10.0, 1000.0, "log"),
+                "dqn.undiscounted": (0, 1, "binary")},
+}
+"""The SB3 learners' searches, as many configurations as the DQN controller's (the study's tuning budget),
+fixed before any result. PPO: its Adam lr, the episodes per task in one rollout (n_steps = that many
+episodes' decisions, made to divide the training rounds: rollout_steps), its entropy bonus, the discount
+(horizon in decisions, or none). DQN: its lr, the fraction of training spent lowering epsilon, its soft
+target update's tau (per vector step), the discount."""
+
+
+def sb3_gamma(params: dict) -> float:
+    """The discount of an SB3 configuration: 1 - 1 / horizon, or 1 where dqn.undiscounted says yes (the
+    run's end is terminal in the controller's state, so SB3 does not bootstrap past it: SB3VectorEnv)."""
+    return 1.0 if params.get("dqn.undiscounted") else 1.0 - 1.0 / params["dqn.horizon"]
+
+
+def rollout_steps(params: dict, decisions: int, rounds: int) -> int:
+    """PPO's n_steps: sb3.rollout_episodes episodes of `decisions` per task, lowered to the nearest divisor of
+    the training's rounds, so that every rollout is whole and the training is a whole number of rollouts."""
+    episodes = max(1, min(int(params.get("sb3.rollout_episodes", 1)), rounds))
+    while rounds % episodes:
+        episodes -= 1
+    return episodes * decisions
+
+
+def _sb3_ppo(env, seed: int, decisions: int, rounds: int, params: dict):
+    """SB3's PPO at a configuration of SB3_RANGES["ppo"], its defaults otherwise."""
     from stable_baselines3 import PPO
-    return PPO("MlpPolicy", env, n_steps=decisions, seed=seed, device="cpu")
+    return PPO("MlpPolicy", env, learning_rate=params["sb3.learning_rate"], n_steps=rollout_steps(params, decisions, rounds),
+               ent_coef=params["sb3.ent_coef"], gamma=sb3_gamma(params), seed=seed, device="cpu")
 
 
-def _sb3_dqn(env, seed: int, decisions: int):
-    """SB3's DQN with the controller DQN's design (CONTROLLER_DQN, DQNConfig's defaults: batch 64, Adam 1e-3,
-    gamma 0.99, soft target update, epsilon from 0.9 to 0.05 over the first quarter, one update per
-    transition); SB3 updates the target once per vector step, so its tau is the pull of n_envs updates at
-    tau 0.005. SB3's DQN has no Double DQN."""
+def _sb3_dqn(env, seed: int, decisions: int, rounds: int, params: dict):
+    """SB3's DQN with the controller DQN's design (CONTROLLER_DQN, DQNConfig's defaults: batch 64, epsilon
+    from 0.9 to 0.05, one update per transition) at a configuration of SB3_RANGES["dqn-sb3"]: its lr,
+    exploration fraction, tau (SB3 updates the target once per vector step) and discount. SB3's DQN has no
+    Double DQN."""
     from stable_baselines3 import DQN
-    return DQN("MlpPolicy", env, learning_rate=1e-3, buffer_size=CONTROLLER_DQN["replay_capacity"],
-               learning_starts=CONTROLLER_DQN["learning_starts"], batch_size=64, tau=1 - 0.995 ** env.num_envs,
-               gamma=0.99,
-               train_freq=1, gradient_steps=env.num_envs, target_update_interval=1, exploration_fraction=0.25,
-               exploration_initial_eps=0.9, exploration_final_eps=0.05, seed=seed, device="cpu")
+    return DQN("MlpPolicy", env, learning_rate=params["sb3.learning_rate"], buffer_size=CONTROLLER_DQN["replay_capacity"],
+               learning_starts=CONTROLLER_DQN["learning_starts"], batch_size=64, tau=params["sb3.tau"],
+               gamma=sb3_gamma(params), train_freq=1, gradient_steps=env.num_envs, target_update_interval=1,
+               exploration_fraction=params["sb3.exploration_fraction"], exploration_initial_eps=0.9,
+               exploration_final_eps=0.05, seed=seed, device="cpu")
 
 
 SB3_LEARNERS = {"ppo": ("PPO", _sb3_ppo, SB3_PPO), "dqn-sb3": ("DQN", _sb3_dqn, SB3_DQN)}
@@ -413,24 +480,53 @@ def validate_controller(trained: TrainedController, study: StudyConfig) -> Train
 def train_dqn_controller(config: Config, study: StudyConfig, controller: ControllerConfig, params: dict
                          ) -> TrainedController:
     """One configuration of the DQN controller (CONTROLLER_RANGES' knobs), trained and validated."""
-    dqn_config = config.with_overrides({"dqn": {**CONTROLLER_DQN, **methods.dqn_overrides(params)["dqn"]}})
+    controller = controller.with_knobs(params)
     started = time.perf_counter()
-    run_config, agent, curve = train_controller(dqn_config, controller)
-    trained = TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), agent.policy_net.state_dict(), curve,
+    run_config, agent, curve = train_controller(dqn_run_config(config, controller, params), controller)
+    trained = TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), policy_weights(agent), curve,
                                 time.perf_counter() - started, dict(params))
     return validate_controller(trained, study)
 
 
-def train_sb3_controller(config: Config, study: StudyConfig, controller: ControllerConfig, learner: str
-                         ) -> TrainedController:
-    """An SB3 learner on the controller's environment, task seeds, episodes and reward; validated."""
+def dqn_run_config(config: Config, controller: ControllerConfig, params: dict) -> Config:
+    """The run config of a DQN controller configuration: the controller's schedule (controller already
+    carries the configuration's controller.* knobs: ControllerConfig.with_knobs) and its DQN at the
+    configuration's dqn.* knobs over CONTROLLER_DQN. The schedule goes in with the DQN: gamma = 1 is valid
+    only where the state sees the budget."""
+    dqn_params = {name: value for name, value in params.items() if not name.startswith("controller.")}
+    return config.with_overrides({"schedule": asdict(controller.schedule(config.schedule.steps)),
+                                  "dqn": {**CONTROLLER_DQN, **methods.dqn_overrides(dqn_params)["dqn"]}})
+
+
+def policy_weights(agent: rc.DQNAgent) -> dict:
+    """A copy of the agent's policy network weights (plain tensors): a frozen policy that later training
+    does not move."""
+    return {name: tensor.detach().clone() for name, tensor in agent.policy_net.state_dict().items()}
+
+
+def frozen_dqn(run_config: Config, agent: rc.DQNAgent, controller: ControllerConfig, history: dict[str, list],
+               seconds: float, params: dict) -> TrainedController:
+    """The DQN controller as it stands: its greedy policy frozen (policy_weights) with its training curve so far."""
+    return TrainedController(DQN_CONTROLLER, "dqn", run_config.to_dict(), policy_weights(agent),
+                             training_curve(history, controller.n_envs), seconds, dict(params))
+
+
+def train_sb3_controller(config: Config, study: StudyConfig, controller: ControllerConfig, learner: str,
+                         params: dict) -> TrainedController:
+    """An SB3 learner at one configuration of SB3_RANGES[learner], on the controller's environment, task
+    seeds, episodes and reward; validated."""
+    if learner not in SB3_LEARNERS:
+        raise ValueError(f"learner must be one of {sorted(SB3_LEARNERS)}, got {learner!r}")
+    methods.check_ranges(learner, SB3_RANGES[learner])
+    if not isinstance(params, dict) or set(params) != set(SB3_RANGES[learner]):
+        raise ValueError(f"params must give {learner}'s knobs {sorted(SB3_RANGES[learner])}, got {params!r}")
     run_config, tasks = controller_env(config, controller)
     env = SB3VectorEnv(tasks)
     decisions = decisions_per_episode(run_config.schedule)
     _, build, label = SB3_LEARNERS[learner]
     started = time.perf_counter()
     with quiet_sb3(), rc.global_rng_preserved():  # SB3 seeds torch, numpy and random globally
-        model = build(env, controller.agent_seed, decisions)
+        model = build(env, controller.agent_seed, decisions, controller.training_rounds, params)
         env.seed(controller.first_training_seed)  # after the model: SB3 seeds the env with its own seed
         model.learn(controller.n_envs * decisions * controller.training_rounds)
     seconds = time.perf_counter() - started
@@ -438,43 +534,48 @@ def train_sb3_controller(config: Config, study: StudyConfig, controller: Control
     curve.insert(0, "episode", range(len(curve)))
     curve["round"] = curve["episode"] // controller.n_envs
     weights = {name: tensor.detach().cpu().clone() for name, tensor in model.policy.state_dict().items()}
-    trained = TrainedController(label, learner, run_config.to_dict(), weights, curve, seconds)
+    trained = TrainedController(label, learner, run_config.to_dict(), weights, curve, seconds, dict(params))
     return validate_controller(trained, study)
 
 
 def submit_controllers(config: Config, study: StudyConfig, controller: ControllerConfig
                        ) -> Callable[[], list[TrainedController]]:
     """Start training every controller: the DQN controller at study.tuning_budget configurations of
-    CONTROLLER_RANGES (scrambled Sobol, as every family) and the SB3 learners (untuned, one configuration
-    each), one Ray task per training when Ray is started (peers.submit_tasks: they train while this process
-    goes on). Returns collect(), for choose_controllers."""
+    CONTROLLER_RANGES and each SB3 learner at as many of SB3_RANGES[learner] (scrambled Sobol, each its own
+    draw, as every family), one Ray task per training when Ray is started (peers.submit_tasks: they train
+    while this process goes on). Returns collect(), for choose_controllers."""
     configurations = methods.sobol_configurations(CONTROLLER_RANGES, study.tuning_budget,
                                                     methods.family_seed("dqn_controller", study.search_seed))
     collect_dqn = peers.submit_tasks(train_dqn_controller, [(config, study, controller, params)
                                                             for params in configurations])
-    collect_sb3 = peers.submit_tasks(train_sb3_controller, [(config, study, controller, learner)
-                                                            for learner in SB3_LEARNERS])
+    collect_sb3 = peers.submit_tasks(train_sb3_controller, [
+        (config, study, controller, learner, params) for learner in SB3_LEARNERS
+        for params in methods.sobol_configurations(SB3_RANGES[learner], study.tuning_budget,
+                                                   methods.family_seed(learner, study.search_seed))])
     return lambda: collect_dqn() + collect_sb3()
 
 
 def choose_controllers(candidates: Sequence[TrainedController], study: StudyConfig
                        ) -> tuple[dict[str, TrainedController], pd.DataFrame]:
-    """The DQN controller configuration with the lowest geometric-mean validation MSE on the tuning seeds
-    (a diverged run scores +inf: stats.validation_score) and every SB3 learner: label -> trained
-    controller, and one row per controller trained. RuntimeError if any trained on an evaluation or tuning seed."""
+    """Per learner (label), the configuration with the lowest geometric-mean validation MSE on the tuning
+    seeds (a diverged run scores +inf: stats.validation_score): label -> trained controller, and one row per
+    controller trained ('configuration' counts within its learner). RuntimeError if any trained on an
+    evaluation or tuning seed."""
     seen = {int(seed) for trained in candidates for seed in trained.curve["seed"]}
     if seen & (set(study.eval_seeds) | set(study.tuning_seeds)):
         raise RuntimeError("a controller trained on an evaluation or tuning seed: move controller.first_training_seed")
-    rows = []
-    for index, trained in enumerate(candidates):
-        rows.append({"controller": trained.label, "configuration": index if trained.learner == "dqn" else 0,
+    rows, counts = [], {}
+    for trained in candidates:
+        counts[trained.label] = counts.get(trained.label, -1) + 1
+        rows.append({"controller": trained.label, "configuration": counts[trained.label],
                      **trained.params, "validation MSE": stats.validation_score(trained.validation_mse),
                      "diverged": sum(not math.isfinite(value) for value in trained.validation_mse),
                      "training episodes": len(trained.curve), "training seconds": trained.training_seconds})
     table = pd.DataFrame(rows)
-    dqn_rows = table[table["controller"] == DQN_CONTROLLER]
-    best = int(dqn_rows["validation MSE"].idxmin()) if np.isfinite(dqn_rows["validation MSE"]).any() else 0
-    table["chosen"] = (table["controller"] != DQN_CONTROLLER) | (table.index == best)
+    table["chosen"] = False
+    for _, part in table.groupby("controller", sort=False):  # the first of equals where every one diverged
+        scores = part["validation MSE"].to_numpy()
+        table.loc[part.index[int(np.argmin(scores)) if np.isfinite(scores).any() else 0], "chosen"] = True
     return {trained.label: trained for index, trained in enumerate(candidates) if table.loc[index, "chosen"]}, table
 
 
@@ -488,6 +589,16 @@ def best_controller(table: pd.DataFrame) -> str:
     """The label picked by BEST_CONTROLLER_RULE from tune_controllers' table."""
     chosen = table[table["chosen"]]
     return str(chosen.loc[chosen["validation MSE"].idxmin(), "controller"])
+
+
+def best_trained(trained: dict[str, TrainedController]) -> str:
+    """BEST_CONTROLLER_RULE over trained controllers as they will be evaluated (label -> controller, e.g.
+    with the DQN controller replaced by its agent trained to the learning curves' end): the label with the
+    lowest validation score on the tuning seeds (the first of equals)."""
+    if not trained:
+        raise ValueError("best_trained needs at least one trained controller")
+    scores = {label: stats.validation_score(controller.validation_mse) for label, controller in trained.items()}
+    return min(scores, key=lambda label: scores[label])
 
 
 # ---------------------------------------------------------------------------------------------------

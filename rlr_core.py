@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlr_config import (DQN_VARIANTS, DTYPES, STATE_FEATURES, DQNConfig, ScheduleConfig, TaskConfig,  # noqa: F401
-                        check_float, check_int, check_int_array, check_lr_range, check_seed, check_seeds,
+from rlr_config import (DQN_VARIANTS, DTYPES, LOG_FEATURES, REWARDS, SEES_BUDGET, STATE_FEATURES, DQNConfig, ScheduleConfig, TaskConfig,  # noqa: F401
+                        check_discount, check_float, check_int, check_int_array, check_lr_range, check_seed, check_seeds,
                         check_sequence, global_rng_preserved, original_lr_grid)
 
 # ---------------------------------------------------------------------------------------------------
@@ -44,6 +44,9 @@ class RunSeeds(NamedTuple):
     """held-out test polynomials, same distribution as the training data"""
     validation: int
     """held-out validation polynomials (for tuning), same distribution, independent of the test set"""
+    monitor: int
+    """held-out polynomials a controller watches during its run (the validation loss V in its state or reward),
+    independent of the validation set tuning scores it by and of the test set"""
 
 
 def derive_seeds(seed: int) -> RunSeeds:
@@ -70,7 +73,9 @@ class PolynomialData(NamedTuple):
 def make_polynomial_dataset(task: TaskConfig, seed: int, n_examples: int | None = None,
                             dtype: torch.dtype = torch.float32,
                             device: str | torch.device = "cpu") -> PolynomialData:
-    """w = randn(n, d) * coeff_scale; y = w @ X with X[j, i] = x_i ** j. Seeded by its own generator."""
+    """w = randn(n, d) * coeff_scale; y = w @ X with X[j, i] = x_i ** j, plus task.input_noise * randn(n, points)
+    when the task is noisy (drawn after w from the same generator, so a noise-free task's data are the
+    original's bit for bit). Seeded by its own generator."""
     if not isinstance(task, TaskConfig):
         raise TypeError(f"task must be a TaskConfig, got {type(task).__name__}")
     check_int("seed", seed, 0)
@@ -83,7 +88,25 @@ def make_polynomial_dataset(task: TaskConfig, seed: int, n_examples: int | None 
     targets = torch.randn(n, task.n_coefficients, generator=generator, dtype=torch.float64) * scale
     powers = sample_points(task)[None, :] ** torch.arange(task.n_coefficients, dtype=torch.float64)[:, None]
     inputs = targets @ powers
+    if task.input_noise > 0:
+        inputs = inputs + task.input_noise * torch.randn(inputs.shape, generator=generator, dtype=torch.float64)
     return PolynomialData(inputs.to(device=device, dtype=dtype), targets.to(device=device, dtype=dtype))
+
+
+def bayes_floor(task: TaskConfig) -> float:
+    """The lowest MSE (mean over the coefficients) any predictor of w from the noisy samples y can reach on
+    the task's distribution: w ~ N(0, diag(coeff_scale^2)) and y = X^T w + N(0, input_noise^2 I) are jointly
+    Gaussian, so the best predictor is the posterior mean and its MSE is trace(posterior covariance) / d,
+    with posterior covariance (diag(1 / coeff_scale^2) + X X^T / input_noise^2)^-1. 0 for a noise-free task
+    whose design has full rank (the map is then exactly linear and invertible). Hand-written: a closed
+    form no library states for this task; tests/test_core.py checks it against the posterior mean's MSE
+    on sampled data."""
+    scale = torch.tensor(task.coeff_scale, dtype=torch.float64)
+    powers = sample_points(task)[None, :] ** torch.arange(task.n_coefficients, dtype=torch.float64)[:, None]
+    if task.input_noise == 0:
+        return 0.0 if torch.linalg.matrix_rank(powers) == task.n_coefficients else math.nan
+    precision = torch.diag(1.0 / scale ** 2) + powers @ powers.T / task.input_noise ** 2
+    return float(torch.linalg.inv(precision).trace() / task.n_coefficients)
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -405,14 +428,17 @@ def safe_log(loss: float | torch.Tensor) -> torch.Tensor:
 
 def loss_state(loss: float | torch.Tensor, previous_loss: float | torch.Tensor | None,
                lr_position: float | torch.Tensor = 0.0, features: str = "raw",
-               dtype: torch.dtype = torch.float32, budget_left: float | torch.Tensor | None = None) -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, budget_left: float | torch.Tensor | None = None,
+               validation: float | torch.Tensor | None = None,
+               previous_validation: float | torch.Tensor | None = None) -> torch.Tensor:
     """The agent's state s_t = (L_t, L_t - L_{t-1}), raw; the difference is 0 when there is no L_{t-1}
     (L_{t-1}: the loss at the previous decision).
 
     With features='log': (log L_t, log L_t - log L_{t-1}, lr_position), scale-free; with 'control' also
     budget_left, the fraction of the run's optimiser steps still to come (budget_fraction_left), so that
-    the policy can see the end. Computed in float64, then cast to dtype. Losses [...] give states
-    [..., state_dim].
+    the policy can see the end; with 'validation' also log V_t and log V_t - log V_{t-1} (validation, the
+    loss on the task's validation split; previous_validation at the previous decision, none at the first).
+    Computed in float64, then cast to dtype. Losses [...] give states [..., state_dim].
     """
     loss = as_float64(loss)
     if features == "raw":
@@ -421,10 +447,16 @@ def loss_state(loss: float | torch.Tensor, previous_loss: float | torch.Tensor |
     log_loss = safe_log(loss)
     log_difference = torch.zeros_like(loss) if previous_loss is None else log_loss - safe_log(previous_loss)
     columns = [log_loss, log_difference, as_float64(lr_position).expand_as(loss)]
-    if features == "control":
+    if features in SEES_BUDGET:
         if budget_left is None:
-            raise ValueError("features='control' needs budget_left (budget_fraction_left)")
+            raise ValueError(f"features={features!r} needs budget_left (budget_fraction_left)")
         columns.append(as_float64(budget_left).expand_as(loss))
+    if features == "validation":
+        if validation is None:
+            raise ValueError("features='validation' needs validation (the loss on the validation split)")
+        log_validation = safe_log(validation).expand_as(loss)
+        columns += [log_validation, torch.zeros_like(loss) if previous_validation is None
+                    else log_validation - safe_log(previous_validation)]
     return torch.stack(columns, dim=-1).to(dtype)
 
 
@@ -454,9 +486,22 @@ def loss_reward(previous_loss: float | torch.Tensor, loss: float | torch.Tensor,
     """The agent's reward r_t = L_t - L_{t+1} (raw), or log L_t - log L_{t+1} with features 'log' and
     'control' (float64); over a decision interval, L_t and L_{t+1} are the losses at two decisions, so an
     episode's rewards sum (telescope) to L_0 - L_T or log L_0 - log L_T."""
-    if features in ("log", "control"):
+    if features in LOG_FEATURES:
         return safe_log(previous_loss) - safe_log(loss)
     return as_float64(previous_loss) - as_float64(loss)
+
+
+def decision_reward(previous_loss: float | torch.Tensor, loss: float | torch.Tensor, schedule: ScheduleConfig,
+                    previous_validation: float | torch.Tensor | None = None,
+                    validation: float | torch.Tensor | None = None) -> torch.Tensor:
+    """The reward of one decision under schedule.reward: 'training', loss_reward of the training losses;
+    'validation', log V_t - log V_{t+1} of the validation losses at the two decisions (telescoping to
+    log V_0 - log V_T). The one rule both environments use."""
+    if schedule.reward == "validation":
+        if previous_validation is None or validation is None:
+            raise ValueError("schedule.reward='validation' needs the validation losses at both decisions")
+        return safe_log(previous_validation) - safe_log(validation)
+    return loss_reward(previous_loss, loss, schedule.features)
 
 
 def lr_position(lr: float | torch.Tensor, schedule: ScheduleConfig) -> torch.Tensor:
@@ -540,6 +585,10 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         if self.agent.state_dim != schedule.state_dim:
             raise ValueError(f"agent.state_dim must be {schedule.state_dim} for schedule.features="
                              f"{schedule.features!r}, got {self.agent.state_dim}")
+        if schedule.uses_validation:
+            raise ValueError("RLRScheduler sees only the training loss: schedule.features='validation' and "
+                             "schedule.reward='validation' need a validation loss (use rlr_env's environments)")
+        check_discount(self.agent.config.gamma, schedule)
         self.lr_index = schedule.start_index
         self.previous_loss: float | None = None
         self.previous_state: torch.Tensor | None = None
@@ -586,13 +635,16 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         if not math.isfinite(loss):
             raise FloatingPointError(f"RLRScheduler.step got a non-finite loss ({loss}); the model "
                                      "diverged. Nothing was stored; stop or restart the run.")
-        if not is_decision_step(self.last_epoch, self.schedule):
+        run_end = self.schedule.sees_budget and self.last_epoch == self.schedule.steps
+        if not (is_decision_step(self.last_epoch, self.schedule) or run_end):  # the env's last, partial decision too
             self.last_epoch += 1
             return
         state = self.observe(loss)
         if self.previous_state is not None and self.agent.training:
             reward = float(loss_reward(self.previous_loss, loss, self.schedule.features))
-            self.agent.remember(self.previous_state, self.last_action, state, reward)
+            # the run's end is terminal where the state sees the budget (rlr_env.time_limit_is_terminal)
+            self.agent.remember(self.previous_state, self.last_action, state, reward,
+                                terminated=self.schedule.sees_budget and self.last_epoch >= self.schedule.steps)
             self.agent.learn()
         state = acting_state(state, self.agent.config.variant)
         action = self.agent.act(state)
@@ -618,7 +670,7 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         """What of the schedule a saved state must agree on: all of it, except the run length where the state
         does not see it (with features='control' the budget left is part of the state, so the length is too)."""
         schedule = asdict(self.schedule)
-        if self.schedule.features != "control":
+        if not self.schedule.sees_budget:
             del schedule["steps"]
         return {name: list(value) if isinstance(value, tuple) else value for name, value in schedule.items()}
 
@@ -627,6 +679,8 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         saved = {name: list(value) if isinstance(value, tuple) else value  # older states lack the schedule
                  for name, value in state.get("schedule", self.schedule_fields()).items()}
         saved.setdefault("decision_interval", 1)  # and states before decision intervals, this field
+        saved.setdefault("reward", "training")  # states before the validation reward, these two
+        saved.setdefault("validation_examples", 1024)
         if saved != self.schedule_fields():
             raise ValueError(f"scheduler state was saved with schedule {saved}, this scheduler has "
                              f"{self.schedule_fields()}")

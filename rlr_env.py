@@ -13,7 +13,7 @@ Nothing of the RL logic or of the training step is copied here.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium
 import numpy as np
@@ -85,11 +85,15 @@ class LRControlEnv(gymnasium.Env):
         largest = np.finfo(np.float32 if dtype == "float32" else np.float64).max
         low, high = {"raw": ([0.0, -largest], [largest, largest]),
                      "log": ([-largest, -largest, 0.0], [largest, largest, 1.0]),
-                     "control": ([-largest, -largest, 0.0, 0.0], [largest, largest, 1.0, 1.0])}[schedule.features]
+                     "control": ([-largest, -largest, 0.0, 0.0], [largest, largest, 1.0, 1.0]),
+                     "validation": ([-largest, -largest, 0.0, 0.0, -largest, -largest],
+                                    [largest, largest, 1.0, 1.0, largest, largest])}[schedule.features]
         self.observation_space = spaces.Box(low=np.array(low, dtype=largest.dtype),
                                             high=np.array(high, dtype=largest.dtype), dtype=largest.dtype)
         self.action_space = spaces.Discrete(schedule.n_actions)
         self.data: rc.PolynomialData | None = None
+        self.validation_data: rc.PolynomialData | None = None  # the task seed's validation split, if used
+        self._validation: float | None = None  # V_t, where the state or the reward reads it
         self.model: rc.MaclaurinNet | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_index = schedule.start_index
@@ -106,8 +110,18 @@ class LRControlEnv(gymnasium.Env):
         return cls(config.task, config.schedule, dtype=config.dtype, device=config.device, **kwargs)
 
     def _info(self) -> dict:
-        return {"lr": self.lr, "lr_index": self.lr_index,
-                "loss": float(self._loss.item())}
+        info = {"lr": self.lr, "lr_index": self.lr_index, "loss": float(self._loss.item())}
+        if self._validation is not None:
+            info["validation_loss"] = self._validation
+        return info
+
+    def _validation_loss(self) -> float | None:
+        """V: the full loss on the task seed's monitoring split (RunSeeds.monitor; None where the schedule does
+        not use it)."""
+        if not self.schedule.uses_validation:
+            return None
+        with torch.no_grad():
+            return float(rc.full_batch_loss(self.model, self.validation_data).item())
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         if options:  # both checked before np_random is reseeded
@@ -122,6 +136,10 @@ class LRControlEnv(gymnasium.Env):
         seeds = rc.derive_seeds(self.episode_seed)
         if self.data is None or seed is not None or self.resample_data:
             self.data = rc.make_polynomial_dataset(self.task, seeds.data, dtype=self.dtype, device=self.device)
+            if self.schedule.uses_validation:
+                self.validation_data = rc.make_polynomial_dataset(self.task, seeds.monitor,
+                                                                  self.schedule.validation_examples,
+                                                                  dtype=self.dtype, device=self.device)
         self.model = rc.make_model(self.task, seeds.init, self.dtype, self.device)
         self.lr_index = self.schedule.start_index
         self.lr = self.schedule.lr_grid[self.lr_index]
@@ -132,7 +150,8 @@ class LRControlEnv(gymnasium.Env):
         if not math.isfinite(loss):
             raise FloatingPointError(f"the initial loss is {loss} (data or initial weights out of float range): "
                                      "lower task.coeff_scale or use dtype='float64'")
-        self._observation = self._state(loss, None)
+        self._validation = self._validation_loss()
+        self._observation = self._state(loss, None, self._validation, None)
         self._episode_over = False
         return self._observation.copy(), self._info()
 
@@ -145,15 +164,19 @@ class LRControlEnv(gymnasium.Env):
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         previous_loss = loss = self._loss.item()
+        previous_validation = self._validation
         for _ in range(min(self.schedule.decision_interval, self.schedule.steps - self.elapsed_steps)):
             self._loss = adam_step(self.model, self.optimizer, self.data, self._loss)  # L_{t+1}, with its graph
             loss = self._loss.item()
             self.elapsed_steps += 1
             if not math.isfinite(loss):
                 break
-        observation = self._state(loss, previous_loss)
+        self._validation = self._validation_loss() if math.isfinite(loss) else None
+        observation = self._state(loss, previous_loss, self._validation, previous_validation)
+        reward = float(rc.decision_reward(previous_loss, loss, self.schedule, previous_validation, self._validation)) \
+            if math.isfinite(loss) else math.nan
         info = self._info()
-        if not (math.isfinite(loss) and np.isfinite(observation).all()):
+        if not (math.isfinite(loss) and np.isfinite(observation).all() and math.isfinite(reward)):
             self._episode_over = True
             info["diverged"] = True
             return self._observation.copy(), self.divergence_penalty, True, False, info
@@ -161,13 +184,16 @@ class LRControlEnv(gymnasium.Env):
         self._observation = observation
         truncated = self.elapsed_steps >= self.schedule.steps
         self._episode_over = truncated
-        reward = float(rc.loss_reward(previous_loss, loss, self.schedule.features))
         return observation.copy(), reward, False, truncated, info
 
-    def _state(self, loss: float, previous_loss: float | None) -> np.ndarray:
+    def _state(self, loss: float, previous_loss: float | None, validation: float | None = None,
+               previous_validation: float | None = None) -> np.ndarray:
         """RLRScheduler's state for this loss (rlr_core.loss_state), as a numpy observation."""
+        if self.schedule.features == "validation" and validation is None:
+            validation = math.nan  # a diverged step: the observation is non-finite and never returned
         return rc.loss_state(loss, previous_loss, rc.lr_position(self.lr, self.schedule), self.schedule.features,
-                             self.dtype, rc.budget_fraction_left(self.elapsed_steps, self.schedule)).numpy()
+                             self.dtype, rc.budget_fraction_left(self.elapsed_steps, self.schedule),
+                             validation, previous_validation).numpy()
 
 
 class LRControlVectorEnv(VectorEnv):
@@ -199,6 +225,7 @@ class LRControlVectorEnv(VectorEnv):
         self.action_space = batch_space(single.action_space, num_envs)
         self.device = single.device
         self.net: rlr_stacked.StackedModel | None = None
+        self.validation: torch.Tensor | None = None  # V of every task, where the state or the reward reads it
         self.step_losses = torch.zeros(num_envs, self.schedule.decision_interval, dtype=torch.float64)
         self.steps_taken = torch.zeros(num_envs, dtype=torch.int64)  # none at a reset
         self.autoreset = np.zeros(num_envs, dtype=bool)
@@ -253,8 +280,27 @@ class LRControlVectorEnv(VectorEnv):
         self.lr = torch.full((self.num_envs,), self.schedule.lr_grid[start], dtype=torch.float64, device=self.device)
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self.episode_seeds = list(seeds)
+        if self.schedule.uses_validation:
+            splits = [self.validation_split(seed) for seed in seeds]
+            self.validation_inputs = torch.stack([split.inputs for split in splits])
+            self.validation_targets = torch.stack([split.targets for split in splits])
         with torch.no_grad():
             self.loss = rlr_stacked.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
+        self.validation = self.validation_losses()
+
+    def validation_split(self, seed: int) -> rc.PolynomialData:
+        """Task seed's monitoring polynomials (its monitor stream, schedule.validation_examples of them): the
+        held-out data V is measured on, never the validation set tuning scores the controller by."""
+        return rc.make_polynomial_dataset(self.task, rc.derive_seeds(seed).monitor, self.schedule.validation_examples,
+                                          dtype=self.dtype, device=self.device)
+
+    def validation_losses(self) -> torch.Tensor | None:
+        """V of every task at its current weights (float64), or None where the schedule does not use it."""
+        if not self.schedule.uses_validation:
+            return None
+        with torch.no_grad():
+            return rlr_stacked.mse_loss_and_grad(self.net, self.validation_inputs, self.validation_targets,
+                                                 with_grad=False).double()
 
     def restart(self, k: int, seed: int) -> None:
         """Task k starts a new episode on seed: its data, network, Adam state, lr and step count."""
@@ -267,17 +313,24 @@ class LRControlVectorEnv(VectorEnv):
         self.lr[k] = self.schedule.lr_grid[self.schedule.start_index]
         self.elapsed[k] = 0
         self.episode_seeds[k] = seed
+        if self.schedule.uses_validation:
+            split = self.validation_split(seed)
+            self.validation_inputs[k], self.validation_targets[k] = split.inputs, split.targets
 
     def refresh_loss(self, restarted: np.ndarray) -> None:
         """The loss and gradient of every task at its current weights (the restarted tasks' L_0)."""
         with torch.no_grad():
             loss = rlr_stacked.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
         self.loss = torch.where(torch.as_tensor(restarted, device=self.device), loss, self.loss)
+        if self.validation is not None:
+            self.validation = torch.where(torch.as_tensor(restarted, device=self.device), self.validation_losses(),
+                                          self.validation)
 
-    def states(self, previous_loss: torch.Tensor | None) -> np.ndarray:
+    def states(self, previous_loss: torch.Tensor | None, previous_validation: torch.Tensor | None = None) -> np.ndarray:
         position = rc.lr_position(self.lr, self.schedule)
         budget = rc.budget_fraction_left(self.elapsed, self.schedule)
-        return rc.loss_state(self.loss, previous_loss, position, self.schedule.features, self.dtype, budget).cpu().numpy()
+        return rc.loss_state(self.loss, previous_loss, position, self.schedule.features, self.dtype, budget,
+                             self.validation, previous_validation).cpu().numpy()
 
     def info(self, diverged: np.ndarray) -> dict:
         """Per task: lr, lr_index, loss, diverged, episode_seed, and the loss after each optimiser step of
@@ -285,6 +338,8 @@ class LRControlVectorEnv(VectorEnv):
         values = {"lr": self.lr.cpu().numpy(), "lr_index": self.lr_index.cpu().numpy(),
                   "loss": self.loss.cpu().numpy(), "diverged": diverged, "episode_seed": np.array(self.episode_seeds),
                   "step_losses": self.step_losses.numpy(), "steps_taken": self.steps_taken.numpy()}
+        if self.validation is not None:
+            values["validation_loss"] = self.validation.cpu().numpy()
         return {**values, **{f"_{key}": np.ones(self.num_envs, dtype=bool) for key in values}}
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -295,13 +350,17 @@ class LRControlVectorEnv(VectorEnv):
         lr_index, lr = rc.next_lr(self.lr_index, self.lr, torch.as_tensor(actions, device=self.device), self.schedule)
         self.lr_index, self.lr = torch.where(active, lr_index, self.lr_index), torch.where(active, lr, self.lr)
         previous_loss = self.loss.clone()
+        previous_validation = None if self.validation is None else self.validation.clone()
         diverged = self.train_interval(active)
+        if self.validation is not None:
+            self.validation = self.validation_losses()
         for k in np.flatnonzero(resetting):  # after the others' Adam steps: theirs touched no restarted state
             self.restart(int(k), self.draw_seeds(1)[0])
         self.refresh_loss(resetting)
-        observation = self.states(previous_loss)
-        rewards = rc.loss_reward(previous_loss, self.loss, self.schedule.features).cpu().numpy()
-        terminated = diverged | ~np.isfinite(observation).all(axis=1)
+        observation = self.states(previous_loss, previous_validation)
+        rewards = rc.decision_reward(previous_loss, self.loss, self.schedule, previous_validation,
+                                     self.validation).cpu().numpy()
+        terminated = diverged | ~np.isfinite(observation).all(axis=1) | ~np.isfinite(rewards)
         observation[terminated] = self._observation[terminated]  # the last finite observation
         rewards[terminated] = self.divergence_penalty
         truncated = (self.elapsed >= self.schedule.steps).cpu().numpy() & ~terminated
@@ -332,6 +391,31 @@ class LRControlVectorEnv(VectorEnv):
         return diverged.cpu().numpy()
 
 
+def time_limit_is_terminal(env: Any) -> bool:
+    """Whether an episode's end at its time limit is a terminal state of the problem the agent sees: yes
+    when the observation holds the budget left (schedule.sees_budget), because then the time limit is part
+    of the MDP and bootstrapping past it would value steps the run never takes; no otherwise, where the
+    truncation is the experimenter's and the last transition is bootstrapped from its real next state
+    (Pardo et al. 2018, "Time Limits in Reinforcement Learning"). env: an LRControlEnv, its vector form, or
+    any env (a wrapper's unwrapped one) with a `schedule`; an env without one truncates (False)."""
+    schedule = getattr(getattr(env, "unwrapped", env), "schedule", None)
+    return bool(getattr(schedule, "sees_budget", False))
+
+
+def stored_as_terminal(terminated: Any, truncated: Any, time_limit_terminal: bool) -> Any:
+    """What replay stores as `terminated` (no bootstrapping from next_state): a terminated transition,
+    and a truncated one where the time limit is terminal (time_limit_is_terminal). Works on bools and on
+    numpy bool arrays (vector envs)."""
+    return terminated | (truncated & time_limit_terminal)
+
+
+def check_discount(env: Any, agent: rc.DQNAgent) -> bool:
+    """time_limit_is_terminal(env), after rlr_config.check_discount's rule for the agent's gamma on the
+    env's schedule (gamma = 1 only where the time limit is terminal)."""
+    rc.check_discount(agent.config.gamma, getattr(getattr(env, "unwrapped", env), "schedule", None))
+    return time_limit_is_terminal(env)
+
+
 def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
                        seed: int | None = None, max_episodes: int | None = None) -> dict[str, list]:
     """Run agent on env for total_steps environment steps (or until max_episodes episodes have finished),
@@ -342,8 +426,9 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
     always the observation step() returned, also at truncation (the real next state). Gymnasium's
     semantics: a terminated transition is stored as terminal (no bootstrapping from it: for
     LRControlEnv's divergence, the penalty is the last reward), a truncated one is bootstrapped from its
-    real next observation. With agent.training False (eval) nothing is stored or learned: an evaluation
-    rollout with the greedy policy.
+    real next observation, except where the time limit is terminal (time_limit_is_terminal: the budget is
+    in the state), when it is stored as terminal too. With agent.training False (eval) nothing is stored
+    or learned: an evaluation rollout with the greedy policy.
 
     Returns episode_returns, episode_lengths and episode_terminated (one per finished episode; an
     unfinished last episode is left out) and dqn_losses (one per DQN update).
@@ -357,6 +442,7 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
     rc.check_int("total_steps", total_steps, 0)
     if max_episodes is not None:
         rc.check_int("max_episodes", max_episodes, 1)
+    time_limit_terminal = check_discount(env, agent)
     history: dict[str, list] = {"episode_returns": [], "episode_lengths": [], "episode_terminated": [],
                                 "dqn_losses": []}
     observation, _ = env.reset(seed=seed)
@@ -365,7 +451,8 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
         action = agent.act(observation)
         next_observation, reward, terminated, truncated, _ = env.step(action)
         if agent.training:
-            agent.remember(observation, action, next_observation, float(reward), terminated=bool(terminated))
+            agent.remember(observation, action, next_observation, float(reward),
+                           terminated=bool(stored_as_terminal(bool(terminated), bool(truncated), time_limit_terminal)))
             dqn_loss = agent.learn()
             if dqn_loss is not None:
                 history["dqn_losses"].append(dqn_loss)
@@ -385,11 +472,15 @@ def train_agent_on_env(env: gymnasium.Env, agent: rc.DQNAgent, total_steps: int,
 
 
 def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: int, seed: int | None = None,
-                              updates_per_step: int = 1) -> dict[str, list]:
+                              updates_per_step: int = 1, checkpoints: Sequence[int] = (),
+                              at_checkpoint: Callable[[int, dict], None] | None = None) -> dict[str, list]:
     """train_agent_on_env over a vector environment with next-step autoreset (e.g. LRControlVectorEnv):
     each vector step the agent acts for every task, remembers every real transition (terminated ones as
-    terminal; not the step that autoresets a task, which is no transition) and takes updates_per_step
-    DQN updates. total_steps counts vector steps. Returns episode_returns, episode_lengths,
+    terminal, truncated ones too where the time limit is terminal: stored_as_terminal; not the step that
+    autoresets a task, which is no transition) and takes updates_per_step
+    DQN updates. total_steps counts vector steps; after each vector step count in checkpoints,
+    at_checkpoint(steps, history so far) is called (to freeze and score the policy mid-training without
+    touching the training: learning curves). Returns episode_returns, episode_lengths,
     episode_terminated and episode_seeds (info["episode_seed"], None if the env gives none) of every
     finished episode, in the order they finish, and dqn_losses."""
     if envs.metadata.get("autoreset_mode") != AutoresetMode.NEXT_STEP:
@@ -399,18 +490,23 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
         raise ValueError(f"envs.single_action_space must be Discrete({agent.n_actions}) for this agent, got {single}")
     rc.check_int("total_steps", total_steps, 0)
     rc.check_int("updates_per_step", updates_per_step, 1)
+    checkpoints = set(rc.check_seeds("checkpoints", list(checkpoints))) if len(checkpoints) else set()
+    if checkpoints and not callable(at_checkpoint):
+        raise TypeError("at_checkpoint must be callable(steps, history) when checkpoints are given")
+    time_limit_terminal = check_discount(envs, agent)
     history: dict[str, list] = {"episode_returns": [], "episode_lengths": [], "episode_terminated": [],
                                 "episode_seeds": [], "dqn_losses": []}
     observations, _ = envs.reset(seed=seed)
     returns, lengths = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=np.int64)
     restarting = np.zeros(envs.num_envs, dtype=bool)
-    for _ in range(total_steps):
+    for step in range(1, total_steps + 1):
         actions = np.array([agent.act(observation) for observation in observations])
         next_observations, rewards, terminated, truncated, info = envs.step(actions)
+        terminal = stored_as_terminal(terminated, truncated, time_limit_terminal)
         for k in np.flatnonzero(~restarting):
             if agent.training:
                 agent.remember(observations[k], int(actions[k]), next_observations[k], float(rewards[k]),
-                               terminated=bool(terminated[k]))
+                               terminated=bool(terminal[k]))
             returns[k] += rewards[k]
             lengths[k] += 1
         for k in np.flatnonzero(terminated | truncated):
@@ -425,6 +521,8 @@ def train_agent_on_vector_env(envs: VectorEnv, agent: rc.DQNAgent, total_steps: 
                 history["dqn_losses"].append(dqn_loss)
         restarting = terminated | truncated
         observations = next_observations
+        if step in checkpoints:
+            at_checkpoint(step, history)
     return history
 
 

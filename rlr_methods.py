@@ -36,7 +36,9 @@ KINDS = ("schedule", "lr_free", "agent", "controller")
 optimiser of another package, one instance per run; agent: a DQN scheduler learning within the run (batched
 engine); controller: a controller trained beforehand on other tasks and frozen (rlr_controllers)."""
 
-SCALES = ("linear", "log", "log-int")
+SCALES = ("linear", "log", "log-int", "binary")
+"""How a unit coordinate maps onto a range (from_unit); 'binary' is a yes/no knob, range (0, 1): 1.0 when the
+coordinate is >= 0.5, so half of a Sobol pool says yes."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -54,13 +56,18 @@ def check_ranges(name: str, ranges: Any) -> dict[str, tuple[float, float, str]]:
         low, high, scale = spec
         rc.check_float(f"{name}.ranges[{knob!r}] low", low, -math.inf, math.inf)
         rc.check_float(f"{name}.ranges[{knob!r}] high", high, low, math.inf)
-        if scale != "linear" and low <= 0:
+        if scale == "binary" and (low, high) != (0, 1):
+            raise ValueError(f"{name}.ranges[{knob!r}] is binary: its range must be (0, 1), got {(low, high)!r}")
+        if scale in ("log", "log-int") and low <= 0:
             raise ValueError(f"{name}.ranges[{knob!r}] is on a log scale: low must be > 0, got {low!r}")
     return ranges
 
 
 def from_unit(u: float, low: float, high: float, scale: str) -> float:
-    """A point u of [0, 1) mapped onto a range: linearly, or log-uniformly (rounded for 'log-int')."""
+    """A point u of [0, 1) mapped onto a range: linearly, log-uniformly (rounded for 'log-int'), or to
+    1.0 / 0.0 ('binary': u >= 0.5)."""
+    if scale == "binary":
+        return 1.0 if u >= 0.5 else 0.0
     if scale == "linear":
         return float(low + u * (high - low))
     value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
@@ -289,11 +296,19 @@ def lr_free_method(key: str, label: str, ranges: dict, make_optimizer: Callable,
     return Method(key, label, "lr_free", ranges, run, usage, submit=submit, optimizer=factory)
 
 
+DERIVED_DQN_KNOBS = ("dqn.horizon", "dqn.undiscounted")
+"""Search knobs that set DQNConfig.gamma rather than a field of their own name."""
+
+
 def dqn_overrides(params: dict) -> dict:
-    """Config overrides of a DQN family's configuration: its dqn.* values, the horizon as gamma."""
-    dqn = {name.removeprefix("dqn."): value for name, value in params.items() if name != "dqn.horizon"}
+    """Config overrides of a DQN family's configuration: its dqn.* values, the horizon in decisions as
+    gamma = 1 - 1 / horizon, and dqn.undiscounted (a binary knob) as gamma = 1 when it says yes (the
+    telescoping return log L_0 - log L_T itself; only valid where the run's end is terminal)."""
+    dqn = {name.removeprefix("dqn."): value for name, value in params.items() if name not in DERIVED_DQN_KNOBS}
     if "dqn.horizon" in params:
         dqn["gamma"] = 1.0 - 1.0 / params["dqn.horizon"]
+    if params.get("dqn.undiscounted"):
+        dqn["gamma"] = 1.0
     return {"dqn": dqn}
 
 

@@ -20,7 +20,7 @@ import torch
 
 from rlr_core import PolynomialData, TaskConfig, sample_points
 from rlr_results import RunResult
-from rlr_stats import bootstrap_interval, geometric_mean, paired_ratios, smallest_holm_p
+from rlr_stats import bootstrap_interval, geometric_mean, paired_ratios, paired_validation, smallest_holm_p
 
 ACTION_NAMES = ("decrease", "keep", "increase")
 
@@ -470,17 +470,21 @@ def controller_reading(claims: pd.DataFrame, summary: pd.DataFrame, best: str, r
 
 
 def controller_costs(controllers: dict, tuning: pd.DataFrame, runs: dict[str, Sequence[RunResult]],
-                     steps: int, family_tuning_steps: int) -> pd.DataFrame:
+                     steps: int, family_tuning_steps: int, selection: dict[str, tuple[int, float]] | None = None
+                     ) -> pd.DataFrame:
     """What each learned controller cost: its training (episodes, optimiser steps, seconds), its tuning
-    (every configuration trained), and one frozen run, beside a tuned family's one-off tuning."""
-    rows = []
+    (every configuration trained, plus selection: label -> the optimiser steps and seconds of further
+    trainings its pick needed, e.g. the learning curves' other agents), and one frozen run, beside a tuned
+    family's one-off tuning."""
+    rows, selection = [], selection or {}
     for label, trained in controllers.items():
         tried = tuning[tuning["controller"] == label]
+        extra_steps, extra_seconds = selection.get(label, (0, 0.0))
         rows.append({"method": label, "training episodes": len(trained.curve),
                      "training optimiser steps": trained.training_optimiser_steps,
                      "training seconds": trained.training_seconds,
-                     "tuning: optimiser steps": int(tried["training episodes"].sum()) * steps,
-                     "tuning: seconds": float(tried["training seconds"].sum()),
+                     "tuning: optimiser steps": int(tried["training episodes"].sum()) * steps + int(extra_steps),
+                     "tuning: seconds": float(tried["training seconds"].sum()) + float(extra_seconds),
                      "seconds per frozen run": float(np.mean([run.wall_seconds for run in runs[label]]))})
     rows.append({"method": "a tuned family (schedule or optimiser)", "training episodes": 0,
                  "training optimiser steps": 0, "training seconds": 0.0,
@@ -532,11 +536,26 @@ def tuning_markdown(chosen: dict[str, dict], edges: dict[str, dict[str, str]], b
     return markdown_table(pd.DataFrame(rows))
 
 
+def learning_table(returns: dict[str, Sequence[float]]) -> pd.DataFrame:
+    """Per agent (label -> its training returns in episode order): rlr_stats.return_rose's first and last
+    quarter means, p and whether it learned (LEARNED_RULE)."""
+    from rlr_stats import return_rose
+    return pd.DataFrame({label: return_rose(values) for label, values in returns.items()}).T
+
+
 def transfer_reading(summary: pd.DataFrame, runs: dict[str, dict[str, Sequence[RunResult]]],
-                     agents: Sequence[str], reference: str) -> str:
+                     agents: Sequence[str], reference: str, learned: dict[str, bool | None] | None = None) -> str:
     """Per task: each frozen agent's geometric-mean test MSE relative to the reference, its win rate,
-    and where it leaves the learning rate (median over seeds of the last step's lr)."""
+    and where it leaves the learning rate (median over seeds of the last step's lr). learned (label ->
+    learning_table's verdict): an agent whose training returns did not rise is named first, so that its
+    rows read as an untrained policy's, not as a transfer result."""
     lines = []
+    for agent in agents:
+        verdict = (learned or {}).get(agent, True)
+        if verdict is not True:
+            lines.append(f"- **{agent}** " + ("did not learn by the stated rule (its training returns did not rise): "
+                                             if verdict is False else "trained too few episodes to tell whether it learned: ")
+                         + "its rows below are those of a policy that did not improve in training, not a transfer result.")
     for task in dict.fromkeys(summary.index.get_level_values("task")):
         part = summary.loc[task]
         best = part["geometric mean"].idxmin()
@@ -691,4 +710,138 @@ def headline(primary: pd.DataFrame, summary: pd.DataFrame, n_seeds: int, scope: 
         f"Power: {n_seeds} evaluation seeds; the smallest effect detectable at 80% power ranges "
         f"{primary['detectable_ratio'].min():.2f}-{primary['detectable_ratio'].max():.2f} times over the {len(primary)} tests.",
         f"Scope: {scope}."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Learning curves of the DQN controller and the oracle of its policy class (issue: give RL a real chance)
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot_controller_curves(table: pd.DataFrame, levels: dict[str, float]) -> plt.Figure:
+    """Validation MSE (tuning seeds, geometric mean with its 95% CI) of each agent seed's frozen policy
+    against its training optimiser steps, with the tuned schedules' validation levels (levels: label -> MSE)
+    as horizontal lines and each agent's plateau (the 'plateau at' column) marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for seed, part in table.sort_values("episodes").groupby("agent seed", sort=False):
+        steps = part["training optimiser steps"]
+        line, = ax.plot(steps, part["validation MSE"], "o-", ms=4, label=f"agent seed {seed}")
+        ax.fill_between(steps, part["validation CI low"], part["validation CI high"], color=line.get_color(), alpha=0.15)
+        plateau = part["plateau at"].iloc[0]
+        if plateau is not None and not pd.isna(plateau):
+            at = part[part["episodes"] == plateau]
+            ax.plot(at["training optimiser steps"], at["validation MSE"], "s", ms=9, mfc="none", color=line.get_color())
+    for (label, level), style in zip(levels.items(), ("--", ":", "-.")):
+        ax.axhline(level, color="0.3", ls=style, lw=1, label=f"{label} (validation)")
+    ax.set(xscale="log", yscale="log", xlabel="training optimiser steps (all tasks)",
+           ylabel="validation MSE, tuning seeds")
+    ax.set_title("DQN controller trained longer: frozen at doubling checkpoints (square: plateau)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def curve_markdown(table: pd.DataFrame) -> str:
+    """The learning curves as a table: per agent seed and checkpoint, validation MSE with its CI and the
+    mean training return."""
+    shown = table.assign(**{"validation MSE": [interval(v, lo, hi, ".3g") for v, lo, hi in zip(
+        table["validation MSE"], table["validation CI low"], table["validation CI high"])]})
+    columns = ["agent seed", "episodes", "training optimiser steps", "validation MSE", "training return", "plateau at"]
+    return markdown_table(formatted(shown[columns], {"training optimiser steps": ",d", "training return": ".2f"}
+                                    ).astype({"plateau at": object}).fillna("-"))
+
+
+def significance(comparison: dict, alpha: float = 0.05) -> str:
+    """'better', 'worse' or 'tie' for rlr_stats.paired_validation's result (ratio reference / method)."""
+    if comparison["p"] >= alpha or not math.isfinite(comparison["ratio"]):
+        return "tie"
+    return "better" if comparison["ratio"] > 1 else "worse"
+
+
+def curve_reading(table: pd.DataFrame, plateau_rule: str, controller: str, best_schedule: str,
+                  validation: dict[str, Sequence[float]], oracle: str, beaten_by: str | None) -> str:
+    """What the learning curves (of `controller`, the DQN controller whose agents they are) and the oracle
+    say, from the numbers. validation: label -> per-tuning-seed validation MSEs of the controller, the best
+    schedule and the oracle (same seeds), compared by rlr_stats.paired_validation (descriptive, tuning
+    seeds). beaten_by: the best learned controller if the primary test found its test MSE lower than the
+    best schedule's, else None. The outcomes: the goal is met; else the oracle (the class's nearest path
+    to the schedule) against the schedule, then the controller against the oracle, decide between 'the
+    learning is the bottleneck', 'no gap resolved', 'the learned policy beats the clone' and 'the nearest
+    path in the class is worse'."""
+    missing = sorted({controller, best_schedule, oracle} - set(validation))
+    if missing:
+        raise ValueError(f"validation lacks the label(s) {missing}")
+    reached = table.groupby("agent seed")["plateau at"].first()
+    plateaus = ", ".join(f"agent seed {seed}: " + ("not within the budget" if pd.isna(at) else f"at {int(at)} episodes")
+                         for seed, at in reached.items())
+    lines = [f"Plateau rule ({plateau_rule}), {controller}'s agents: {plateaus}."]
+    oracle_vs = paired_validation(validation[oracle], validation[best_schedule])
+    controller_vs = paired_validation(validation[controller], validation[oracle])
+    lines.append(f"On the tuning seeds' validation sets, {oracle} has "
+                 f"{times_mse(1.0, oracle_vs['ratio'], best_schedule, 'validation MSE')} ({oracle_vs['wins']} of "
+                 f"{oracle_vs['seeds']} seeds lower, Wilcoxon p = {oracle_vs['p']:.2g}); {controller} has "
+                 f"{times_mse(1.0, controller_vs['ratio'], 'the oracle', 'validation MSE')} ({controller_vs['wins']} of "
+                 f"{controller_vs['seeds']} seeds lower, p = {controller_vs['p']:.2g}).")
+    if beaten_by is not None:
+        lines.append(f"{beaten_by} beats {best_schedule} on the primary test: the goal is met.")
+        return "\n\n".join(lines)
+    oracle_side, controller_side = significance(oracle_vs), significance(controller_vs)
+    at_plateau = bool(reached.notna().all())
+    if oracle_side == "worse":
+        lines.append(f"The nearest path the controllers' actions allow to {best_schedule} is significantly worse than it "
+                     "on validation: the policy class (its factors, decision interval and range) limits before any "
+                     "learning, although a path further from the schedule could still do better.")
+    elif controller_side == "worse":
+        lines.append(f"The controllers' actions can follow {best_schedule} without significant loss (the oracle"
+                     f"{' beats it' if oracle_side == 'better' else ' ties it'} on validation), and {controller} is "
+                     "significantly worse than that oracle: the bottleneck is the learning, not the policy class" + (
+                         ", with every agent at its plateau." if at_plateau
+                         else "; not every agent reached its plateau, so more training may still help."))
+    elif controller_side == "better":
+        lines.append(f"{controller} beats the oracle on validation, yet no learned controller beats {best_schedule} "
+                     "on the primary test: the learned policy improves on the clone of the schedule, not on the schedule.")
+    else:
+        lines.append(f"{controller} is within noise of the oracle, and the oracle "
+                     f"{'beats' if oracle_side == 'better' else 'ties'} {best_schedule} on validation: these seeds "
+                     "resolve no gap in the learning.")
+    return "\n\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The polynomial task off its interpolation threshold (notebook 05)
+# ---------------------------------------------------------------------------------------------------
+
+
+def floor_table(table: pd.DataFrame, floors: dict[str, float], tasks: Sequence[str]) -> pd.DataFrame:
+    """Per task of `tasks` and method (a transfer table's rows): geometric means over the finished seeds of
+    the training MSE (median of the last 100 steps: optimisation) and the test MSE (generalisation), the
+    task's Bayes floor (floors: task -> rlr_core.bayes_floor) and the test MSE's excess over it, test /
+    floor (NaN for a noise-free task, whose floor is 0)."""
+    finished = table[table["diverged_at"].isna() & table["task"].isin(list(tasks))]
+    rows = []
+    for (task, method), part in finished.groupby(["task", "method"], sort=False):
+        test = geometric_mean(part["test_mse"])
+        rows.append({"task": task, "method": method, "training MSE": geometric_mean(part["train_median_last_100"]),
+                     "test MSE": test, "Bayes floor": floors[task],
+                     "test / floor": test / floors[task] if floors[task] > 0 else math.nan})
+    return pd.DataFrame(rows).set_index(["task", "method"])
+
+
+def floor_reading(floors: pd.DataFrame) -> str:
+    """Per task: the method best on training MSE and the one best on test MSE (the same one, or not: then a
+    better optimiser is not the better generaliser), and on a noisy task how far the best test MSE is from
+    the Bayes floor."""
+    lines = []
+    for task, part in floors.groupby(level="task", sort=False):
+        part = part.droplevel("task")
+        train_best, test_best = part["training MSE"].idxmin(), part["test MSE"].idxmin()
+        line = (f"- **{task}**: lowest training MSE {train_best}, lowest test MSE {test_best}"
+                + (" (the same method)" if train_best == test_best else " (not the same: optimising the training "
+                   "loss better did not generalise better here)"))
+        floor = float(part["Bayes floor"].iloc[0])
+        if floor > 0:
+            line += (f"; the Bayes floor is {floor:.3g}, and {test_best}'s test MSE is "
+                     f"{part.loc[test_best, 'test / floor']:.2f} times it")
+        lines.append(line + ".")
     return "\n".join(lines)

@@ -316,6 +316,45 @@ def wilcoxon_p(values: np.ndarray) -> float:
     return float(wilcoxon(values).pvalue) if len(values) >= 2 and np.any(values != 0) else 1.0
 
 
+def paired_validation(method: Sequence[float], reference: Sequence[float]) -> dict:
+    """Two methods' MSEs on the same seeds (paired by position; a non-finite one drops its pair): the
+    geometric-mean ratio reference / method (> 1: the method is better, as primary_tests' ratio), the seeds
+    where the method is lower, and the two-sided Wilcoxon p of the log ratios (wilcoxon_p). Descriptive:
+    for readings on the tuning seeds, never a primary test."""
+    method, reference = np.asarray(method, dtype=float), np.asarray(reference, dtype=float)
+    if method.shape != reference.shape or method.ndim != 1:
+        raise ValueError(f"method and reference must be MSEs on the same seeds, got shapes {method.shape} "
+                         f"and {reference.shape}")
+    kept = np.isfinite(method) & np.isfinite(reference) & (method > 0) & (reference > 0)
+    log_ratios = np.log(reference[kept]) - np.log(method[kept])
+    return {"ratio": float(np.exp(log_ratios.mean())) if kept.any() else math.nan,
+            "wins": int((log_ratios > 0).sum()), "seeds": int(kept.sum()), "p": wilcoxon_p(log_ratios)}
+
+
+LEARNED_RULE = ("an agent learned when its training returns rose: the last quarter of its training episodes "
+                "has higher returns than the first quarter (one-sided Mann-Whitney U, p < 0.05)")
+"""Stated before any result; return_rose applies it."""
+
+
+def return_rose(returns: Sequence[float], alpha: float = 0.05) -> dict:
+    """LEARNED_RULE on one agent's training returns in episode order (a diverged episode's return counts as
+    it is): the first and last quarters' means, the one-sided Mann-Whitney p (scipy) that the last is
+    higher, and `learned` (p < alpha). With fewer than 8 episodes the quarters are too small: learned is
+    None (undecided), never a claim."""
+    from scipy.stats import mannwhitneyu
+
+    returns = np.asarray(returns, dtype=float)
+    if returns.ndim != 1 or not np.isfinite(returns).all():
+        raise ValueError("returns must be one finite return per training episode, in order")
+    check_level("alpha", alpha)
+    quarter = len(returns) // 4
+    if quarter < 2:
+        return {"first": math.nan, "last": math.nan, "p": math.nan, "learned": None}
+    first, last = returns[:quarter], returns[-quarter:]
+    p_value = float(mannwhitneyu(last, first, alternative="greater").pvalue)
+    return {"first": float(first.mean()), "last": float(last.mean()), "p": p_value, "learned": p_value < alpha}
+
+
 def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> np.ndarray:
     """The level of each test's step in Holm's procedure: alpha / (m - i + 1) for the i-th smallest p up to
     the first test Holm does not reject, and that step's level for every test after it (the procedure

@@ -580,6 +580,14 @@ def primary_labels(picks: dict[str, dict], best_controller: str) -> dict[str, st
             "DQN as described": "DQN as described", "DQN as coded (original)": "DQN as coded (original)"}
 
 
+def beats(primary: pd.DataFrame, method: str, reference: str, metric: str = "test_mse") -> bool:
+    """Whether the primary family found method's metric significantly lower than reference's (Holm)."""
+    rows = primary[(primary["method"] == method) & (primary["against"] == reference) & (primary["metric"] == metric)]
+    if rows.empty:
+        raise ValueError(f"the primary family has no test of {method!r} against {reference!r} on {metric}")
+    return bool(rows["significant"].iloc[0] and rows["ratio"].iloc[0] > 1)
+
+
 def primary_family(labels: dict[str, str], comparisons: Sequence[tuple[str, str, str, str]] = PRIMARY_COMPARISONS
                    ) -> list[tuple[str, str, str, str]]:
     """A pre-registered family (default PRIMARY_COMPARISONS) with its roles replaced by labels (labels:
@@ -721,9 +729,16 @@ HELD_OUT_TASKS: dict[str, dict] = {
     "degree 3 polynomials": {"coeff_scale": (1.0, 0.5, 0.2, 0.1)},
     "degree 6 polynomials": {"coeff_scale": (1.0, 0.5, 0.2, 0.1, 0.05, 0.025, 0.0125)},
     "wider, deeper net (64, 32, 16)": {"hidden_sizes": (64, 32, 16)},
+    "1 024 examples": {"n_examples": 1024},
+    "noisy samples (sd 0.1)": {"input_noise": 0.1},
 }
 """Held-out tasks: label -> overrides of the training TaskConfig (the first is the training task itself,
-evaluated on new data seeds and initialisations)."""
+evaluated on new data seeds and initialisations). The last two move the task off its interpolation
+threshold (MaclaurinNet's 1 285 parameters against 256 x 5 targets): 4x the examples, and noisy samples
+with a non-zero Bayes floor (rlr_core.bayes_floor), so test MSE can be read against the best possible."""
+
+OFF_THRESHOLD = ("1 024 examples", "noisy samples (sd 0.1)")
+"""The held-out tasks off the interpolation threshold (notebook 05 reads their training and test MSE apart)."""
 
 TRANSFER_AGENTS: dict[str, dict] = {
     "scale-free DQN (log features, x0.5/x1/x2)": {"features": "log", "lr_factors": (0.5, 1.0, 2.0)},

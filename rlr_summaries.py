@@ -98,7 +98,8 @@ def verdict_markdown(results: Path) -> str:
 
 def controller_parts(summary: dict) -> list[str]:
     """Notebook 04's learned controllers: every controller trained with its validation MSE, their cost,
-    and the generated reading."""
+    the generated reading, and (where the summary has them) the learning curves' and the oracle's reading
+    with the oracle's table."""
     controllers = summary["controllers"]
     tuning = pd.DataFrame(controllers["tuning"])
     cost = pd.DataFrame(controllers["cost"])
@@ -107,12 +108,27 @@ def controller_parts(summary: dict) -> list[str]:
             "episodes each, then frozen). Every controller trained, with its validation MSE on the tuning seeds:",
             report.markdown_table(report.formatted(tuning, {"validation MSE": ".3g", "training seconds": ".0f",
                                                             "dqn.lr": ".2e", "dqn.horizon": ".3g",
-                                                            "dqn.epsilon_decay": ".3g"}).fillna("-")),
+                                                            "dqn.epsilon_decay": ".3g", "dqn.undiscounted": ".0f",
+                                                            "controller.validation_state": ".0f",
+                                                            "controller.validation_reward": ".0f"}).fillna("-")),
             "What each controller cost (its training, its tuning, one frozen run):",
             report.markdown_table(report.formatted(cost, {"training optimiser steps": ",d", "training seconds": ".0f",
                                                           "tuning: optimiser steps": ",d", "tuning: seconds": ".0f",
                                                           "seconds per frozen run": ".2f"}).fillna("-")),
-            controllers["reading"]]
+            controllers["reading"]] + curve_parts(controllers)
+
+
+def curve_parts(controllers: dict) -> list[str]:
+    """The learning curves' reading and the oracle's table, for summaries written since they exist."""
+    if "curve_reading" not in controllers:
+        return []
+    oracle = pd.DataFrame(controllers["oracle"]).set_index("method")
+    return [f"**Trained to a plateau?** The chosen DQN configuration trained for {controllers['curve']['episodes']} "
+            f"episodes by {len(controllers['curve']['agent_seeds'])} agent seeds, and the oracle of the policy class "
+            "(the best schedule cloned into the controllers' actions):",
+            report.markdown_table(report.formatted(oracle, {"validation MSE (tuning seeds)": ".3g",
+                                                            "test MSE (evaluation seeds)": ".3g"}).reset_index()),
+            controllers["curve_reading"]]
 
 
 def headline_markdown(results: Path) -> str:

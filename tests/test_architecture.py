@@ -17,21 +17,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
     "rlr_config": 1, "rlr_core": 1, "rlr_stats": 1,
-    "rlr_results": 2, "rlr_engine": 2, "rlr_stacked": 2, "rlr_batched": 2,
+    "rlr_results": 2, "rlr_engine": 2, "rlr_stacked": 2, "rlr_batched": 2, "rlr_tasks": 2,
     "rlr_env": 3, "rlr_peers": 3,
-    "rlr_report": 4, "rlr_methods": 4, "rlr_study": 4, "rlr_controllers": 4,
+    "rlr_report": 4, "rlr_methods": 4, "rlr_study": 4, "rlr_controllers": 4, "rlr_curves": 4, "rlr_oracle": 4,
     "rlr_summaries": 5, "rlr_pbt": 5, "sweep": 5, "readme": 5, "build_site": 5, "rlr_provenance": 5,
 }
 """Each library module's layer (README, Layout); entry points (notebooks, benchmarks, sweep) are 5."""
 
 WITHIN_LAYER = {("rlr_engine", "rlr_results"), ("rlr_batched", "rlr_engine"), ("rlr_batched", "rlr_results"),
                 ("rlr_stacked", "rlr_engine"), ("rlr_batched", "rlr_stacked"),
+                ("rlr_tasks", "rlr_results"), ("rlr_tasks", "rlr_stacked"),
                 ("rlr_controllers", "rlr_study"), ("build_site", "readme"),
                 ("rlr_core", "rlr_config"), ("rlr_study", "rlr_methods"), ("rlr_controllers", "rlr_methods"),
-                ("readme", "rlr_provenance")}
+                ("readme", "rlr_provenance"), ("rlr_curves", "rlr_controllers"), ("rlr_curves", "rlr_study"),
+                ("rlr_oracle", "rlr_controllers")}
 """The allowed imports inside one layer (the other direction would be a cycle). In layer 4 the protocol
-(rlr_study) and the report (rlr_report) know nothing of each other, and the learned controllers
-(rlr_controllers) build on the protocol, which never imports them."""
+(rlr_study) and the report (rlr_report) know nothing of each other, the learned controllers
+(rlr_controllers) build on the protocol, which never imports them, and the oracle of the controllers'
+policy class (rlr_oracle) builds on the controllers."""
 
 
 def project_imports(module: str) -> set[str]:
@@ -55,10 +58,16 @@ def test_imports_point_down_the_layers(module: str) -> None:
 
 def test_the_statistics_import_no_project_module_and_only_entry_points_import_the_controllers() -> None:
     """rlr_stats is a leaf anything may use; rlr_controllers sits on the protocol and is used by the
-    notebooks, benchmarks and entry points alone (neither rlr_study nor rlr_report may import it)."""
+    notebooks, benchmarks and entry points alone (neither rlr_study nor rlr_report may import it), and by
+    rlr_curves and rlr_oracle, whose subjects are the controllers' training and policy class (and which
+    nothing in layer 4 imports)."""
     assert project_imports("rlr_stats") == set()
     importers = {module for module in LAYERS if "rlr_controllers" in project_imports(module)}
-    assert importers <= {module for module, layer in LAYERS.items() if layer == 5}, importers
+    assert importers <= {module for module, layer in LAYERS.items() if layer == 5} | {"rlr_curves", "rlr_oracle"}, \
+        importers
+    for leaf in ("rlr_curves", "rlr_oracle"):
+        leaf_importers = {module for module in LAYERS if leaf in project_imports(module)}
+        assert leaf_importers <= {module for module, layer in LAYERS.items() if layer == 5}, leaf_importers
 
 
 def test_every_top_level_module_has_a_layer() -> None:

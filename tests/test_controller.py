@@ -15,6 +15,7 @@ import rlr_batched
 import rlr_core as rc
 import rlr_engine as engine
 import rlr_controllers as controllers
+import rlr_methods as methods
 import rlr_env
 
 CONTROL = dict(features="control", lr_factors=(0.5, 1.0, 2.0))
@@ -147,7 +148,8 @@ def test_a_policy_run_that_diverges_stops_before_the_non_finite_loss():
 
 def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expects():
     """SB3VectorEnv over LRControlVectorEnv: a finished task comes back as a new task at once (budget 1 in
-    its observation), its last observation in info["terminal_observation"], truncation marked; every
+    its observation), its last observation in info["terminal_observation"], the run's end not marked as a
+    truncation (the budget is in the state: the end is terminal, SB3 must not bootstrap past it); every
     episode's return telescopes to log L_0 - log L_T of its own task (checked against LRControlEnv on its seed)."""
     schedule = rc.ScheduleConfig(steps=30, decision_interval=10, **CONTROL)
     env = controllers.SB3VectorEnv(rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64"))
@@ -157,7 +159,7 @@ def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expec
     for step in range(3):
         observation, rewards, dones, infos = env.step(np.array([1, 2]))
         assert rewards.dtype == np.float32 and dones.tolist() == [step == 2] * 2
-    assert all(info["TimeLimit.truncated"] and info["terminal_observation"][3] == 0.0 for info in infos)
+    assert all(not info["TimeLimit.truncated"] and info["terminal_observation"][3] == 0.0 for info in infos)
     assert (observation[:, 3] == 1.0).all(), "the returned observation is the new task's"
     assert [episode["seed"] for episode in env.episodes] == [11, 12]
     for episode, action in zip(env.episodes, (1, 2)):
@@ -173,8 +175,8 @@ def test_the_sb3_vector_env_resets_a_finished_task_in_the_same_step_as_sb3_expec
 
 
 def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again(tmp_path):
-    """The DQN controller at two Sobol configurations and the SB3 learners, on 2 tasks for 1 round: one row
-    per training, the DQN configuration with the lowest validation MSE kept (SB3 ones always), the same
+    """The DQN controller and each SB3 learner at two Sobol configurations, on 2 tasks for 2 rounds: one row
+    per training, each learner's configuration with the lowest validation MSE kept, the same
     numbers on a second training, no training seed among the evaluation or tuning seeds, and a saved and
     reloaded controller steering the same runs, on the original task and on another."""
     import rlr_study as study
@@ -184,9 +186,11 @@ def test_controllers_are_tuned_on_validation_saved_and_run_frozen_the_same_again
     controller = c.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=2)
     config = study.study_config(engine.Config(), setup)
     tuned, table = c.tune_controllers(config, setup, controller)
-    assert list(table["controller"]) == [c.DQN_CONTROLLER] * 2 + [c.SB3_PPO, c.SB3_DQN]
-    dqn = table[table["controller"] == c.DQN_CONTROLLER]
-    assert table.loc[dqn["validation MSE"].idxmin(), "chosen"] and table["chosen"].sum() == 3
+    assert list(table["controller"]) == [c.DQN_CONTROLLER] * 2 + [c.SB3_PPO] * 2 + [c.SB3_DQN] * 2
+    assert list(table["configuration"]) == [0, 1] * 3 and table["chosen"].sum() == 3
+    for label in (c.DQN_CONTROLLER, c.SB3_PPO, c.SB3_DQN):
+        rows = table[table["controller"] == label]
+        assert table.loc[rows["validation MSE"].idxmin(), "chosen"], label
     assert set(tuned) == {c.DQN_CONTROLLER, c.SB3_PPO, c.SB3_DQN}
     assert c.best_controller(table) == table.loc[table[table["chosen"]]["validation MSE"].idxmin(), "controller"]
     again, table_again = c.tune_controllers(config, setup, controller)
@@ -222,3 +226,104 @@ def test_every_learner_trains_on_the_one_controller_environment():
     assert run_config.task == config.task and run_config.dtype == "float64" and run_config.dqn == config.dqn
     assert controllers.decisions_per_episode(run_config.schedule) == 4
     assert controllers.decisions_per_episode(controllers.ControllerConfig(decision_interval=15).schedule(40)) == 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# The validation loss as a state feature and as a reward
+# ---------------------------------------------------------------------------------------------------
+
+VALIDATION = {"lr_factors": (0.5, 1.0, 2.0), "decision_interval": 10, "steps": 30, "validation_examples": 64}
+
+
+@pytest.mark.parametrize("features, reward", [("validation", "training"), ("control", "validation"),
+                                              ("validation", "validation")])
+def test_the_validation_loss_reaches_state_and_reward_the_same_in_both_environments(features: str, reward: str):
+    """V is the MSE on the task seed's monitoring split (RunSeeds.monitor), not the validation split tuning
+    scores by (rlr_engine.heldout_data); the vector env gives every task the single env's observations and
+    rewards; a validation reward telescopes to log V_0 - log V_T."""
+    schedule = rc.ScheduleConfig(features=features, reward=reward, **VALIDATION)
+    vector = rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64")
+    observations, info = vector.reset(seed=[4, 9])
+    first_validation, returns = info["validation_loss"].copy(), np.zeros(2)
+    for _ in range(3):
+        observations, rewards, _, truncated, info = vector.step(np.array([2, 0]))
+        returns += rewards
+    assert observations.shape == (2, schedule.state_dim) and truncated.all()
+    if reward == "validation":
+        np.testing.assert_allclose(returns, np.log(first_validation) - np.log(info["validation_loss"]), rtol=1e-9)
+    for k, (seed, action) in enumerate([(4, 2), (9, 0)]):
+        single = rlr_env.LRControlEnv(schedule=schedule, dtype="float64")
+        single.reset(seed=seed)
+        total = 0.0
+        for _ in range(3):
+            observation, reward_k, _, _, single_info = single.step(action)
+            total += reward_k
+        np.testing.assert_allclose(observation, observations[k], rtol=1e-9)
+        assert total == pytest.approx(returns[k], rel=1e-9)
+        monitor = rc.make_polynomial_dataset(rc.TaskConfig(), rc.derive_seeds(seed).monitor, 64, dtype=torch.float64)
+        scored = engine.heldout_data(engine.Config(seed=seed, dtype="float64"), "validation", 64)
+        with torch.no_grad():
+            assert single_info["validation_loss"] == pytest.approx(float(rc.full_batch_loss(single.model, monitor)),
+                                                                   rel=1e-12)
+            assert not torch.equal(monitor.inputs, scored.inputs)  # the tuning score's data stay unseen
+
+
+def test_validation_features_extend_the_control_state_by_log_v_and_its_change():
+    state = rc.loss_state(0.5, 0.25, 0.2, "validation", torch.float64, 0.75, validation=0.1, previous_validation=0.2)
+    expected = [math.log(0.5), math.log(2.0), 0.2, 0.75, math.log(0.1), math.log(0.5)]
+    torch.testing.assert_close(state, torch.tensor(expected, dtype=torch.float64))
+    assert rc.loss_state(0.5, None, 0.2, "validation", torch.float64, 1.0, validation=0.1)[-1] == 0.0
+    with pytest.raises(ValueError, match="needs validation"):
+        rc.loss_state(0.5, None, 0.2, "validation", torch.float64, 1.0)
+    schedule = rc.ScheduleConfig(features="control", reward="validation", lr_factors=(0.5, 1.0, 2.0))
+    assert float(rc.decision_reward(0.5, 0.25, schedule, 0.2, 0.1)) == pytest.approx(math.log(2.0))
+    assert float(rc.decision_reward(0.5, 0.25, rc.ScheduleConfig(features="log", lr_factors=(0.5, 1.0, 2.0)))) \
+        == pytest.approx(math.log(2.0))
+    with pytest.raises(ValueError, match="validation losses"):
+        rc.decision_reward(0.5, 0.25, schedule)
+
+
+def test_validation_settings_are_checked_and_refused_where_only_the_training_loss_exists():
+    assert rc.ScheduleConfig(features="validation", lr_factors=(0.5, 1.0, 2.0)).state_dim == 6
+    assert rc.ScheduleConfig(features="validation", lr_factors=(0.5, 1.0, 2.0)).sees_budget
+    with pytest.raises(ValueError, match="schedule.reward"):
+        rc.ScheduleConfig(reward="test")
+    with pytest.raises(ValueError, match="schedule.reward='validation' is a log reward"):
+        rc.ScheduleConfig(reward="validation")
+    with pytest.raises(ValueError, match="schedule.validation_examples"):
+        rc.ScheduleConfig(validation_examples=0)
+    model = rc.make_model(rc.TaskConfig(), 0)
+    schedule = rc.ScheduleConfig(features="control", reward="validation", lr_factors=(0.5, 1.0, 2.0))
+    with pytest.raises(ValueError, match="RLRScheduler sees only the training loss"):
+        rc.RLRScheduler(torch.optim.Adam(model.parameters()), agent=rc.DQNAgent(4, 3), schedule=schedule)
+
+
+def test_the_controller_search_sets_the_validation_knobs_through_its_schedule():
+    controller = controllers.ControllerConfig().with_knobs({"dqn.lr": 1e-3, "controller.validation_state": 1.0,
+                                                           "controller.validation_reward": 0.0})
+    schedule = controller.schedule(1000)
+    assert (schedule.features, schedule.reward, schedule.state_dim) == ("validation", "training", 6)
+    assert controllers.ControllerConfig(validation_reward=True).schedule(1000).reward == "validation"
+    with pytest.raises(ValueError, match="unknown controller knob"):
+        controllers.ControllerConfig().with_knobs({"controller.test_reward": 1.0})
+    with pytest.raises(TypeError, match="controller.validation_state"):
+        controllers.ControllerConfig(validation_state=1)
+    assert {"controller.validation_state", "controller.validation_reward", "dqn.undiscounted"} <= \
+        set(controllers.CONTROLLER_RANGES)
+
+
+def test_the_sb3_searches_map_onto_their_learners_settings():
+    c = controllers
+    assert c.sb3_gamma({"dqn.horizon": 10.0, "dqn.undiscounted": 0.0}) == pytest.approx(0.9)
+    assert c.sb3_gamma({"dqn.horizon": 10.0, "dqn.undiscounted": 1.0}) == 1.0
+    # a rollout is whole episodes and the training whole rollouts: 3 episodes do not divide 4 rounds, 2 do
+    assert c.rollout_steps({"sb3.rollout_episodes": 3.0}, 100, 4) == 200
+    assert c.rollout_steps({"sb3.rollout_episodes": 4.0}, 100, 4) == 400
+    assert c.rollout_steps({"sb3.rollout_episodes": 4.0}, 100, 2) == 200
+    for learner, ranges in c.SB3_RANGES.items():
+        pool = methods.sobol_configurations(ranges, 8, methods.family_seed(learner, 0))
+        assert len(pool) == 8 and all(set(params) == set(ranges) for params in pool)
+    with pytest.raises(ValueError, match="learner must be one of"):
+        c.train_sb3_controller(engine.Config(), None, c.ControllerConfig(), "a2c", {})
+    with pytest.raises(ValueError, match="params must give ppo's knobs"):
+        c.train_sb3_controller(engine.Config(), None, c.ControllerConfig(), "ppo", {"sb3.learning_rate": 1e-3})

@@ -696,3 +696,29 @@ def test_save_result_refuses_non_finite_series(tmp_path, bad):
         save_result(result, path)
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []  # no temp file left behind either
+
+
+def test_a_noise_free_task_keeps_its_data_and_a_noisy_one_adds_noise_to_the_samples_only():
+    clean = rlr_core.make_polynomial_dataset(rlr_core.TaskConfig(), 3, dtype=torch.float64)
+    again = rlr_core.make_polynomial_dataset(rlr_core.TaskConfig(input_noise=0.0), 3, dtype=torch.float64)
+    noisy = rlr_core.make_polynomial_dataset(rlr_core.TaskConfig(input_noise=0.1), 3, dtype=torch.float64)
+    assert torch.equal(clean.inputs, again.inputs) and torch.equal(clean.targets, noisy.targets)
+    assert 0.08 < float((noisy.inputs - clean.inputs).std()) < 0.12
+    with pytest.raises(ValueError, match="task.input_noise"):
+        rlr_core.TaskConfig(input_noise=-0.1)
+
+
+def test_the_bayes_floor_is_the_posterior_means_mse_on_sampled_data():
+    """Brute force: the posterior mean of w given noisy y, applied to 20 000 sampled polynomials, has the
+    MSE bayes_floor states (within sampling error), and no linear predictor fitted on them does better."""
+    task = rlr_core.TaskConfig(input_noise=0.1)
+    data = rlr_core.make_polynomial_dataset(task, 11, 20_000, dtype=torch.float64)
+    scale = torch.tensor(task.coeff_scale, dtype=torch.float64)
+    powers = rlr_core.sample_points(task)[None, :] ** torch.arange(task.n_coefficients, dtype=torch.float64)[:, None]
+    covariance = torch.linalg.inv(torch.diag(1 / scale ** 2) + powers @ powers.T / 0.1 ** 2)
+    posterior_mean = data.inputs @ (covariance @ powers / 0.1 ** 2).T
+    floor = rlr_core.bayes_floor(task)
+    assert float((posterior_mean - data.targets).square().mean()) == pytest.approx(floor, rel=0.03)
+    fitted = torch.linalg.lstsq(data.inputs, data.targets).solution
+    assert float((data.inputs @ fitted - data.targets).square().mean()) >= 0.98 * floor
+    assert rlr_core.bayes_floor(rlr_core.TaskConfig()) == 0.0 and rlr_core.bayes_floor(rlr_core.TaskConfig(input_noise=0.2)) > floor

@@ -363,10 +363,12 @@ def test_sb3_controllers_train_and_act_without_touching_global_rng(tmp_path):
     controller = controllers.ControllerConfig(decision_interval=5, n_envs=2, training_rounds=1)
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
     before = global_state()
-    trained = controllers.train_sb3_controller(config, setup, controller, "ppo")
+    params = {"sb3.learning_rate": 3e-4, "sb3.rollout_episodes": 1.0, "sb3.ent_coef": 1e-3,
+              "dqn.horizon": 100.0, "dqn.undiscounted": 0.0}
+    trained = controllers.train_sb3_controller(config, setup, controller, "ppo", params)
     trained.act()(np.zeros((2, 4), dtype=np.float32))
     assert_untouched(before)
-    again = controllers.train_sb3_controller(config, setup, controller, "ppo")  # still deterministic
+    again = controllers.train_sb3_controller(config, setup, controller, "ppo", params)  # still deterministic
     assert all(torch.equal(trained.policy[key], again.policy[key]) for key in trained.policy)
 
 

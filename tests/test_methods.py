@@ -91,7 +91,7 @@ def test_the_registry_refuses_what_would_make_dispatch_ambiguous():
         methods.Method("Cosine Annealing", "x", "schedule", {"lr": methods.LR_RANGE}, lambda *a: [], "x")
     with pytest.raises(ValueError, match=r"x.ranges\['lr'\] is on a log scale: low must be > 0"):
         methods.Method("x", "x", "schedule", {"lr": (0.0, 1.0, "log")}, lambda *a: [], "x")
-    with pytest.raises(ValueError, match=r"scale in \('linear', 'log', 'log-int'\)"):
+    with pytest.raises(ValueError, match=r"scale in \('linear', 'log', 'log-int', 'binary'\)"):
         methods.Method("x", "x", "schedule", {"lr": (1e-3, 1.0, "exp")}, lambda *a: [], "x")
 
 
@@ -159,3 +159,18 @@ def test_a_schedule_familys_pool_in_one_batch_is_each_configuration_run_on_its_o
             if key == "plateau" and len(cuts):
                 lr = batched.series["lr"]
                 assert lr[cuts[0] + 1] / lr[cuts[0]] == pytest.approx(params["factor"], rel=1e-9)
+
+
+def test_a_binary_knob_is_yes_or_no_and_says_yes_in_about_half_of_a_pool():
+    pool = methods.sobol_configurations({"dqn.lr": (1e-5, 1e-2, "log"), "dqn.undiscounted": (0, 1, "binary")}, 32, 3)
+    values = [params["dqn.undiscounted"] for params in pool]
+    assert set(values) == {0.0, 1.0} and sum(values) == 16  # Sobol's balance at a power of 2
+    assert methods.from_unit(0.5, 0, 1, "binary") == 1.0 and methods.from_unit(0.4999, 0, 1, "binary") == 0.0
+    with pytest.raises(ValueError, match="binary"):
+        methods.check_ranges("x", {"flag": (0, 2, "binary")})
+
+
+def test_dqn_overrides_turn_the_horizon_into_gamma_and_undiscounted_into_gamma_1():
+    base = {"dqn.lr": 1e-4, "dqn.horizon": 10.0}
+    assert methods.dqn_overrides({**base, "dqn.undiscounted": 0.0}) == {"dqn": {"lr": 1e-4, "gamma": 0.9}}
+    assert methods.dqn_overrides({**base, "dqn.undiscounted": 1.0}) == {"dqn": {"lr": 1e-4, "gamma": 1.0}}

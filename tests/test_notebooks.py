@@ -23,6 +23,7 @@ import pytest
 import rlr_controllers
 import rlr_pbt
 import rlr_results as results_io
+import rlr_stats
 import rlr_study as study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,8 @@ SMALL_PARAMETERS = {
     "03_comparison": {},
     "04_benchmark": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 3, "n_tuning_seeds": 2, "steps": 40,
                      "n_heldout_examples": 32, "tuning_budget": 2, "shown_budget": 1, "controller_interval": 10, "controller_tasks": 2,
-                     "controller_rounds": 1, "progress": False},
+                     "controller_rounds": 1, "curve_episodes": 4, "curve_first_checkpoint": 2, "curve_agents": 2,
+                     "progress": False},
     "05_transfer": {"n_training_episodes": 3, "episode_steps": 100, "n_tuning_seeds": 2, "n_eval_seeds": 4,
                     "n_heldout_examples": 64, "tuning_budget": 2, "progress": False},
     "06_pbt": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 2, "steps": 40, "n_heldout_examples": 32,
@@ -43,7 +45,7 @@ SMALL_PARAMETERS = {
 }
 EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
                     "03_comparison_passes", "03_comparison_steps", "04_budget_curves", "04_test_mse_intervals", "04_loss_curves",
-                    "04_lr_trajectories", "04_controller_training", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
+                    "04_lr_trajectories", "04_controller_training", "04_controller_curves", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
                     "05_lr_trajectories_degree6", "05_controllers_test_mse_intervals", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr"]
 
 
@@ -114,7 +116,15 @@ def test_the_verdict_includes_the_learning_rate_free_reference_and_pbt_is_compar
                                                                                    *controllers["labels"]}
     # the best schedule and the best controller recomputed from the saved tuning tables (validation only)
     assert benchmark["best_schedule"] == study.best_schedule(tuning)
-    assert controllers["best"] == rlr_controllers.best_controller(pd.read_csv(results / "controller_tuning.csv"))
+    # the best controller recomputed from the saved controllers, the DQN one being its best learning-curve agent
+    saved = rlr_controllers.load_controllers(results / "controllers.pt")
+    assert controllers["best"] == rlr_controllers.best_trained(saved)
+    curve_rows = pd.read_csv(results / "controller_curves.csv")
+    assert sorted(curve_rows["agent seed"].unique()) == [0, 1] and sorted(curve_rows["episodes"].unique()) == [2, 4]
+    finals = curve_rows[curve_rows["episodes"] == 4].set_index("agent seed")["validation MSE"]
+    dqn = saved[rlr_controllers.DQN_CONTROLLER]
+    assert len(dqn.curve) == 4 and np.isclose(rlr_stats.validation_score(dqn.validation_mse), finals.min())
+    assert {row["method"] for row in controllers["oracle"]} >= {"oracle: the best tuned schedule in the controller's actions"}
     assert set(claims.loc[claims["method"] == controllers["best"], "against"]) == {
         study.TUNED, study.tuned_label("cosine annealing"), benchmark["best_schedule"], benchmark["lr_free"]}
     assert ("is **met**" in controllers["reading"]) != ("is **not met**" in controllers["reading"])

@@ -375,3 +375,13 @@ def test_each_param_group_keeps_its_ratio_to_the_first_groups_lr():
     assert again.get_last_lr() == scheduler.get_last_lr()
     with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
         rc.RLRScheduler(torch.optim.SGD(body.parameters(), lr=0.0))
+
+
+def test_a_scheduler_state_saved_before_the_validation_fields_still_loads():
+    import torch
+    import rlr_core as rc
+    model = rc.make_model(rc.TaskConfig(), 0)
+    state = rc.RLRScheduler(torch.optim.Adam(model.parameters()), seed=0).state_dict()
+    for field in ("reward", "validation_examples"):
+        del state["schedule"][field]
+    rc.RLRScheduler(torch.optim.Adam(model.parameters()), seed=0).load_state_dict(state)  # no error

@@ -335,3 +335,16 @@ def test_the_primary_family_holds_at_most_eight_tests_and_its_intervals_agree_wi
 def test_the_protocols_statistics_refuse_bad_inputs_naming_them(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_return_rose_applies_the_learned_rule_with_scipys_mann_whitney():
+    from scipy.stats import mannwhitneyu
+    import rlr_stats as stats
+    rising = np.linspace(0.0, 1.0, 40)
+    result = stats.return_rose(rising)
+    assert result["learned"] is True and result["first"] < result["last"]
+    assert result["p"] == pytest.approx(mannwhitneyu(rising[-10:], rising[:10], alternative="greater").pvalue)
+    assert stats.return_rose(rising[::-1])["learned"] is False
+    assert stats.return_rose(np.ones(7))["learned"] is None  # quarters of 1: undecided, never a claim
+    with pytest.raises(ValueError, match="returns"):
+        stats.return_rose([1.0, np.nan] * 8)

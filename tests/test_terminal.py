@@ -129,3 +129,92 @@ def test_stable_baselines3_ppo_and_dqn_train_on_the_environment(schedule: rc.Sch
             observation, reward, terminated, truncated, info = rollout.step(int(action))
             total, done = total + reward, terminated or truncated
         assert total == pytest.approx(np.log(first_loss) - np.log(info["loss"]), rel=1e-9, abs=1e-12), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run's end is terminal where the state sees the budget; gamma = 1 only there
+# ---------------------------------------------------------------------------------------------------
+
+CONTROL = {"features": "control", "lr_factors": (0.5, 1.0, 2.0)}
+
+
+@pytest.mark.parametrize("features, terminal", [("raw", False), ("log", False), ("control", True)])
+def test_the_time_limit_is_terminal_exactly_where_the_state_sees_the_budget(features: str, terminal: bool):
+    factors = {} if features == "raw" else {"lr_factors": (0.5, 1.0, 2.0)}
+    schedule = rc.ScheduleConfig(steps=10, features=features, **factors)
+    assert schedule.sees_budget is terminal
+    assert rlr_env.time_limit_is_terminal(rlr_env.LRControlEnv(schedule=schedule)) is terminal
+    assert rlr_env.time_limit_is_terminal(rlr_env.LRControlVectorEnv(2, schedule=schedule)) is terminal
+    assert rlr_env.time_limit_is_terminal(gymnasium.make("CartPole-v1")) is False  # no schedule: truncation
+
+
+def test_stored_as_terminal_keeps_terminations_and_adds_truncations_only_at_a_terminal_time_limit():
+    terminated, truncated = np.array([True, False, False]), np.array([False, True, False])
+    assert rlr_env.stored_as_terminal(terminated, truncated, False).tolist() == [True, False, False]
+    assert rlr_env.stored_as_terminal(terminated, truncated, True).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("features", ["log", "control"])
+def test_the_last_transition_of_a_run_is_stored_as_terminal_only_when_the_budget_is_in_the_state(features: str):
+    """Two tasks, episodes of 3 decisions, 8 vector steps (the 4th and 8th autoreset): with the budget in the
+    state the transition into each run's end is terminal (no bootstrap past the time limit); without it,
+    it is bootstrapped (Gymnasium's truncation)."""
+    schedule = rc.ScheduleConfig(steps=6, decision_interval=2, features=features, lr_factors=(0.5, 1.0, 2.0))
+    envs = rlr_env.LRControlVectorEnv(2, schedule=schedule, dtype="float64")
+    agent = rc.DQNAgent(schedule.state_dim, 3, rc.DQNConfig(learning_starts=64), seed=0, dtype=torch.float64)
+    rlr_env.train_agent_on_vector_env(envs, agent, 8, seed=5)
+    flags = agent.replay.terminated[:len(agent.replay)].tolist()
+    assert len(flags) == 12  # 2 tasks x (3 + 3) transitions; the autoreset steps store none
+    expected = [1.0 if features == "control" and step in (2, 5) else 0.0 for step in range(6) for _ in range(2)]
+    assert flags == expected
+
+
+def test_gamma_1_is_refused_where_no_episode_end_is_terminal():
+    raw = rc.ScheduleConfig(steps=10)
+    with pytest.raises(ValueError, match="dqn.gamma = 1"):
+        rlr_env.Config(schedule=raw, dqn=rc.DQNConfig(gamma=1.0))
+    rlr_env.Config(schedule=rc.ScheduleConfig(steps=10, **CONTROL), dqn=rc.DQNConfig(gamma=1.0))  # fine
+    agent = rc.DQNAgent(2, 3, rc.DQNConfig(gamma=1.0), seed=0)
+    with pytest.raises(ValueError, match="dqn.gamma = 1"):
+        rlr_env.train_agent_on_env(rlr_env.LRControlEnv(schedule=raw), agent, 5, seed=0)
+    model = rc.make_model(rc.TaskConfig(), 0)
+    with pytest.raises(ValueError, match="dqn.gamma = 1"):
+        rc.RLRScheduler(torch.optim.Adam(model.parameters()), agent=agent, schedule=raw)
+    with pytest.raises(ValueError, match="dqn.gamma"):
+        rc.DQNConfig(gamma=1.5)
+
+
+@pytest.mark.parametrize("steps, expected", [(4, [0.0, 1.0]), (5, [0.0, 0.0, 1.0])])
+def test_rlr_scheduler_stores_the_run_end_as_terminal_when_it_sees_the_budget(steps: int, expected: list):
+    """A decision every 2 steps: at L_0, L_2, L_4 and, as the environment's last partial decision, at the
+    run's end (L_5 of a 5-step run); the transition into the end (no budget left) is terminal, the others
+    are not."""
+    schedule = rc.ScheduleConfig(steps=steps, decision_interval=2, **CONTROL)
+    agent = rc.DQNAgent(4, 3, rc.DQNConfig(gamma=1.0, learning_starts=64), seed=0)
+    model = rc.make_model(rc.TaskConfig(), 0)
+    optimizer = torch.optim.Adam(model.parameters())
+    scheduler = rc.RLRScheduler(optimizer, agent=agent, schedule=schedule)
+    data = rc.make_polynomial_dataset(rc.TaskConfig(), 0)
+    loss = rc.full_batch_loss(model, data)
+    scheduler.step(loss.item())
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss = rc.full_batch_loss(model, data)
+        scheduler.step(loss.item())
+    assert agent.replay.terminated[:len(agent.replay)].tolist() == expected
+
+
+def test_an_undiscounted_target_at_the_run_end_is_the_reward_alone_and_telescopes():
+    """gamma = 1 with the log reward: the TD target of a terminal transition is its reward, and a run's
+    rewards sum to log L_0 - log L_T, the quantity gamma = 1 values (no short-horizon weighting)."""
+    rewards, next_q = torch.tensor([0.3, 0.2]), torch.tensor([[1.0, 2.0], [5.0, 4.0]])
+    torch.testing.assert_close(rc.td_targets(rewards, next_q, 1.0, torch.tensor([0.0, 1.0])), torch.tensor([2.3, 0.2]))
+    env = rlr_env.LRControlEnv(schedule=rc.ScheduleConfig(steps=6, decision_interval=2, **CONTROL), dtype="float64")
+    _, info = env.reset(seed=3)
+    first, total, done = info["loss"], 0.0, False
+    while not done:
+        _, reward, terminated, truncated, info = env.step(2)
+        total, done = total + reward, terminated or truncated
+    assert total == pytest.approx(np.log(first) - np.log(info["loss"]), rel=1e-12)

@@ -45,7 +45,9 @@ def test_held_out_tasks_have_the_stated_degrees_and_widths():
     tasks = rlr_study.held_out_tasks(rc.TaskConfig())
     expected = {"same task, new seeds": (4, [32, 16]), "degree 3 polynomials": (3, [32, 16]),
                 "degree 6 polynomials": (6, [32, 16]), "wider, deeper net (64, 32, 16)": (4, [64, 32, 16])}
-    assert set(tasks) == set(expected)
+    assert set(tasks) == set(expected) | set(rlr_study.OFF_THRESHOLD)
+    assert tasks["1 024 examples"].n_examples == 4 * rc.TaskConfig().n_examples
+    assert tasks["noisy samples (sd 0.1)"].input_noise == 0.1 and rc.bayes_floor(tasks["noisy samples (sd 0.1)"]) > 0
     for label, (degree, hidden) in expected.items():
         model = rc.MaclaurinNet(tasks[label])
         assert layer_widths(model) == hidden + [degree + 1], label
@@ -190,3 +192,17 @@ def test_transfer_summary_keeps_a_method_whose_runs_all_diverged():
     assert np.isnan(summary.loc["agent", "geometric mean"])
     assert np.isnan(summary.loc["agent", "wins vs cosine annealing"])
     assert summary.loc[rlr_study.COSINE, "wins vs tuned constant lr"] == 0.0
+
+
+def test_the_floor_table_and_reading_tell_optimisation_from_generalisation():
+    import rlr_report as report
+    rows = [{"task": task, "method": method, "seed": seed, "diverged_at": None, "train_median_last_100": train,
+             "test_mse": test}
+            for task in ("noisy", "big") for seed in range(3)
+            for method, train, test in (("a", 1e-4, 2e-2), ("b", 1e-3, 1.5e-2))]
+    table = report.floor_table(pd.DataFrame(rows), {"noisy": 1e-2, "big": 0.0}, ["noisy", "big"])
+    assert table.loc[("noisy", "b"), "test / floor"] == pytest.approx(1.5)
+    assert np.isnan(table.loc[("big", "a"), "test / floor"])
+    text = report.floor_reading(table)
+    assert "lowest training MSE a, lowest test MSE b (not the same" in text
+    assert "Bayes floor is 0.01" in text and "1.50 times it" in text

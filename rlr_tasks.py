@@ -1,0 +1,524 @@
+"""MNIST-1D (Greydanus 2020), the study's second task: data per seed, the paper's two models, a reference
+training loop, its batched form and the metrics.
+
+MNIST-1D is a procedurally generated 10-class problem of 40-sample 1-D signals, small enough to train
+in seconds on a CPU yet far from solved by a linear model (the paper: ~68% test accuracy for its MLP,
+~94% for its CNN). The data come from the `mnist1d` package's generator (`make_dataset`), never from its
+download (`get_dataset` fetches and unpickles a file). A task seed is the generator's seed, so each
+seed is a fresh data set of the same distribution; seed 42 is the package's default data set.
+
+    splits = mnist1d_data(seed=0)                                # train 3000, validation 1000, test 1000
+    result = train_mnist1d(0, MNIST1DConfig(), lr=1e-3)          # rlr_results.RunResult
+    accuracy(result.model, splits.test.x, splits.test.y)
+    results = train_mnist1d_batched(range(8), MNIST1DConfig(), lrs)   # lrs [8, steps]: 8 runs at once
+
+A run of seed s draws its data (seed s), initial weights (rlr_core.derive_seeds(s).init) and batch
+order (derive_seeds(s).shuffle) from separate streams, as the polynomial task's runs do. Nothing here
+touches global state: the generator seeds numpy's and random's global RNGs, so every call of it runs
+inside rlr_config.global_rng_preserved (which puts torch's, numpy's and random's states back).
+
+Read top to bottom: models (first: the config checks against their registry) -> config -> data ->
+mini-batches -> the two loops -> metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import rlr_core
+from rlr_config import (DTYPES, check_device, check_int, check_seed, check_seeds, check_sequence,
+                        global_rng_preserved)
+from rlr_results import RunResult
+from rlr_stacked import BatchedAdam, StackedModel
+
+N_FEATURES = 40
+"""samples per signal (the generator's final_seq_length)"""
+N_CLASSES = 10
+"""digits 0-9"""
+GENERATED_TRAIN = 4000
+"""training examples the generator makes (num_samples 5000, train_split 0.8); the rest, 1000, are its test set"""
+GENERATED_TEST = 1000
+"""test examples the generator makes"""
+DRAW_CHUNK = 250
+"""steps of mini-batch indices the batched loop draws per run at a time (bounds their memory)"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models: the paper's MLP and CNN (github.com/greydanus/mnist1d, notebooks/models.py), in a registry
+# ---------------------------------------------------------------------------------------------------
+
+
+class ResidualMLP(nn.Module):
+    """The paper's MLPBase: h = relu(W1 x + b1); h = h + relu(Wi h + bi) for each further hidden layer;
+    logits = Wout h + bout. 40-100-100-10 has 15,210 parameters. Layers are built in the paper's order,
+    so a seed gives the initial weights the paper's class gets after torch.manual_seed(seed)."""
+
+    def __init__(self, hidden_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.input = nn.Linear(N_FEATURES, hidden_sizes[0])
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for width in hidden_sizes[1:])
+        self.output = nn.Linear(hidden_sizes[-1], N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.input(x))
+        for layer in self.hidden:
+            h = h + F.relu(layer(h))
+        return self.output(h)
+
+
+def conv_length(length: int, kernel_size: int, stride: int, padding: int) -> int:
+    """Output length of nn.Conv1d (dilation 1), from torch's documented formula."""
+    return (length + 2 * padding - kernel_size) // stride + 1
+
+
+class ConvNet(nn.Module):
+    """The paper's ConvBase: three Conv1d (kernel 5 then 3 and 3, stride 2, padding 1) each with ReLU
+    (lengths 40 -> 19 -> 10 -> 5), flattened, then Linear to the 10 logits. With 25 channels it has
+    5,210 parameters (150 + 1,900 + 1,900 + 1,260). Takes x [..., 40] like the MLP (a channel axis is
+    added inside), so both models share the data and the loops."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        length = N_FEATURES
+        for conv in (self.conv1, self.conv2, self.conv3):
+            length = conv_length(length, conv.kernel_size[0], conv.stride[0], conv.padding[0])
+        self.linear = nn.Linear(channels * length, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.unsqueeze(-2)  # [rows, 1, 40]: one input channel
+        for conv in (self.conv1, self.conv2, self.conv3):
+            h = F.relu(conv(h))
+        return self.linear(h.flatten(-2))
+
+
+def mlp_model(config: MNIST1DConfig) -> nn.Module:
+    """'mlp': ResidualMLP, or with residual=False the plain Linear-ReLU chain (an nn.Sequential, which
+    rlr_stacked.StackedModel runs on its faster batched-matmul path)."""
+    if config.residual:
+        return ResidualMLP(config.hidden_sizes)
+    return rlr_core.mlp([N_FEATURES, *config.hidden_sizes, N_CLASSES])
+
+
+MODELS: dict[str, Callable[[MNIST1DConfig], nn.Module]] = {
+    "mlp": mlp_model,
+    "cnn": lambda config: ConvNet(config.channels),
+}
+"""The models by config.model: one entry per architecture, the one table the code dispatches on."""
+
+
+def make_mnist1d_model(config: MNIST1DConfig, seed: int, dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu") -> nn.Module:
+    """config.model with PyTorch's default initialisation drawn from `seed` (rlr_core.seeded_init: the
+    caller's global RNG is left as it was)."""
+    config, dtype = check_config(config), check_dtype(dtype)
+    return rlr_core.seeded_init(seed, lambda: MODELS[config.model](config)).to(dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MNIST1DConfig:
+    """One MNIST-1D run: how the generator's data are split, which of the paper's models, how long."""
+
+    n_validation: int = 1000
+    """examples held out of the generator's 4000 training examples for tuning: the last n_validation
+    (the generator shuffles before it splits, so they are a uniform draw); training uses the first
+    4000 - n_validation. 0 is the paper's setting (all 4000 train, no validation split)"""
+    model: str = "mlp"
+    """a key of MODELS: 'mlp' (the paper's MLPBase) or 'cnn' (its ConvBase)"""
+    hidden_sizes: tuple[int, ...] = (100, 100)
+    """mlp: widths of the hidden layers (the paper: 100, 100)"""
+    residual: bool = True
+    """mlp: each hidden layer after the first adds its input to its output, h + relu(W h + b), as the
+    paper's MLPBase does (needs equal widths); False: a plain Linear-ReLU chain"""
+    channels: int = 25
+    """cnn: output channels of each of the three convolutions (the paper: 25)"""
+    batch_size: int = 100
+    """examples per mini-batch (the paper: 100)"""
+    steps: int = 6000
+    """Adam steps of one run (the paper's reference runs: 6000, i.e. 200 epochs of 3000 examples here)"""
+
+    def __post_init__(self) -> None:
+        check_int("mnist1d.n_validation", self.n_validation, 0)
+        if self.n_validation >= GENERATED_TRAIN:
+            raise ValueError(f"mnist1d.n_validation must be in [0, {GENERATED_TRAIN - 1}] (some training "
+                             f"examples must remain), got {self.n_validation}")
+        if not isinstance(self.model, str) or self.model not in MODELS:
+            raise ValueError(f"mnist1d.model must be one of {tuple(MODELS)}, got {self.model!r}")
+        self.hidden_sizes = check_sequence("mnist1d.hidden_sizes", self.hidden_sizes)
+        if len(self.hidden_sizes) == 0:
+            raise ValueError("mnist1d.hidden_sizes must name at least one hidden layer")
+        for i, width in enumerate(self.hidden_sizes):
+            check_int(f"mnist1d.hidden_sizes[{i}]", width, 1)
+        if not isinstance(self.residual, bool):
+            raise TypeError(f"mnist1d.residual must be a bool, got {type(self.residual).__name__}")
+        if self.residual and len(set(self.hidden_sizes)) > 1:
+            raise ValueError(f"mnist1d.hidden_sizes must be equal widths when mnist1d.residual is True "
+                             f"(h + relu(W h + b) keeps the width), got {self.hidden_sizes}")
+        check_int("mnist1d.channels", self.channels, 1)
+        check_int("mnist1d.batch_size", self.batch_size, 1)
+        check_int("mnist1d.steps", self.steps, 1)
+
+    @property
+    def n_train(self) -> int:
+        """examples the model trains on"""
+        return GENERATED_TRAIN - self.n_validation
+
+
+def check_config(config: Any) -> MNIST1DConfig:
+    """config, checked again (a dataclass can be changed after construction): raises naming the field."""
+    if not isinstance(config, MNIST1DConfig):
+        raise TypeError(f"config must be an MNIST1DConfig, got {type(config).__name__}")
+    return MNIST1DConfig(**asdict(config))
+
+
+def check_dtype(dtype: Any) -> torch.dtype:
+    """dtype as one of the study's float dtypes (float32, float64); TypeError otherwise."""
+    if dtype not in DTYPES.values():
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+def check_data_seed(seed: Any) -> int:
+    """A task seed: an int in [0, 2**32), the range numpy's global seed (which the generator sets) takes."""
+    seed = check_seed("seed", seed)
+    if seed >= 2**32:
+        raise ValueError(f"seed must be < 2**32 (it seeds numpy's generator), got {seed}")
+    return seed
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data: the generator's data set of a seed, split into train / validation / test
+# ---------------------------------------------------------------------------------------------------
+
+
+class Split(NamedTuple):
+    """One split: inputs x [n, 40] (float) and labels y [n] (int64, 0-9)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+class MNIST1DSplits(NamedTuple):
+    """The three splits of one task seed. Disjoint: train and validation are the two parts of the
+    generator's training set, test is its test set, all from one generated data set of 5000 examples."""
+
+    train: Split
+    validation: Split
+    test: Split
+
+
+@functools.lru_cache(maxsize=16)
+def generated_arrays(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, y, x_test, y_test of mnist1d's make_dataset with args.seed = seed (read-only arrays).
+
+    Memoised because the generator takes ~2 s a seed and a study builds the same seeds for several
+    methods; the arrays are read-only so no caller can change what the next one gets. The package is
+    imported here, not at the top: it imports matplotlib.pyplot, which `import rlr_tasks` need not pay.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = seed
+    with global_rng_preserved():  # make_dataset calls random.seed and np.random.seed
+        dataset = make_dataset(args)
+    arrays = tuple(np.array(dataset[key]) for key in ("x", "y", "x_test", "y_test"))
+    expected = [(GENERATED_TRAIN, N_FEATURES), (GENERATED_TRAIN,), (GENERATED_TEST, N_FEATURES), (GENERATED_TEST,)]
+    if [array.shape for array in arrays] != expected:
+        raise RuntimeError(f"mnist1d's generator gave shapes {[a.shape for a in arrays]}, expected {expected}: "
+                           "the package changed (requirements.txt pins the version this module expects)")
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays
+
+
+def mnist1d_data(seed: int, config: MNIST1DConfig = MNIST1DConfig(), dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> MNIST1DSplits:
+    """The train / validation / test splits of task seed `seed`: float inputs [n, 40], int64 labels [n].
+
+    Built offline by the generator (no download), bit-identical in every process, the caller's RNG
+    untouched. The generator works in float64 (float32 inputs are its values rounded once) and
+    standardises the whole data set (mean 0, std 1 over all 5000 x 40 values), so the inputs need no
+    further scaling.
+    """
+    seed = check_data_seed(seed)
+    config, dtype = check_config(config), check_dtype(dtype)
+    device = check_device(str(device))
+    x, y, x_test, y_test = generated_arrays(seed)
+    n_train = config.n_train
+
+    def split(inputs: np.ndarray, labels: np.ndarray) -> Split:
+        return Split(torch.tensor(inputs, dtype=dtype, device=device),
+                     torch.tensor(labels, dtype=torch.int64, device=device))
+
+    return MNIST1DSplits(split(x[:n_train], y[:n_train]), split(x[n_train:], y[n_train:]), split(x_test, y_test))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mini-batches: one seeded stream of example indices per run
+# ---------------------------------------------------------------------------------------------------
+
+
+class MiniBatches:
+    """The order in which a run visits its n training examples: a fresh torch.randperm(n, generator) per
+    epoch, the permutations laid end to end and cut into batches of batch_size.
+
+    Every batch is full (a batch may straddle two epochs), so K runs' batches stack into one tensor, and
+    every example is seen once per epoch. next(n_steps) continues the stream: drawing it in chunks gives
+    the same batches as drawing it at once (the batched loop draws chunks, the reference all of it).
+    """
+
+    def __init__(self, n_examples: int, batch_size: int, generator: torch.Generator) -> None:
+        check_int("n_examples", n_examples, 1)
+        check_int("batch_size", batch_size, 1)
+        self.n_examples, self.batch_size, self.generator = n_examples, batch_size, generator
+        self.pending = torch.empty(0, dtype=torch.int64)
+
+    def next(self, n_steps: int) -> torch.Tensor:
+        """Example indices of the next n_steps batches, [n_steps, batch_size] (int64, on the CPU)."""
+        check_int("n_steps", n_steps, 1)
+        needed = n_steps * self.batch_size
+        parts, available = [self.pending], len(self.pending)
+        while available < needed:
+            parts.append(torch.randperm(self.n_examples, generator=self.generator))
+            available += self.n_examples
+        stream = torch.cat(parts)
+        self.pending = stream[needed:]
+        return stream[:needed].view(n_steps, self.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reference loop (one run, readable) and the batched loop (K runs at once)
+# ---------------------------------------------------------------------------------------------------
+
+
+def lr_table(lr: Any, n_runs: int, steps: int, name: str = "lr") -> np.ndarray:
+    """Learning rates [n_runs, steps] (float64) from one number, a schedule [steps] or one schedule per
+    run [n_runs, steps]; each finite and >= 0 (a schedule may reach 0). Raises naming `name`."""
+    if isinstance(lr, bool) or isinstance(lr, (str, bytes)):
+        raise TypeError(f"{name} must be a number or an array of learning rates, got {type(lr).__name__}")
+    try:
+        table = np.asarray(lr.detach().cpu() if isinstance(lr, torch.Tensor) else lr, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a number or an array of learning rates, got {type(lr).__name__}") from error
+    if table.ndim == 0:
+        table = np.full(steps, float(table))
+    if table.ndim == 1:
+        table = np.broadcast_to(table, (n_runs, len(table)))
+    if table.shape != (n_runs, steps):
+        raise ValueError(f"{name} must be a number, a schedule [{steps}] or one per run [{n_runs}, {steps}] "
+                         f"(steps = config.steps), got shape {table.shape}")
+    if not (np.isfinite(table).all() and (table >= 0).all()):
+        raise ValueError(f"{name} must be finite and >= 0 (every learning rate in it)")
+    return np.ascontiguousarray(table)
+
+
+def run_config(seed: int, config: MNIST1DConfig, dtype: torch.dtype, device: torch.device) -> dict:
+    """The config a RunResult records: the task, the seed (RunResult.seed reads it) and the fields."""
+    return {"task": "mnist1d", "seed": seed, "dtype": str(dtype).removeprefix("torch."), "device": str(device),
+            "mnist1d": asdict(config)}
+
+
+class RunSetup(NamedTuple):
+    """What a run of one seed starts from: the checked inputs, its data, initial model and batch stream."""
+
+    config: MNIST1DConfig
+    dtype: torch.dtype
+    device: torch.device
+    splits: MNIST1DSplits
+    model: nn.Module
+    batches: MiniBatches
+
+
+def setup_run(seed: int, config: MNIST1DConfig, dtype: torch.dtype, device: str | torch.device) -> RunSetup:
+    """The start of seed's run, the same for every method (and for the reference and batched loops):
+    data of seed, weights of derive_seeds(seed).init, batch order of derive_seeds(seed).shuffle."""
+    seed, config, dtype = check_data_seed(seed), check_config(config), check_dtype(dtype)
+    device = check_device(str(device))
+    run_seeds = rlr_core.derive_seeds(seed)
+    splits = mnist1d_data(seed, config, dtype, device)
+    model = make_mnist1d_model(config, run_seeds.init, dtype, device)
+    batches = MiniBatches(config.n_train, config.batch_size, torch.Generator().manual_seed(run_seeds.shuffle))
+    return RunSetup(config, dtype, device, splits, model, batches)
+
+
+def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 1e-3, *,
+                  make_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+                  make_optimizer: Callable[[Any, float], torch.optim.Optimizer] = rlr_core.make_adam,
+                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                  method: str = "mnist1d_adam") -> RunResult:
+    """One MNIST-1D run: Adam (make_optimizer(params, lr)) on config.steps mini-batches of seed's data.
+
+    lr: one number (constant, or the start of make_scheduler(optimizer), a torch.optim.lr_scheduler
+    stepped after every step; ReduceLROnPlateau gets the mini-batch loss) or a schedule [steps] written
+    into the optimiser before each step. Series per step: 'loss', the mini-batch cross-entropy at the
+    weights the step's gradient is taken at, and 'lr', the lr the step used. A non-finite loss stops the
+    run there: diverged_at is that step and the series stop before it (the rlr_engine convention). An
+    optimiser with train()/eval() modes (schedule-free) steps in train mode and the returned model holds
+    its eval-mode weights.
+    """
+    constant = np.ndim(lr) == 0 and not isinstance(lr, (str, bytes))
+    if make_scheduler is not None and not callable(make_scheduler):
+        raise TypeError(f"make_scheduler must be callable(optimizer) or None, got {type(make_scheduler).__name__}")
+    if make_scheduler is not None and not constant:
+        raise ValueError("with make_scheduler, lr must be one number (the scheduler's starting lr)")
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"method must be a non-empty string (the result's name), got {method!r}")
+    lrs = lr_table(lr, 1, check_config(config).steps)[0]
+    config, dtype, device, splits, model, batch_stream = setup_run(seed, config, dtype, device)
+    optimizer = make_optimizer(model.parameters(), float(lrs[0]))
+    scheduler = make_scheduler(optimizer) if make_scheduler is not None else None
+    wants_loss = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    has_modes = callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+    if has_modes:
+        optimizer.train()
+    batches = batch_stream.next(config.steps).to(device)
+    losses, used_lrs = np.empty(config.steps), np.empty(config.steps)
+    diverged_at, started = None, time.perf_counter()
+    for step in range(config.steps):
+        if scheduler is None and not constant:
+            for group in optimizer.param_groups:
+                group["lr"] = float(lrs[step])
+        batch = batches[step]
+        loss = F.cross_entropy(model(splits.train.x[batch]), splits.train.y[batch])
+        value = loss.item()
+        if not math.isfinite(value):
+            diverged_at = step
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[step], used_lrs[step] = value, optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step(value) if wants_loss else scheduler.step()
+    if has_modes:
+        optimizer.eval()
+    count = config.steps if diverged_at is None else diverged_at
+    return RunResult(method, run_config(seed, config, dtype, device), {"loss": losses[:count], "lr": used_lrs[:count]},
+                     time.perf_counter() - started, diverged_at, model)
+
+
+def per_run_cross_entropy(labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-run loss of the batched loop: F.cross_entropy (mean over the batch) of each run's logits
+    [K, rows, 10] against its labels [K, rows], as a function of the stacked logits (-> [K])."""
+    return lambda logits: F.cross_entropy(logits.flatten(0, 1), labels.flatten(),
+                                          reduction="none").view(labels.shape).mean(dim=1)
+
+
+def stack_runs(seeds: list[int], config: MNIST1DConfig, dtype: torch.dtype, device: str | torch.device
+               ) -> tuple[torch.device, torch.Tensor, torch.Tensor, StackedModel, list[MiniBatches]]:
+    """Each run's setup_run (so run k is the reference run of seeds[k]), stacked: training inputs and
+    labels as rows [K * n_train, ...] (run k's rows start at k * n_train), the K models, the K streams."""
+    runs = [setup_run(seed, config, dtype, device) for seed in seeds]
+    device = runs[0].device
+    inputs = torch.cat([run.splits.train.x for run in runs])
+    labels = torch.cat([run.splits.train.y for run in runs])
+    net = StackedModel([run.model for run in runs], dtype, device)
+    return device, inputs, labels, net, [run.batches for run in runs]
+
+
+def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DConfig(), lrs: Any = 1e-3, *,
+                          dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                          method: str = "mnist1d_adam") -> list[RunResult]:
+    """train_mnist1d (Adam, no scheduler object) for K seeds at once: run k is seeds[k]'s reference run
+    (its data set, initial weights and batch order) under its own row of lrs.
+
+    lrs: one number, a schedule [steps] for every run, or one schedule per run [K, steps] (a seed x
+    schedule sweep is one call: seeds may repeat); a scheduler's schedule is rlr_batched.lr_schedule.
+    Built on rlr_stacked (StackedModel, autograd over the stacked parameters; BatchedAdam, torch's
+    functional Adam with one lr per run). A diverged run computes on inside its own slice (no op mixes
+    runs) and its series are cut at diverged_at, as the reference's are. wall_seconds is the batch's
+    time divided by K.
+    """
+    seeds = check_seeds("seeds", seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one run")
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"method must be a non-empty string (the result's name), got {method!r}")
+    config, dtype, n_runs = check_config(config), check_dtype(dtype), len(seeds)
+    table = lr_table(lrs, n_runs, config.steps, "lrs")
+    device, inputs, labels, net, streams = stack_runs(seeds, config, dtype, device)
+    optimizer = BatchedAdam(net.params, net.rows_of)
+    lrs_by_step = torch.from_numpy(table.T.copy()).to(device)  # [steps, K]
+    run_offsets = (torch.arange(n_runs) * config.n_train).view(n_runs, 1, 1)
+    losses = torch.empty(config.steps, n_runs, dtype=dtype, device=device)
+    started = time.perf_counter()
+    with torch.no_grad():
+        for step in range(config.steps):
+            if step % DRAW_CHUNK == 0:
+                chunk = min(DRAW_CHUNK, config.steps - step)
+                drawn = torch.stack([stream.next(chunk) for stream in streams]) + run_offsets  # [K, chunk, b]
+                rows = drawn.transpose(0, 1).to(device)  # [chunk, K, b]: rows of the stacked data
+            batch = rows[step % DRAW_CHUNK].reshape(-1)
+            batch_inputs = inputs.index_select(0, batch).view(n_runs, config.batch_size, N_FEATURES)
+            batch_labels = labels.index_select(0, batch).view(n_runs, config.batch_size)
+            losses[step] = net.loss_and_grad(per_run_cross_entropy(batch_labels), batch_inputs)
+            optimizer.step(net.grad, lrs_by_step[step])
+    wall_seconds = time.perf_counter() - started
+    series = {"loss": losses.cpu().double().numpy(), "lr": table.T}
+    return split_runs(method, seeds, config, dtype, device, series, wall_seconds / n_runs, net.to_modules())
+
+
+def split_runs(method: str, seeds: list[int], config: MNIST1DConfig, dtype: torch.dtype, device: torch.device,
+               series: dict[str, np.ndarray], wall_seconds: float, models: list[nn.Module]) -> list[RunResult]:
+    """Series [steps, K] cut into one RunResult per run, each stopped at its first non-finite loss."""
+    results = []
+    for k, seed in enumerate(seeds):
+        bad = ~np.isfinite(series["loss"][:, k])
+        diverged_at = int(np.argmax(bad)) if bad.any() else None
+        count = len(bad) if diverged_at is None else diverged_at
+        run_series = {name: np.ascontiguousarray(values[:count, k]) for name, values in series.items()}
+        results.append(RunResult(method, run_config(seed, config, dtype, device), run_series, wall_seconds,
+                                 diverged_at, models[k]))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics on a split
+# ---------------------------------------------------------------------------------------------------
+
+
+def check_split(model: Any, x: Any, y: Any) -> None:
+    """A model and a split it can be scored on: x [n, ...] float, y [n] int64 labels, n >= 1."""
+    if not callable(model):
+        raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a float tensor [n, features], got {type(x).__name__}")
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
+        raise TypeError(f"y must be an int64 tensor of labels [n], got {getattr(y, 'dtype', type(y).__name__)}")
+    if y.dim() != 1 or x.dim() < 1 or len(x) != len(y):
+        raise ValueError(f"x [n, ...] and y [n] must hold the same n examples, got shapes {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
+    if len(y) == 0:
+        raise ValueError("the split is empty (n_validation = 0 gives an empty validation split)")
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of the examples whose largest logit is their label (a tie goes to the lower class, as
+    torch.argmax does)."""
+    check_split(model, x, y)
+    with torch.no_grad():
+        return float((model(x).argmax(dim=-1) == y).double().mean())
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy of the model's logits against the labels, in nats (the training loss, on a
+    whole split)."""
+    check_split(model, x, y)
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
