@@ -47,12 +47,13 @@ KNOWN_STALE: dict[str, str] = {
         "for notebook 04, beyond one session. Committed without outputs until then, so that no output stands "
         "under code that did not make it"),
     "05_transfer": (
-        "results from commit c8f9aad, before issue 22's protocol; its inputs (notebook 04's controllers and "
-        "summary) and its cells (the learned rule, the held-out tasks off the interpolation threshold) changed "
-        "since. Regenerated after notebook 04; committed without outputs until then"),
+        "results of commit 09f3b20, run on notebook 04's full run of issue 22's protocol; its cells (the learned "
+        "rule, the held-out tasks off the interpolation threshold) and its modules changed since. Regenerated "
+        "after notebook 04; committed without outputs until then"),
     "06_pbt": (
-        "results from commit c8f9aad, before issue 22's protocol; the equal-compute comparison of commit 3ce8ecc "
-        "and notebook 04's new summary are among its inputs. Regenerated after notebook 04 (about 20 minutes)"),
+        "results of commit ca153e7, the first full run of its equal-compute comparison on notebook 04's full "
+        "run; its cells are unchanged, its modules changed with issue 23 (rlr_study, rlr_methods, rlr_config), "
+        "so it is stale by hash. Regenerated after notebook 04 (17 minutes)"),
 }
 """Notebooks whose committed results are known to come from older code (their records hold that code's
 hashes). Empty once `make reproduce` has run on the current tree."""
