@@ -131,6 +131,8 @@ class ControllerConfig:
 
     def with_knobs(self, params: dict) -> "ControllerConfig":
         """This config with the search's controller.* knobs of a configuration (binary: 1.0 is yes)."""
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict of knob -> value, got {type(params).__name__}")
         knobs = {name.removeprefix("controller."): bool(value) for name, value in params.items()
                  if name.startswith("controller.")}
         unknown = sorted(set(knobs) - {"validation_state", "validation_reward"})

@@ -101,6 +101,8 @@ def bayes_floor(task: TaskConfig) -> float:
     whose design has full rank (the map is then exactly linear and invertible). Hand-written: a closed
     form no library states for this task; tests/test_core.py checks it against the posterior mean's MSE
     on sampled data."""
+    if not isinstance(task, TaskConfig):
+        raise TypeError(f"task must be a TaskConfig, got {type(task).__name__}")
     scale = torch.tensor(task.coeff_scale, dtype=torch.float64)
     powers = sample_points(task)[None, :] ** torch.arange(task.n_coefficients, dtype=torch.float64)[:, None]
     if task.input_noise == 0:

@@ -306,6 +306,8 @@ def test_the_controller_search_sets_the_validation_knobs_through_its_schedule():
     assert controllers.ControllerConfig(validation_reward=True).schedule(1000).reward == "validation"
     with pytest.raises(ValueError, match="unknown controller knob"):
         controllers.ControllerConfig().with_knobs({"controller.test_reward": 1.0})
+    with pytest.raises(TypeError, match="params must be a dict"):
+        controllers.ControllerConfig().with_knobs(None)
     with pytest.raises(TypeError, match="controller.validation_state"):
         controllers.ControllerConfig(validation_state=1)
     assert {"controller.validation_state", "controller.validation_reward", "dqn.undiscounted"} <= \

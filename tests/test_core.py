@@ -721,4 +721,6 @@ def test_the_bayes_floor_is_the_posterior_means_mse_on_sampled_data():
     assert float((posterior_mean - data.targets).square().mean()) == pytest.approx(floor, rel=0.03)
     fitted = torch.linalg.lstsq(data.inputs, data.targets).solution
     assert float((data.inputs @ fitted - data.targets).square().mean()) >= 0.98 * floor
+    with pytest.raises(TypeError, match="task must be a TaskConfig"):
+        rlr_core.bayes_floor("degree 4")
     assert rlr_core.bayes_floor(rlr_core.TaskConfig()) == 0.0 and rlr_core.bayes_floor(rlr_core.TaskConfig(input_noise=0.2)) > floor
