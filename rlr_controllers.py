@@ -462,6 +462,21 @@ class TrainedController:
         policy = sb3_policy(self.learner, config, self.policy)
         return lambda observations: policy.predict(observations, deterministic=True)[0]
 
+    def scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int,
+                  loss_average: str = "last") -> rc.PolicyScheduler:
+        """This controller, frozen, steering `optimizer` over a run of total_steps optimiser steps: an
+        rlr_core.PolicyScheduler, advanced by step(loss) after every optimizer.step() (first with L_0).
+
+        The decision interval is scaled to the run length as the controller was trained: a controller
+        trained to decide every 100 of 10 000 steps decides every 3 of 300 (round(total_steps x 100 /
+        10 000), at least 1), so it makes about as many decisions and its budget-left feature runs from 1 to 0
+        over your run. Its lr range (the grid's ends) is the one it was trained on, in absolute units."""
+        rc.check_int("total_steps", total_steps, 1)
+        schedule = Config.from_dict(self.run_config).schedule
+        interval = max(1, min(total_steps, round(total_steps * schedule.decision_interval / schedule.steps)))
+        return rc.PolicyScheduler(optimizer, self.act(), replace(schedule, steps=total_steps, decision_interval=interval),
+                                  loss_average)
+
     @property
     def training_optimiser_steps(self) -> int:
         return len(self.curve) * Config.from_dict(self.run_config).schedule.steps
@@ -687,6 +702,20 @@ def load_controllers(path: str | Path) -> dict[str, TrainedController]:
         raise ValueError(f"{where}: 'controllers' must be a non-empty dict of label -> controller")
     return {label: checked_controller(label, fields, f"{where}[{label!r}]")
             for label, fields in payload["controllers"].items()}
+
+
+def load_controller(path: str | Path, label: str | None = None) -> TrainedController:
+    """One frozen controller from a save_controllers file (read with weights_only=True): the one named
+    label, or by default the file's best on validation (best_trained). Use it in your own loop with
+    load_controller(path).scheduler(optimizer, total_steps)."""
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a str (a controller's label) or None, got {type(label).__name__}")
+    controllers = load_controllers(path)
+    if label is None:
+        return controllers[best_trained(controllers)]
+    if label not in controllers:
+        raise ValueError(f"label {label!r} is not in {str(path)!r}; it holds {sorted(controllers)}")
+    return controllers[label]
 
 
 def checked_controller(key: Any, fields: Any, where: str) -> TrainedController:

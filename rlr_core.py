@@ -701,6 +701,102 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         self._set_lr(float(state["last_lr"][0]))  # with lr_factors the lr need not be a grid value
 
 
+class PolicyScheduler(torch.optim.lr_scheduler.LRScheduler):
+    """A frozen policy steering any optimiser's learning rate, used like RLRScheduler and ReduceLROnPlateau:
+
+        scheduler.step(loss_0)                           # once with L_0: picks the first lr
+        for t in range(schedule.steps):
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+            scheduler.step(loss.item())                  # (and validation_loss=... where the state reads it)
+
+    act maps observations [K, state_dim] (numpy) to actions [K]: a learned controller's greedy policy
+    (rlr_controllers.TrainedController.act, a DQN's or a stable-baselines3 learner's). Every
+    schedule.decision_interval calls it sees the state the environments give it (loss_state: log L, its
+    change since the last decision, the lr's position in the grid's range, the budget left, and with
+    features='validation' log V and its change) and moves the lr by next_lr, the rules the vector environment
+    uses, so a policy acts here as it acted in training. Nothing is learned: no replay, no exploration (an
+    online learner is RLRScheduler). The loss a decision reads is the one passed at the decision step or,
+    with loss_average='interval', the mean of those passed since the previous decision (a steadier reading
+    of mini-batch losses; the environments read the full training loss at the decision step). Param groups
+    keep their lr ratio to the first, as in RLRScheduler; a non-finite loss raises FloatingPointError.
+    """
+
+    LOSS_AVERAGES = ("last", "interval")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, act: Any, schedule: ScheduleConfig,
+                 loss_average: str = "last") -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if not callable(act):
+            raise TypeError(f"act must be a callable (observations -> actions), got {type(act).__name__}")
+        if not isinstance(schedule, ScheduleConfig):
+            raise TypeError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
+        if schedule.features == "raw":
+            raise ValueError("schedule.features='raw' reads the loss's scale, which another model's loss does not "
+                             "share: a frozen policy runs on scale-free features ('log', 'control', 'validation')")
+        if loss_average not in self.LOSS_AVERAGES:
+            raise ValueError(f"loss_average must be one of {self.LOSS_AVERAGES}, got {loss_average!r}")
+        self.optimizer, self.act, self.schedule, self.loss_average = optimizer, act, schedule, loss_average
+        self.group_ratios = lr_ratios(optimizer)
+        self.lr_index = schedule.start_index
+        self.last_epoch = 0
+        self.previous_loss: float | None = None
+        self.previous_validation: float | None = None
+        self.interval_losses: list[float] = []
+        first_lr = schedule.lr_grid[self.lr_index]
+        for group, ratio in zip(optimizer.param_groups, self.group_ratios):
+            group["initial_lr"] = first_lr * ratio
+        self.base_lrs = [first_lr * ratio for ratio in self.group_ratios]
+        self._set_lr(first_lr)
+
+    _set_lr, get_lr = RLRScheduler._set_lr, RLRScheduler.get_lr
+
+    def step(self, loss: float, validation_loss: float | None = None) -> None:  # type: ignore[override]
+        """Called with the loss after every optimiser step (first with L_0); decides every
+        schedule.decision_interval calls, holds the lr in between, and stops deciding at schedule.steps."""
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"PolicyScheduler.step got a non-finite loss ({loss}): the model diverged")
+        self.interval_losses.append(loss)
+        deciding = is_decision_step(self.last_epoch, self.schedule) and self.last_epoch < self.schedule.steps
+        if deciding:
+            if self.schedule.features == "validation":
+                if validation_loss is None or not math.isfinite(float(validation_loss)):
+                    raise ValueError("this policy's state reads the validation loss: pass step(loss, "
+                                     f"validation_loss=...) a finite number at every decision, got {validation_loss!r}")
+                validation_loss = float(validation_loss)
+            reading = loss if self.loss_average == "last" else float(np.mean(self.interval_losses))
+            state = loss_state(reading, self.previous_loss, lr_position(self._last_lr[0], self.schedule),
+                               self.schedule.features, torch.float32, budget_fraction_left(self.last_epoch, self.schedule),
+                               validation_loss, self.previous_validation)
+            action = int(np.asarray(self.act(state.unsqueeze(0).numpy())).reshape(-1)[0])
+            if not 0 <= action < self.schedule.n_actions:
+                raise ValueError(f"act returned action {action}, outside 0..{self.schedule.n_actions - 1}")
+            lr_index, lr = next_lr(self.lr_index, self._last_lr[0], action, self.schedule)
+            self.lr_index = int(lr_index)
+            self._set_lr(float(lr))
+            self.previous_loss, self.previous_validation, self.interval_losses = reading, validation_loss, []
+        self.last_epoch += 1
+
+    def state_dict(self) -> dict:
+        """Where the run is (plain values: torch.load(..., weights_only=True) reads it); the policy is not in it."""
+        return {"lr_index": self.lr_index, "last_epoch": self.last_epoch, "previous_loss": self.previous_loss,
+                "previous_validation": self.previous_validation, "interval_losses": list(self.interval_losses),
+                "last_lr": list(self._last_lr), "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume a run saved by state_dict() (same policy and schedule)."""
+        lr_index = int(state["lr_index"])
+        if not 0 <= lr_index < len(self.schedule.lr_grid):
+            raise ValueError(f"scheduler state has lr_index {lr_index}, outside the grid of {len(self.schedule.lr_grid)}")
+        self.lr_index, self.last_epoch = lr_index, int(state["last_epoch"])
+        self.previous_loss = None if state["previous_loss"] is None else float(state["previous_loss"])
+        self.previous_validation = None if state["previous_validation"] is None else float(state["previous_validation"])
+        self.interval_losses = [float(value) for value in state["interval_losses"]]
+        self.base_lrs = [float(lr) for lr in state["base_lrs"]]
+        self._set_lr(float(state["last_lr"][0]))
+
+
 def lr_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
     """Each param group's lr over the first group's, read when a scheduler is built: the first group's lr is
     the one the agent controls, the others keep their ratio to it. ValueError if the first lr is not > 0."""
