@@ -1,10 +1,12 @@
-"""Render the study as a static site: the README as the home page, then the executed notebooks in order.
+"""Render the study as a static site: the README as the home page, the pages of docs/, then the executed
+notebooks in order.
 
     .venv/bin/python build_site.py      # writes build/site/ (make site); open build/site/index.html
 
 Nothing is re-executed: the pages show what `make reproduce` committed (outputs, figures, tables,
 generated readings). nbconvert renders the notebooks (figures are embedded in the pages, tables stay
-HTML); mistune (nbconvert's own markdown renderer) renders the README and docs/original.md. The pages
+HTML); mistune (nbconvert's own markdown renderer) renders the README and the docs/*.md pages (the detail the
+README links to: the verdict, the transfer, the peers, usage, performance, reproducibility, the original). The pages
 load nothing from the network: the notebook template's script tags for require.js and MathJax, which
 point to a CDN, are removed (no notebook here uses either).
 
@@ -37,10 +39,24 @@ SOURCES = {
     "one-run": ("03_comparison", None),
     "verdict": ("04_benchmark", "The-primary-tests"),
     "transfer": ("05_transfer", "Reading"),
+    "peers": ("06_pbt", None),
+    "which-to-use": ("06_pbt", None),
+    "tuned-families": ("06_pbt", None),
     "durations": (None, None),
     "performance": (None, None),
 }
-"""Each generated README block -> the notebook (and section anchor) whose outputs it reports."""
+"""Each generated block -> the notebook (and section anchor) whose outputs it reports."""
+
+
+def doc_pages(root: Path = ROOT) -> list[str]:
+    """The docs/*.md pages the README links to, by name (docs/original.md is the site's last page)."""
+    return [path.stem for path in sorted((root / "docs").glob("*.md")) if path.stem != "original"]
+
+
+def doc_title(name: str, root: Path = ROOT) -> str:
+    """A docs page's navigation label: its first heading."""
+    first = (root / "docs" / f"{name}.md").read_text().splitlines()[0]
+    return first.lstrip("# ").strip() or name
 
 STYLE = """<style>
 nav.site { font-family: sans-serif; padding: 0.6em 1em; background: #f3f3f3; border-bottom: 1px solid #ccc; }
@@ -94,9 +110,9 @@ def title_of(name: str) -> str:
 
 
 def navigation(current: str) -> str:
-    """Links to the home page and every notebook, in order; the current page in bold."""
-    links = [("index", "home: the verdict")] + [(name, title_of(name)) for name in NOTEBOOKS] + \
-        [("original", "the original experiment")]
+    """Links to the home page, every docs page and every notebook, in order; the current page in bold."""
+    links = [("index", "home: the answer")] + [(name, doc_title(name)) for name in doc_pages()] + \
+        [(name, title_of(name)) for name in NOTEBOOKS] + [("original", "the original experiment")]
     here = ' class="here"'
     return '<nav class="site">' + "".join(
         f'<a href="{target}.html"{here if target == current else ""}>{html.escape(label)}</a>'
@@ -105,8 +121,9 @@ def navigation(current: str) -> str:
 
 def site_links(page: str) -> str:
     """Links between the repository's documents rewritten as links between the site's pages."""
-    page = re.sub(r'href="(?:\.\./)?docs/original\.md(#[^"]*)?"', lambda m: f'href="original.html{m.group(1) or ""}"', page)
-    page = re.sub(r'href="(?:\.\./)?README\.md(#[^"]*)?"', lambda m: f'href="index.html{m.group(1) or ""}"', page)
+    page = re.sub(r'href="(?:\.\./)?(?:docs/)?(\w[\w-]*)\.md(#[^"]*)?"',
+                  lambda m: f'href="{"index" if m.group(1) == "README" else m.group(1)}.html{m.group(2) or ""}"', page)
+    page = re.sub(r'src="\.\./figures/', 'src="figures/', page)  # a docs page's figures, from the site's root
     return re.sub(r'href="(?:\.\./)?(?:notebooks/)?(\d\d_\w+)\.ipynb(#[^"]*)?"',
                   lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', page)
 
@@ -189,6 +206,8 @@ def build(output: Path, root: Path = ROOT) -> list[Path]:
     shutil.copytree(root / "figures", output / "figures")
     shutil.copytree(root / "docs", output / "docs", ignore=shutil.ignore_patterns("*.md"))  # the screenshots
     pages = {"index": markdown_page(with_sources((root / "README.md").read_text()), "index", "RLR Scheduler"),
+             **{name: markdown_page(with_sources((root / "docs" / f"{name}.md").read_text()), name, doc_title(name, root))
+                for name in doc_pages(root)},
              "original": markdown_page((root / "docs" / "original.md").read_text(), "original", "The original"),
              **{name: notebook_page(name, root) for name in NOTEBOOKS}}
     written = []

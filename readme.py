@@ -1,6 +1,8 @@
-"""Place the generated blocks of README.md: what the notebooks and the timing scripts wrote, verbatim.
+"""Place the generated blocks of README.md and the pages under docs/: what the notebooks and the timing
+scripts wrote, verbatim.
 
-Every block between `<!-- generated: NAME -->` and `<!-- end: NAME -->` in README.md comes from a file:
+Every block between `<!-- generated: NAME -->` and `<!-- end: NAME -->` in README.md or a docs/*.md page
+(DOCUMENTS: the front page, and the pages the detail moved to) comes from a file:
 
 - a notebook's summary, results/summaries/<notebook>.json, which the notebook's last cell writes
   (rlr_summaries renders it from the notebook's results; tests/test_readme.py re-renders and compares);
@@ -11,7 +13,7 @@ This script renders nothing and writes no sentence of its own, and imports neith
 test checks sys.modules): prose outside the blocks states no measured number (tests/test_readme.py).
 
     .venv/bin/python readme.py           # rewrite the blocks (make reproduce runs this last)
-    .venv/bin/python readme.py --check   # exit 1 when README.md differs from what the files give
+    .venv/bin/python readme.py --check   # exit 1 when a document differs from what the files give
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- 
 SUMMARIES = "results/summaries"
 BENCHMARKS = ("bench_engines", "bench_batched", "bench_threads", "bench_sweep", "bench_vector_env", "bench_lr_free")
 """The timing scripts whose README parts make the performance block, in this order."""
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    """The documents whose generated blocks this script places: README.md, then every docs/*.md page."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
 def read_json(path: Path) -> dict:
@@ -84,19 +91,22 @@ def render(readme: str, root: Path = ROOT) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when README.md is stale")
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a document is stale")
     args = parser.parse_args()
-    path = ROOT / "README.md"
-    current = path.read_text()
-    rendered = render(current)
+    stale = []
+    for path in documents():
+        current = path.read_text()
+        rendered = render(current)
+        if args.check:
+            stale += [path.relative_to(ROOT)] if rendered != current else []
+        elif rendered != current:
+            provenance.write_text_atomically(path, rendered)
+            print(f"rewrote {len(BLOCK.findall(current))} generated blocks of {path.relative_to(ROOT)}")
     if args.check:
-        if rendered != current:
-            print("README.md's generated blocks differ from the files: run `.venv/bin/python readme.py`")
+        if stale:
+            print(f"generated blocks differ from the files in {[str(path) for path in stale]}: run `.venv/bin/python readme.py`")
             return 1
-        print("README.md's generated blocks match the files")
-        return 0
-    provenance.write_text_atomically(path, rendered)
-    print(f"rewrote {len(BLOCK.findall(current))} generated blocks of {path}")
+        print("every document's generated blocks match the files")
     return 0
 
 

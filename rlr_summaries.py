@@ -160,45 +160,53 @@ def peers_markdown(results: Path) -> str:
         summary["reading"]])
 
 
-def which_to_use_markdown(results: Path) -> str:
-    """Which method to use when, for this task family: every tuned family of notebook 04 by test MSE with
-    its one line of usage, then PBT and the learning-rate-free choice, all from the results."""
-    bench, pbt = read_json(results / "benchmark_summary.json"), read_json(results / "pbt_summary.json")
+def tuned_family_rows(bench: dict) -> list[dict]:
+    """Every tuned family of notebook 04 at its chosen configuration: label, test MSE (geometric mean over the
+    evaluation seeds), the tuned constant's over it, and its one line of usage; best first."""
     test = pd.DataFrame(bench["summaries"]["test_mse"]).set_index("method")["geometric mean"]
-    tuned = test[study.TUNED]
-    rows = sorted(({"method": study.tuned_label(family), "test MSE": test[study.tuned_label(family)],
-                    "vs tuned constant": tuned / test[study.tuned_label(family)],
+    return sorted(({"method": study.tuned_label(family), "test MSE": test[study.tuned_label(family)],
+                    "vs tuned constant": test[study.TUNED] / test[study.tuned_label(family)],
                     "use it": study.family(family).usage_line(params)} for family, params in bench["chosen"].items()),
                   key=lambda row: row["test MSE"])
+
+
+def which_to_use_markdown(results: Path) -> str:
+    """The front page's short table: which method to use when, for this task family (one row per need: the
+    best schedule, the best learning-rate-free optimiser, PBT, the RL scheduler, a learned controller), each
+    with its test MSE against the tuned constant lr's and its usage, all from notebooks 04 and 06's results."""
+    bench, pbt = read_json(results / "benchmark_summary.json"), read_json(results / "pbt_summary.json")
+    test = pd.DataFrame(bench["summaries"]["test_mse"]).set_index("method")["geometric mean"]
+    rows = tuned_family_rows(bench)
     free = [row for row in rows if row["method"].removesuffix(", tuned") in {registry.get(key).label for key in registry.keys("lr_free")}]
     agents = [row for row in rows if row["method"] in study.FAMILIES and study.FAMILIES[row["method"]].kind == "agent"]
     pbt_test = pd.DataFrame(pbt["summaries"]["test_mse"]).set_index("method")["geometric mean"]
-    labels = pbt["labels"]
-    lines = [
-        f"- **One run per task, tune once**: **{rows[0]['method']}** had the lowest test MSE here "
-        f"({rows[0]['test MSE']:.2e}, {report.fold(rows[0]['vs tuned constant'])} than the tuned constant lr). "
-        f"Use: {rows[0]['use it']}.",
-        f"- **No learning-rate schedule to design**: of the learning-rate-free optimisers, **{free[0]['method']}** did "
-        f"best ({free[0]['test MSE']:.2e}, {report.fold(free[0]['vs tuned constant'])} than the tuned constant lr), with its "
-        f"knobs tuned like every family's. Use: {free[0]['use it']}.",
-        f"- **Several runs' compute per task**: {labels['pbt']} reached {pbt_test[labels['pbt']]:.2e} on "
-        f"{pbt['study']['n_eval_seeds']} seeds, where the {labels['equal_compute']} reached "
-        f"{pbt_test[labels['equal_compute']]:.2e} for the same compute. Use: `rlr_peers.start_ray()`, then "
-        f"`rlr_peers.run_pbt(config, steps, rlr_peers.PBTConfig(population={pbt['pbt']['population']}))` (Ray Tune's "
-        "PopulationBasedTraining on a local Ray; `start_ray(address)` or `RAY_ADDRESS` for a cluster).",
-        f"- **The RL scheduler**: the best tuned agent, **{agents[0]['method']}**, reached {agents[0]['test MSE']:.2e}, "
-        f"{report.fold(agents[0]['vs tuned constant'])} than the tuned constant lr (the verdict above has the tests). "
-        f"Use: {agents[0]['use it']}.",
-        f"- **A learned controller**, trained once over many tasks and reused frozen: the best one picked on "
-        f"validation, **{bench['controllers']['best']}**, reached {test[bench['controllers']['best']]:.2e}, "
-        f"{report.fold(tuned / test[bench['controllers']['best']])} than the tuned constant lr (the verdict above has the "
-        "tests and its cost). Use: `controller = rlr_controllers.load_controllers(\"results/controllers.pt\")[label]`, then "
-        "`rlr_controllers.run_policy(rlr_engine.Config.from_dict(controller.run_config), controller.act(), seeds)`."]
+    pbt_label, controller = pbt["labels"]["pbt"], bench["controllers"]["best"]
+    pbt_tuned = pbt_test[pbt["labels"]["tuned"]]
+    table = pd.DataFrame([
+        {"when": "one run per task, tune once", "method": rows[0]["method"], "test MSE": rows[0]["test MSE"],
+         "against the tuned constant lr": report.fold(rows[0]["vs tuned constant"]), "use": rows[0]["use it"]},
+        {"when": "no schedule to design", "method": free[0]["method"], "test MSE": free[0]["test MSE"],
+         "against the tuned constant lr": report.fold(free[0]["vs tuned constant"]), "use": free[0]["use it"]},
+        {"when": f"{pbt['pbt']['population']} runs' compute per task", "method": pbt_label,
+         "test MSE": pbt_test[pbt_label],
+         "against the tuned constant lr": report.fold(pbt_tuned / pbt_test[pbt_label]) + f" (its {pbt['study']['n_eval_seeds']} seeds)",
+         "use": f"`rlr_peers.run_pbt(config, steps, rlr_peers.PBTConfig(population={pbt['pbt']['population']}))` after "
+                "`rlr_peers.start_ray()`"},
+        {"when": "an RL scheduler learning within the run", "method": agents[0]["method"], "test MSE": agents[0]["test MSE"],
+         "against the tuned constant lr": report.fold(agents[0]["vs tuned constant"]), "use": agents[0]["use it"]},
+        {"when": "a controller trained once, reused frozen", "method": controller, "test MSE": test[controller],
+         "against the tuned constant lr": report.fold(test[study.TUNED] / test[controller]),
+         "use": "`rlr_controllers.load_controller(\"results/controllers.pt\").scheduler(optimizer, steps)`"}])
+    table["test MSE"] = table["test MSE"].map(lambda value: f"{value:.2e}")
+    return report.markdown_table(table)
+
+
+def tuned_families_markdown(results: Path) -> str:
+    """Every tuned family of notebook 04 with the configuration it chose and its usage (the usage page)."""
+    rows = tuned_family_rows(read_json(results / "benchmark_summary.json"))
     table = pd.DataFrame([{**row, "test MSE": f"{row['test MSE']:.2e}", "vs tuned constant": report.fold(row['vs tuned constant'])}
                           for row in rows])
-    return "\n\n".join(["\n".join(lines), "Every tuned family of notebook 04 with the configuration it chose "
-                         "(geometric-mean test MSE over the evaluation seeds, against the tuned constant lr's):",
-                         report.markdown_table(table)])
+    return report.markdown_table(table)
 
 
 def transfer_markdown(results: Path) -> str:
@@ -228,7 +236,8 @@ SUMMARIES: dict[str, dict[str, Callable[[Path], str]]] = {
     "03_comparison": {"one-run": one_run_markdown},
     "04_benchmark": {"verdict": verdict_markdown, "headline": headline_markdown},
     "05_transfer": {"transfer": transfer_markdown},
-    "06_pbt": {"peers": peers_markdown, "which-to-use": which_to_use_markdown},
+    "06_pbt": {"peers": peers_markdown, "which-to-use": which_to_use_markdown,
+               "tuned-families": tuned_families_markdown},
 }
 """notebook -> its blocks (block name -> the function that renders it from the results folder)."""
 

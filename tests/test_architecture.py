@@ -72,11 +72,11 @@ def test_the_statistics_import_no_project_module_and_only_entry_points_import_th
 
 def test_every_top_level_module_has_a_layer() -> None:
     modules = {path.stem for path in ROOT.glob("*.py")}
-    assert modules == set(LAYERS), "a new module needs a layer here and in the README's Layout"
+    assert modules == set(LAYERS), "a new module needs a layer here and in the Layout of docs/reproducibility.md"
 
 
 def test_readme_layout_names_every_module() -> None:
-    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    layout = (ROOT / "docs" / "reproducibility.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
     for module in LAYERS:
         assert f"{module}.py" in layout, module
 

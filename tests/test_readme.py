@@ -19,6 +19,10 @@ import rlr_study as study
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCUMENTS = {path.relative_to(ROOT).as_posix(): path.read_text() for path in readme.documents(ROOT)}
+"""README.md and the docs/*.md pages the detail lives on: the generated-claims rule covers them all."""
+WRITTEN = {name: text for name, text in DOCUMENTS.items() if name != "docs/original.md"}
+"""The documents of our own results (docs/original.md is the account of the original's, its numbers included)."""
 
 
 def readme_section(title: str) -> str:
@@ -43,9 +47,23 @@ durations."""
 
 
 def test_readme_generated_blocks_are_what_the_committed_files_give():
-    names = [match.group("name") for match in readme.BLOCK.finditer(README)]
-    assert set(names) == set(readme.blocks()), f"README blocks {names}"
-    assert readme.render(README) == README, "stale README numbers: run `.venv/bin/python readme.py`"
+    """Every block the files give is placed in some document, and every document is up to date."""
+    names = {match.group("name") for text in DOCUMENTS.values() for match in readme.BLOCK.finditer(text)}
+    assert names == set(readme.blocks()), f"blocks placed {sorted(names)}"
+    for name, text in DOCUMENTS.items():
+        assert readme.render(text) == text, f"stale numbers in {name}: run `.venv/bin/python readme.py`"
+
+
+def test_the_readme_is_a_front_page():
+    """At most 200 lines; the answer (the generated headline) and the summary figure on its first screen;
+    the detail one click away, on docs pages that exist."""
+    lines = README.splitlines()
+    assert len(lines) <= 200, f"README has {len(lines)} lines"
+    first_screen = "\n".join(lines[:40])
+    assert "<!-- generated: headline -->" in first_screen and "<!-- end: headline -->" in first_screen
+    assert re.search(r"!\[[^\]]*\]\(figures/[^)]+\.png\)", first_screen), "the summary figure on the first screen"
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)\)", README))
+    assert linked == {name for name in DOCUMENTS if name.startswith("docs/")}, "every docs page is linked from the README"
 
 
 @pytest.mark.parametrize("notebook", sorted(summaries.SUMMARIES))
@@ -74,7 +92,8 @@ def test_the_summaries_and_the_readme_change_when_a_result_changes(tmp_path):
     assert summaries.render_summary("03_comparison", tmp_path / "results") != \
         summaries.render_summary("03_comparison", ROOT / "results")
     summaries.write_summary("03_comparison", tmp_path / "results")
-    assert readme.render(README, tmp_path) != README
+    page = DOCUMENTS["docs/one-run.md"]  # where the one-run block is placed
+    assert readme.render(page, tmp_path) != page
 
 
 def test_readme_refuses_a_block_no_file_gives_and_a_block_two_summaries_give(tmp_path):
@@ -96,8 +115,8 @@ def test_summaries_refuse_an_unknown_notebook_and_a_missing_folder(tmp_path):
 
 
 def test_readme_prose_states_no_measured_number_by_hand():
-    found = MEASURED.findall(prose(README))
-    assert not found, f"numbers in the README's prose, outside the generated blocks: {found}"
+    found = {name: MEASURED.findall(prose(text)) for name, text in WRITTEN.items()}
+    assert not any(found.values()), f"numbers in prose, outside the generated blocks: {found}"
 
 
 def settings_and_original_numbers() -> set[str]:
@@ -127,14 +146,26 @@ def test_notebook_prose_states_no_measured_number_by_hand():
 
 
 def test_readme_embeds_only_figures_that_exist():
-    embedded = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", README)
-    assert embedded, "the README should embed the figures"
-    missing = [path for path in embedded if not (ROOT / path).exists()]
-    assert not missing, f"README embeds missing figures {missing}"
+    embedded = {name: re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text) for name, text in DOCUMENTS.items()}
+    assert embedded["README.md"], "the README should embed the summary figure"
+    missing = [path for name, paths in embedded.items() for path in paths if not ((ROOT / name).parent / path).exists()]
+    assert not missing, f"documents embed missing figures {missing}"
+
+
+def test_readme_controller_example_runs_verbatim_on_a_model_the_project_never_trains(monkeypatch):
+    """The learned controller in your own loop, as printed: the committed controllers file, a classifier."""
+    monkeypatch.chdir(ROOT)
+    code = re.search(r"```python\n(.*?)```", readme_section("A learned controller in your own loop"), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    scheduler = namespace["scheduler"]
+    assert scheduler.last_epoch == 301 and scheduler.schedule.steps == 300
+    low, high = scheduler.schedule.lr_grid[0], scheduler.schedule.lr_grid[-1]
+    assert low <= scheduler.get_last_lr()[0] <= high
 
 
 def test_readme_training_loop_example_runs_verbatim_and_changes_the_lr():
-    code = re.search(r"```python\n(.*?)```", readme_section("Use it in your own training loop"), re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", readme_section("The RL scheduler in your own loop"), re.S).group(1)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     scheduler, grid = namespace["scheduler"], namespace["rc"].ScheduleConfig().lr_grid
@@ -168,8 +199,9 @@ def test_every_ratio_in_the_readme_and_the_summaries_is_at_least_one():
     from test_provenance import KNOWN_STALE
 
     stale_blocks = {block for notebook in KNOWN_STALE for block in summaries.SUMMARIES.get(notebook, {})}
-    current = readme.BLOCK.sub(lambda match: "" if match.group("name") in stale_blocks else match.group(0), README)
-    texts = {"README.md": current, **{f"results/summaries/{path.name}": path.read_text()
+    current = {name: readme.BLOCK.sub(lambda match: "" if match.group("name") in stale_blocks else match.group(0), text)
+               for name, text in WRITTEN.items()}
+    texts = {**current, **{f"results/summaries/{path.name}": path.read_text()
                                       for path in (ROOT / "results" / "summaries").glob("*.json")
                                       if path.stem not in KNOWN_STALE}}
     offending = {name: ratios_below_one(text) for name, text in texts.items()}
