@@ -49,8 +49,12 @@ SOURCES = {
 
 
 def doc_pages(root: Path = ROOT) -> list[str]:
-    """The docs/*.md pages the README links to, by name (docs/original.md is the site's last page)."""
-    return [path.stem for path in sorted((root / "docs").glob("*.md")) if path.stem != "original"]
+    """The docs/*.md pages by name, in the order the README first links them (its list is the one order;
+    a page it does not link comes after, by name); docs/original.md is the site's last page."""
+    names = [path.stem for path in sorted((root / "docs").glob("*.md")) if path.stem != "original"]
+    linked = re.findall(r"\]\(docs/([\w-]+)\.md", (root / "README.md").read_text())
+    order = {name: index for index, name in enumerate(dict.fromkeys(linked))}
+    return sorted(names, key=lambda name: (order.get(name, len(order)), name))
 
 
 def doc_title(name: str, root: Path = ROOT) -> str:

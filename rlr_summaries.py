@@ -134,7 +134,8 @@ def curve_parts(controllers: dict) -> list[str]:
 def headline_markdown(results: Path) -> str:
     """The verdict first, in at most rlr_report.HEADLINE_LINES lines: notebook 04's headline, which says
     only what its primary tests say."""
-    return read_json(results / "benchmark_summary.json")["headline"]
+    headline = read_json(results / "benchmark_summary.json")["headline"]
+    return "\n".join(f"- {line}" if line.strip() else line for line in headline.splitlines())  # a line each, rendered
 
 
 def peers_markdown(results: Path) -> str:

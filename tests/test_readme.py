@@ -234,7 +234,7 @@ def test_the_headline_is_at_most_eight_lines_and_names_the_power_and_scope():
     import rlr_report
 
     headline = summaries.render_summary("04_benchmark", ROOT / "results")["headline"]
-    lines = [line for line in headline.splitlines() if line.strip()]
+    lines = [line.removeprefix("- ") for line in headline.splitlines() if line.strip()]  # one list item a line
     assert len(lines) <= rlr_report.HEADLINE_LINES == 8, lines
     assert any(line.startswith("Power:") for line in lines) and any(line.startswith("Scope:") for line in lines)
     assert readme.BLOCK.search(README) and headline in README
