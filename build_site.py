@@ -206,6 +206,9 @@ def build(output: Path, root: Path = ROOT) -> list[Path]:
     missing = [name for name in NOTEBOOKS if not (root / "notebooks" / f"{name}.ipynb").exists()]
     if missing:
         raise FileNotFoundError(f"notebooks {missing} are missing: run `make reproduce` first")
+    clashing = set(doc_pages(root)) & {"index", "original", *NOTEBOOKS}
+    if clashing:
+        raise ValueError(f"docs pages {sorted(clashing)} would overwrite the site's page of the same name: rename them")
     prepare_output(output)
     shutil.copytree(root / "figures", output / "figures")
     shutil.copytree(root / "docs", output / "docs", ignore=shutil.ignore_patterns("*.md"))  # the screenshots

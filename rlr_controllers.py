@@ -469,13 +469,14 @@ class TrainedController:
 
         The decision interval is scaled to the run length as the controller was trained: a controller
         trained to decide every 100 of 10 000 steps decides every 3 of 300 (round(total_steps x 100 /
-        10 000), at least 1), so it makes about as many decisions and its budget-left feature runs from 1 to 0
-        over your run. Its lr range (the grid's ends) is the one it was trained on, in absolute units."""
+        10 000), at least 1), so it makes about as many decisions (a run shorter than its trained number of
+        decisions gets one per step) and its budget-left feature runs from 1 to 0 over your run. Its lr range
+        (the grid's ends) is the one it was trained on, in absolute units."""
         rc.check_int("total_steps", total_steps, 1)
-        schedule = Config.from_dict(self.run_config).schedule
-        interval = max(1, min(total_steps, round(total_steps * schedule.decision_interval / schedule.steps)))
-        return rc.PolicyScheduler(optimizer, self.act(), replace(schedule, steps=total_steps, decision_interval=interval),
-                                  loss_average)
+        config = Config.from_dict(self.run_config)
+        interval = max(1, round(total_steps * config.schedule.decision_interval / config.schedule.steps))
+        return rc.PolicyScheduler(optimizer, self.act(), replace(config.schedule, steps=total_steps, decision_interval=interval),
+                                  loss_average, rc.DTYPES[config.dtype])
 
     @property
     def training_optimiser_steps(self) -> int:
@@ -708,6 +709,8 @@ def load_controller(path: str | Path, label: str | None = None) -> TrainedContro
     """One frozen controller from a save_controllers file (read with weights_only=True): the one named
     label, or by default the file's best on validation (best_trained). Use it in your own loop with
     load_controller(path).scheduler(optimizer, total_steps)."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path (a save_controllers file), got {type(path).__name__}")
     if label is not None and not isinstance(label, str):
         raise TypeError(f"label must be a str (a controller's label) or None, got {type(label).__name__}")
     controllers = load_controllers(path)

@@ -704,27 +704,29 @@ class RLRScheduler(torch.optim.lr_scheduler.LRScheduler):
 class PolicyScheduler(torch.optim.lr_scheduler.LRScheduler):
     """A frozen policy steering any optimiser's learning rate, used like RLRScheduler and ReduceLROnPlateau:
 
-        scheduler.step(loss_0)                           # once with L_0: picks the first lr
+        loss = compute_loss(); scheduler.step(loss.item())      # once with L_0: picks the first lr
         for t in range(schedule.steps):
             optimizer.zero_grad(); loss.backward(); optimizer.step()
-            scheduler.step(loss.item())                  # (and validation_loss=... where the state reads it)
+            loss = compute_loss(); scheduler.step(loss.item())  # (validation_loss=... where the state reads it)
 
     act maps observations [K, state_dim] (numpy) to actions [K]: a learned controller's greedy policy
     (rlr_controllers.TrainedController.act, a DQN's or a stable-baselines3 learner's). Every
     schedule.decision_interval calls it sees the state the environments give it (loss_state: log L, its
     change since the last decision, the lr's position in the grid's range, the budget left, and with
     features='validation' log V and its change) and moves the lr by next_lr, the rules the vector environment
-    uses, so a policy acts here as it acted in training. Nothing is learned: no replay, no exploration (an
-    online learner is RLRScheduler). The loss a decision reads is the one passed at the decision step or,
-    with loss_average='interval', the mean of those passed since the previous decision (a steadier reading
-    of mini-batch losses; the environments read the full training loss at the decision step). Param groups
-    keep their lr ratio to the first, as in RLRScheduler; a non-finite loss raises FloatingPointError.
+    uses, so on the task it was trained on a policy acts here as it acted there. On another model only the
+    changes and positions are scale-free: log L itself sits wherever that model's loss sits. Nothing is
+    learned: no replay, no exploration (an online learner is RLRScheduler). The loss a decision reads is the
+    one passed at the decision step or, with loss_average='interval', the mean of those passed since the
+    previous decision (a steadier reading of mini-batch losses; the environments read the full training loss
+    at the decision step). Param groups keep their lr ratio to the first, as in RLRScheduler; a non-finite loss
+    raises FloatingPointError.
     """
 
     LOSS_AVERAGES = ("last", "interval")
 
     def __init__(self, optimizer: torch.optim.Optimizer, act: Any, schedule: ScheduleConfig,
-                 loss_average: str = "last") -> None:
+                 loss_average: str = "last", dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if not callable(act):
@@ -732,11 +734,13 @@ class PolicyScheduler(torch.optim.lr_scheduler.LRScheduler):
         if not isinstance(schedule, ScheduleConfig):
             raise TypeError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
         if schedule.features == "raw":
-            raise ValueError("schedule.features='raw' reads the loss's scale, which another model's loss does not "
-                             "share: a frozen policy runs on scale-free features ('log', 'control', 'validation')")
+            raise ValueError("schedule.features='raw' feeds the policy the loss itself, whose scale another model "
+                             "does not share: a frozen policy runs on log features ('log', 'control', 'validation')")
         if loss_average not in self.LOSS_AVERAGES:
             raise ValueError(f"loss_average must be one of {self.LOSS_AVERAGES}, got {loss_average!r}")
-        self.optimizer, self.act, self.schedule, self.loss_average = optimizer, act, schedule, loss_average
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype (the policy's), got {dtype!r}")
+        self.optimizer, self.act, self.schedule, self.loss_average, self.dtype = optimizer, act, schedule, loss_average, dtype
         self.group_ratios = lr_ratios(optimizer)
         self.lr_index = schedule.start_index
         self.last_epoch = 0
@@ -751,32 +755,57 @@ class PolicyScheduler(torch.optim.lr_scheduler.LRScheduler):
 
     _set_lr, get_lr = RLRScheduler._set_lr, RLRScheduler.get_lr
 
+    @staticmethod
+    def checked_loss(name: str, value: Any) -> float:
+        """A loss as a float >= 0 (its log is the state), or TypeError/ValueError naming it; a non-finite one
+        is divergence (FloatingPointError)."""
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{name} must be a number (e.g. loss.item()), got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"PolicyScheduler.step got a non-finite {name} ({value}): the model diverged")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0 (the policy reads its log), got {value}")
+        return value
+
     def step(self, loss: float, validation_loss: float | None = None) -> None:  # type: ignore[override]
         """Called with the loss after every optimiser step (first with L_0); decides every
-        schedule.decision_interval calls, holds the lr in between, and stops deciding at schedule.steps."""
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"PolicyScheduler.step got a non-finite loss ({loss}): the model diverged")
-        self.interval_losses.append(loss)
+        schedule.decision_interval calls, holds the lr in between, and stops deciding at schedule.steps.
+        Everything is checked before the scheduler's state changes."""
+        loss = self.checked_loss("loss", loss)
         deciding = is_decision_step(self.last_epoch, self.schedule) and self.last_epoch < self.schedule.steps
-        if deciding:
-            if self.schedule.features == "validation":
-                if validation_loss is None or not math.isfinite(float(validation_loss)):
-                    raise ValueError("this policy's state reads the validation loss: pass step(loss, "
-                                     f"validation_loss=...) a finite number at every decision, got {validation_loss!r}")
-                validation_loss = float(validation_loss)
-            reading = loss if self.loss_average == "last" else float(np.mean(self.interval_losses))
-            state = loss_state(reading, self.previous_loss, lr_position(self._last_lr[0], self.schedule),
-                               self.schedule.features, torch.float32, budget_fraction_left(self.last_epoch, self.schedule),
-                               validation_loss, self.previous_validation)
-            action = int(np.asarray(self.act(state.unsqueeze(0).numpy())).reshape(-1)[0])
-            if not 0 <= action < self.schedule.n_actions:
-                raise ValueError(f"act returned action {action}, outside 0..{self.schedule.n_actions - 1}")
-            lr_index, lr = next_lr(self.lr_index, self._last_lr[0], action, self.schedule)
-            self.lr_index = int(lr_index)
-            self._set_lr(float(lr))
-            self.previous_loss, self.previous_validation, self.interval_losses = reading, validation_loss, []
+        if deciding and self.schedule.features == "validation":
+            if validation_loss is None:
+                raise ValueError("this policy's state reads the validation loss: pass step(loss, validation_loss=...) "
+                                 "at every decision")
+            validation_loss = self.checked_loss("validation_loss", validation_loss)
+        if not deciding:
+            self.interval_losses.append(loss)
+            self.last_epoch += 1
+            return
+        losses = [*self.interval_losses, loss]
+        reading = loss if self.loss_average == "last" else float(np.mean(losses))
+        state = loss_state(reading, self.previous_loss, lr_position(self._last_lr[0], self.schedule),
+                           self.schedule.features, self.dtype, budget_fraction_left(self.last_epoch, self.schedule),
+                           validation_loss, self.previous_validation)
+        action = self.checked_action(self.act(state.unsqueeze(0).numpy()))
+        lr_index, lr = next_lr(self.lr_index, self._last_lr[0], action, self.schedule)
+        self.lr_index = int(lr_index)
+        self._set_lr(float(lr))
+        self.previous_loss, self.previous_validation, self.interval_losses = reading, validation_loss, []
         self.last_epoch += 1
+
+    def checked_action(self, actions: Any) -> int:
+        """The policy's one action as an int in range, or ValueError naming act's output."""
+        actions = np.asarray(actions).reshape(-1)
+        if actions.size != 1 or not np.issubdtype(actions.dtype, np.number) or actions[0] != np.round(actions[0]):
+            raise ValueError(f"act must return one integral action for one observation, got {actions!r}")
+        action = int(actions[0])
+        if not 0 <= action < self.schedule.n_actions:
+            raise ValueError(f"act returned action {action}, outside 0..{self.schedule.n_actions - 1}")
+        return action
 
     def state_dict(self) -> dict:
         """Where the run is (plain values: torch.load(..., weights_only=True) reads it); the policy is not in it."""
@@ -785,16 +814,25 @@ class PolicyScheduler(torch.optim.lr_scheduler.LRScheduler):
                 "last_lr": list(self._last_lr), "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume a run saved by state_dict() (same policy and schedule)."""
-        lr_index = int(state["lr_index"])
+        """Resume a run saved by state_dict() (same policy and schedule); ValueError for a state that is not one."""
+        expected = set(self.state_dict())
+        if not isinstance(state, dict) or set(state) != expected:
+            keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a PolicyScheduler.state_dict() with keys {sorted(expected)}, got {keys}")
+        lr_index, last_epoch, lr = int(state["lr_index"]), int(state["last_epoch"]), float(state["last_lr"][0])
         if not 0 <= lr_index < len(self.schedule.lr_grid):
-            raise ValueError(f"scheduler state has lr_index {lr_index}, outside the grid of {len(self.schedule.lr_grid)}")
-        self.lr_index, self.last_epoch = lr_index, int(state["last_epoch"])
+            raise ValueError(f"state['lr_index'] {lr_index} is outside the grid of {len(self.schedule.lr_grid)}")
+        if last_epoch < 0:
+            raise ValueError(f"state['last_epoch'] must be >= 0, got {last_epoch}")
+        low, high = self.schedule.lr_grid[0], self.schedule.lr_grid[-1]
+        if not low * (1 - 1e-9) <= lr <= high * (1 + 1e-9):
+            raise ValueError(f"state['last_lr'] {lr} is outside the policy's lr range [{low}, {high}]")
+        self.lr_index, self.last_epoch = lr_index, last_epoch
         self.previous_loss = None if state["previous_loss"] is None else float(state["previous_loss"])
         self.previous_validation = None if state["previous_validation"] is None else float(state["previous_validation"])
         self.interval_losses = [float(value) for value in state["interval_losses"]]
         self.base_lrs = [float(lr) for lr in state["base_lrs"]]
-        self._set_lr(float(state["last_lr"][0]))
+        self._set_lr(lr)
 
 
 def lr_ratios(optimizer: torch.optim.Optimizer) -> list[float]:

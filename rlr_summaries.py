@@ -185,18 +185,18 @@ def which_to_use_markdown(results: Path) -> str:
     pbt_tuned = pbt_test[pbt["labels"]["tuned"]]
     table = pd.DataFrame([
         {"when": "one run per task, tune once", "method": rows[0]["method"], "test MSE": rows[0]["test MSE"],
-         "against the tuned constant lr": report.fold(rows[0]["vs tuned constant"]), "use": rows[0]["use it"]},
+         "ratio of geometric means to the tuned constant lr": report.fold(rows[0]["vs tuned constant"]), "use": rows[0]["use it"]},
         {"when": "no schedule to design", "method": free[0]["method"], "test MSE": free[0]["test MSE"],
-         "against the tuned constant lr": report.fold(free[0]["vs tuned constant"]), "use": free[0]["use it"]},
+         "ratio of geometric means to the tuned constant lr": report.fold(free[0]["vs tuned constant"]), "use": free[0]["use it"]},
         {"when": f"{pbt['pbt']['population']} runs' compute per task", "method": pbt_label,
          "test MSE": pbt_test[pbt_label],
-         "against the tuned constant lr": report.fold(pbt_tuned / pbt_test[pbt_label]) + f" (its {pbt['study']['n_eval_seeds']} seeds)",
+         "ratio of geometric means to the tuned constant lr": report.fold(pbt_tuned / pbt_test[pbt_label]) + f" (its {pbt['study']['n_eval_seeds']} seeds)",
          "use": f"`rlr_peers.run_pbt(config, steps, rlr_peers.PBTConfig(population={pbt['pbt']['population']}))` after "
                 "`rlr_peers.start_ray()`"},
         {"when": "an RL scheduler learning within the run", "method": agents[0]["method"], "test MSE": agents[0]["test MSE"],
-         "against the tuned constant lr": report.fold(agents[0]["vs tuned constant"]), "use": agents[0]["use it"]},
+         "ratio of geometric means to the tuned constant lr": report.fold(agents[0]["vs tuned constant"]), "use": agents[0]["use it"]},
         {"when": "a controller trained once, reused frozen", "method": controller, "test MSE": test[controller],
-         "against the tuned constant lr": report.fold(test[study.TUNED] / test[controller]),
+         "ratio of geometric means to the tuned constant lr": report.fold(test[study.TUNED] / test[controller]),
          "use": "`rlr_controllers.load_controller(\"results/controllers.pt\").scheduler(optimizer, steps)`"}])
     table["test MSE"] = table["test MSE"].map(lambda value: f"{value:.2e}")
     return report.markdown_table(table)

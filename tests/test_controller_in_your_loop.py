@@ -19,11 +19,11 @@ import rlr_core as rc
 import rlr_engine as engine
 
 
-def untrained_controller(validation_state: bool = False, steps: int = 10_000, agent_seed: int = 0
-                         ) -> controllers.TrainedController:
+def untrained_controller(validation_state: bool = False, steps: int = 10_000, agent_seed: int = 0,
+                         interval: int = 100) -> controllers.TrainedController:
     """A DQN controller with a seeded, untrained Q-network: a real policy of the controller's shape (its
     decisions are arbitrary but deterministic), made in a second, with the file fields a trained one has."""
-    controller = controllers.ControllerConfig(validation_state=validation_state)
+    controller = controllers.ControllerConfig(validation_state=validation_state, decision_interval=interval)
     run_config = engine.Config().with_overrides({"schedule": asdict(controller.schedule(steps)),
                                                  "dqn": controllers.CONTROLLER_DQN})
     agent = rc.DQNAgent(run_config.schedule.state_dim, run_config.schedule.n_actions, run_config.dqn, agent_seed)
@@ -85,28 +85,47 @@ def test_a_saved_controller_steers_sgd_on_a_model_and_loss_the_project_never_tra
     assert scheduler.last_epoch == 301
 
 
-def test_on_the_projects_task_the_scheduler_takes_the_environments_decisions():
+@pytest.mark.parametrize("steps, interval, validation_state", [(300, 3, False), (10, 3, False), (30, 7, False),
+                                                                (10, 10, False), (20, 6, True)])
+def test_on_the_projects_task_the_scheduler_takes_the_environments_decisions(steps, interval, validation_state):
     """The scheduler in the readable reference loop (rlr_core: MaclaurinNet, full-batch Adam) against
-    run_policy on the vector environment (the batched engine): the same lr at every optimiser step."""
-    trained, steps, seed = untrained_controller(steps=300, agent_seed=3), 300, 5
+    run_policy on the vector environment (the batched engine): the same lr at every optimiser step, with
+    intervals that divide the run and intervals that leave a last, partial one, and with the validation
+    loss in the state (measured, as the environment does, on the task seed's monitoring split)."""
+    trained, seed = untrained_controller(validation_state, steps, agent_seed=3, interval=interval), 5
     config = engine.Config.from_dict(trained.run_config).with_seed(seed)
     expected = controllers.run_policy(config, trained.act(), [seed])[0].series["lr"]
     seeds = rc.derive_seeds(seed)
     data = rc.make_polynomial_dataset(config.task, seeds.data)
+    monitor = rc.make_polynomial_dataset(config.task, seeds.monitor, config.schedule.validation_examples)
     model = rc.make_model(config.task, seeds.init)
     optimizer = rc.make_adam(model.parameters(), 1e-3)
     scheduler = trained.scheduler(optimizer, steps)
     assert scheduler.schedule == config.schedule  # a run as long as the training's keeps its interval
+
+    def losses() -> dict:
+        with torch.no_grad():
+            validation = rc.full_batch_loss(model, monitor).item() if validation_state else None
+        return {"loss": rc.full_batch_loss(model, data).item(), "validation_loss": validation}
     lrs = []
-    scheduler.step(rc.full_batch_loss(model, data).item())
+    scheduler.step(**losses())
     for _ in range(steps):
         optimizer.zero_grad()
         rc.full_batch_loss(model, data).backward()
         optimizer.step()
         lrs.append(optimizer.param_groups[0]["lr"])
-        scheduler.step(rc.full_batch_loss(model, data).item())
-    assert len(set(lrs)) > 2  # the policy moves the lr: the comparison is not of two constants
+        scheduler.step(**losses())
+    if steps == 300:
+        assert len(set(lrs)) > 2  # the policy moves the lr: the comparison is not of two constants
     np.testing.assert_allclose(lrs, expected, rtol=1e-12)
+
+
+def test_a_run_shorter_than_the_trained_decisions_decides_every_step():
+    trained = untrained_controller()
+    optimizer = torch.optim.SGD(classifier().parameters(), lr=0.1)
+    assert trained.scheduler(optimizer, 149).schedule.decision_interval == 1
+    assert trained.scheduler(optimizer, 1).schedule.decision_interval == 1
+    assert trained.scheduler(optimizer, 20_000).schedule.decision_interval == 200
 
 
 def test_every_saved_learner_loads_as_a_scheduler_with_weights_only(tmp_path):
@@ -153,6 +172,9 @@ def test_a_policy_that_reads_the_validation_loss_needs_it_at_every_decision():
     scheduler = trained.scheduler(optimizer, 50)
     with pytest.raises(ValueError, match="validation_loss"):
         scheduler.step(0.7)
+    with pytest.raises(ValueError, match="validation_loss must be >= 0"):
+        scheduler.step(0.7, validation_loss=-0.8)
+    assert scheduler.last_epoch == 0  # refused steps change nothing
     scheduler.step(0.7, validation_loss=0.8)
     assert scheduler.last_epoch == 1
 
@@ -175,11 +197,28 @@ def test_bad_input_is_refused_by_name_before_any_step(tmp_path):
         controllers.load_controller(path, 3)
     with pytest.raises(FileNotFoundError):
         controllers.load_controller(tmp_path / "missing.pt")
-    scheduler = trained.scheduler(optimizer, 10)
+    with pytest.raises(TypeError, match="path"):
+        controllers.load_controller(None)
+    scheduler = trained.scheduler(optimizer, 10, loss_average="interval")
     with pytest.raises(FloatingPointError, match="non-finite"):
         scheduler.step(float("nan"))
+    with pytest.raises(ValueError, match="loss must be >= 0"):
+        scheduler.step(-1.0)
+    for bad in ("abc", None, True, torch.ones(2)):
+        with pytest.raises(TypeError, match="loss must be a number"):
+            scheduler.step(bad)
+    assert scheduler.last_epoch == 0 and scheduler.interval_losses == []  # nothing refused was counted
+    for bad_action in (1.7, [], [0, 1], None, 5):
+        refusing = rc.PolicyScheduler(optimizer, lambda observations, a=bad_action: a, scheduler.schedule)
+        with pytest.raises(ValueError, match="act"):
+            refusing.step(0.5)
+    with pytest.raises(ValueError, match="state must be a PolicyScheduler.state_dict"):
+        scheduler.load_state_dict({})
+    for key, value in (("last_lr", [-1.0]), ("last_epoch", -5), ("lr_index", 99)):
+        with pytest.raises(ValueError, match=key):
+            scheduler.load_state_dict({**scheduler.state_dict(), key: value})
     raw = replace(engine.Config.from_dict(trained.run_config).schedule, features="raw", lr_factors=(), reward="training")
-    with pytest.raises(ValueError, match="scale-free"):
+    with pytest.raises(ValueError, match="log features"):
         rc.PolicyScheduler(optimizer, trained.act(), raw)
     with pytest.raises(TypeError, match="act"):
         rc.PolicyScheduler(optimizer, None, engine.Config.from_dict(trained.run_config).schedule)
