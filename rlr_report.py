@@ -221,6 +221,59 @@ def plot_intervals(summary: pd.DataFrame, title: str, xlabel: str = "test MSE") 
     return fig
 
 
+SUMMARY_KINDS = {"original": ("the original's methods", "tab:gray"), "schedule": ("tuned schedules", "tab:blue"),
+                 "lr_free": ("learning-rate-free optimisers, tuned", "tab:green"),
+                 "agent": ("RL agents learning within the run, tuned", "tab:orange"),
+                 "controller": ("learned controllers, trained once, frozen", "tab:red"),
+                 "pbt": ("Population Based Training", "tab:purple")}
+"""The summary figure's groups, in reading order, with their legend label and colour."""
+
+
+def plot_summary(rows: pd.DataFrame, references: Sequence[str], headroom: dict | None, title: str,
+                 xlabel: str = "test MSE") -> plt.Figure:
+    """Every method at a glance: geometric mean over seeds with its CI (columns 'geometric mean', 'gm CI
+    low', 'gm CI high'), one row per method, grouped and coloured by 'kind' (SUMMARY_KINDS order, best
+    first within a group), a method's 'note' (e.g. its compute) after its name; the references drawn as
+    dashed vertical lines through every group; headroom ({'label', 'low', 'high'}), the per-run pick's CI,
+    shaded across the figure."""
+    unknown = sorted(set(rows["kind"]) - set(SUMMARY_KINDS))
+    if unknown:
+        raise ValueError(f"rows: unknown kind(s) {unknown}; known: {list(SUMMARY_KINDS)}")
+    missing = [label for label in references if label not in set(rows["method"])]
+    if missing:
+        raise ValueError(f"references {missing} are not rows of the figure")
+    ordered = pd.concat([rows[rows["kind"] == kind].sort_values("geometric mean") for kind in SUMMARY_KINDS
+                         if (rows["kind"] == kind).any()], ignore_index=True)
+    fig, ax = plt.subplots(figsize=(9, 2.6 + 0.3 * len(ordered)))
+    y = np.arange(len(ordered))
+    if headroom is not None:
+        ax.axvspan(headroom["low"], headroom["high"], color="gold", alpha=0.3, label=headroom["label"])
+    for kind, (label, colour) in SUMMARY_KINDS.items():
+        part = ordered[ordered["kind"] == kind]
+        if part.empty:
+            continue
+        errors = [part["geometric mean"] - part["gm CI low"], part["gm CI high"] - part["geometric mean"]]
+        ax.errorbar(part["geometric mean"], part.index, xerr=errors, fmt="o", ms=5, capsize=3, color=colour, label=label)
+    for style, reference in zip(("--", ":", "-."), references):
+        value = float(ordered.loc[ordered["method"] == reference, "geometric mean"].iloc[0])
+        ax.axvline(value, color="black", ls=style, lw=0.9, label=f"reference: {reference}")
+    names = [f"{method} ({note})" if isinstance(note, str) and note else method
+             for method, note in zip(ordered["method"], ordered.get("note", [""] * len(ordered)))]
+    ax.set_yticks(y, names, fontsize=8)
+    for tick, method in zip(ax.get_yticklabels(), ordered["method"]):
+        tick.set_fontweight("bold" if method in references else "normal")
+    for boundary in np.flatnonzero(ordered["kind"].to_numpy()[1:] != ordered["kind"].to_numpy()[:-1]):
+        ax.axhline(boundary + 0.5, color="0.8", lw=0.6)  # between two groups
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{xlabel} (geometric mean over seeds, 95% bootstrap CI; log scale, lower is better)")
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.4, -0.07), ncol=2, frameon=False)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_lr_trajectories(schedules: dict[str, Sequence[RunResult]], agents: dict[str, Sequence[RunResult]],
                          title: str, lr_range: tuple[float, float]) -> plt.Figure:
     """Learning rate per step, median over seeds with IQR band (log-log): schedules dashed, agents

@@ -233,6 +233,40 @@ def transfer_markdown(results: Path) -> str:
     return "\n\n".join([*parts, controllers["reading"]])
 
 
+FROZEN_AGENT = "DQN greedy policy, frozen after training"
+"""Notebook 04's described agent replayed frozen: one of the original's methods in the summary figure."""
+
+
+def summary_figure_rows(results: Path) -> pd.DataFrame:
+    """The summary figure's rows from notebooks 04 and 06's results: every method of the verdict at its pick
+    (not the smaller budget's), its kind (rlr_report.SUMMARY_KINDS: the original's methods, the registry's
+    schedules, learning-rate-free optimisers and agents, the learned controllers, PBT) and a note where it
+    paid other compute or ran on other seeds."""
+    results = Path(results)
+    for name, notebook in (("benchmark_summary.json", "04_benchmark"), ("pbt_summary.json", "06_pbt")):
+        if not (results / name).is_file():
+            raise FileNotFoundError(f"results: {results / name} is missing: run notebook {notebook} first")
+    bench, pbt = read_json(results / "benchmark_summary.json"), read_json(results / "pbt_summary.json")
+    kinds = {study.BASELINE: "original", FROZEN_AGENT: "original", **{label: "original" for label in study.ORIGINAL_AGENTS},
+             **{study.tuned_label(name): family.kind for name, family in study.FAMILIES.items()},
+             **{label: "controller" for label in bench["controllers"]["labels"]}}
+    columns = ["method", "geometric mean", "gm CI low", "gm CI high", "seeds"]
+    test = pd.DataFrame(bench["summaries"]["test_mse"])
+    rows = test[test["method"].isin(kinds)][columns].assign(kind=lambda table: table["method"].map(kinds), note="")
+    pbt_row = pd.DataFrame(pbt["summaries"]["test_mse"]).set_index("method").loc[[pbt["labels"]["pbt"]]].reset_index()
+    pbt_row = pbt_row[columns].assign(kind="pbt", note=f"{pbt['pbt']['population']} times the optimiser steps, "
+                                                       f"{int(pbt_row['seeds'].iloc[0])} seeds")
+    return pd.concat([rows, pbt_row], ignore_index=True)
+
+
+def summary_figure_headroom(results: Path) -> dict:
+    """Notebook 04's headroom (the per-seed pick among the schedules on validation) as the figure's band."""
+    headroom = read_json(Path(results) / "benchmark_summary.json")["headroom"]
+    row = pd.DataFrame(headroom["summary"]).set_index("method").loc[headroom["label"]]
+    return {"label": f"headroom: {headroom['label']}, that many runs' compute", "low": float(row["gm CI low"]),
+            "high": float(row["gm CI high"])}
+
+
 SUMMARIES: dict[str, dict[str, Callable[[Path], str]]] = {
     "03_comparison": {"one-run": one_run_markdown},
     "04_benchmark": {"verdict": verdict_markdown, "headline": headline_markdown},

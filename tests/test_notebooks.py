@@ -42,11 +42,12 @@ SMALL_PARAMETERS = {
                     "n_heldout_examples": 64, "tuning_budget": 2, "progress": False},
     "06_pbt": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 2, "steps": 40, "n_heldout_examples": 32,
                "population": 4, "perturbation_interval": 10, "progress": False},
+    "08_summary": {},
 }
 EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
                     "03_comparison_passes", "03_comparison_steps", "04_budget_curves", "04_test_mse_intervals", "04_loss_curves",
                     "04_lr_trajectories", "04_controller_training", "04_controller_curves", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
-                    "05_lr_trajectories_degree6", "05_controllers_test_mse_intervals", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr"]
+                    "05_lr_trajectories_degree6", "05_controllers_test_mse_intervals", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr", "08_summary"]
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,18 @@ def test_committed_notebook_was_executed_in_order_without_errors(name):
               if output.output_type == "error"]
     assert not errors
     assert "parameters" in notebook.metadata.get("papermill", {}), "run it with papermill (make reproduce)"
+
+
+def test_the_summary_figure_draws_every_method_of_04_and_06_once(executed):
+    """Notebook 08's table is every verdict method at its pick (no smaller-budget rows) and PBT, each with
+    its kind, recomputed here from the small run's results."""
+    import rlr_summaries
+
+    results = executed["results"]
+    drawn = pd.read_csv(results / "summary_figure.csv", keep_default_na=False)
+    expected = rlr_summaries.summary_figure_rows(results)
+    assert list(drawn["method"]) == list(expected["method"]) and drawn["method"].is_unique
+    assert not drawn["method"].str.contains("best of").any()
+    assert set(drawn["kind"]) == {"original", "schedule", "lr_free", "agent", "controller", "pbt"}
+    assert (drawn.loc[drawn["kind"] == "pbt", "note"].str.contains("times the optimiser steps")).all()
+    np.testing.assert_allclose(drawn["geometric mean"], expected["geometric mean"], rtol=1e-12)
