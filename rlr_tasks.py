@@ -357,6 +357,10 @@ def setup_run(seed: int, config: MNIST1DConfig, dtype: torch.dtype, device: str 
     return RunSetup(config, dtype, device, splits, model, batches)
 
 
+CONTROLLERS = (rlr_core.PolicyScheduler, rlr_core.RLRScheduler)
+"""Schedulers stepped with the loss before the step they set the lr of (train_mnist1d)."""
+
+
 def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 1e-3, *,
                   make_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
                   make_optimizer: Callable[[Any, float], torch.optim.Optimizer] = rlr_core.make_adam,
@@ -366,7 +370,9 @@ def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 
 
     lr: one number (constant, or the start of make_scheduler(optimizer), a torch.optim.lr_scheduler
     stepped after every step; ReduceLROnPlateau gets the mini-batch loss) or a schedule [steps] written
-    into the optimiser before each step. Series per step: 'loss', the mini-batch cross-entropy at the
+    into the optimiser before each step. A controller stepped with the loss (CONTROLLERS: a frozen learned
+    controller's rlr_core.PolicyScheduler, or rlr_core.RLRScheduler) sees each mini-batch loss before the step
+    that uses it: step(L_0) picks the first lr, step(L_t) after t updates the next, as in its own loop. Series per step: 'loss', the mini-batch cross-entropy at the
     weights the step's gradient is taken at, and 'lr', the lr the step used. A non-finite loss stops the
     run there: diverged_at is that step and the series stop before it (the rlr_engine convention). An
     optimiser with train()/eval() modes (schedule-free) steps in train mode and the returned model holds
@@ -384,6 +390,7 @@ def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 
     optimizer = make_optimizer(model.parameters(), float(lrs[0]))
     scheduler = make_scheduler(optimizer) if make_scheduler is not None else None
     wants_loss = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    controlled = isinstance(scheduler, CONTROLLERS)
     has_modes = callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
     if has_modes:
         optimizer.train()
@@ -400,11 +407,13 @@ def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 
         if not math.isfinite(value):
             diverged_at = step
             break
+        if controlled:
+            scheduler.step(value)  # the controller reads L_t, then sets the lr of step t
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses[step], used_lrs[step] = value, optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
+        if scheduler is not None and not controlled:
             scheduler.step(value) if wants_loss else scheduler.step()
     if has_modes:
         optimizer.eval()

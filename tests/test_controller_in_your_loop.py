@@ -222,3 +222,29 @@ def test_bad_input_is_refused_by_name_before_any_step(tmp_path):
         rc.PolicyScheduler(optimizer, trained.act(), raw)
     with pytest.raises(TypeError, match="act"):
         rc.PolicyScheduler(optimizer, None, engine.Config.from_dict(trained.run_config).schedule)
+
+
+def test_a_frozen_controller_steers_an_mnist1d_run_deciding_on_the_mini_batch_losses():
+    """The transfer across tasks: a controller on MNIST-1D's reference loop (mini-batch Adam, cross-entropy)
+    sees each mini-batch loss before the step it sets the lr of; on the mean over its interval here."""
+    import rlr_tasks
+
+    trained, steps = untrained_controller(agent_seed=1), 600
+    config = rlr_tasks.MNIST1DConfig(steps=steps)
+    schedulers = []
+
+    def make_scheduler(optimizer):
+        schedulers.append(trained.scheduler(optimizer, steps, loss_average="interval"))
+        return schedulers[-1]
+    run = rlr_tasks.train_mnist1d(0, config, lr=1e-3, make_scheduler=make_scheduler)
+    scheduler, lrs, losses = schedulers[0], run.series["lr"], run.series["loss"]
+    interval = scheduler.schedule.decision_interval
+    assert scheduler.last_epoch == steps and interval == 6  # 100 decisions, as trained
+    assert len(set(lrs)) > 1 and np.all(np.flatnonzero(np.diff(lrs)) % interval == interval - 1)
+    replay = trained.scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), steps,
+                               loss_average="interval")
+    expected = []
+    for loss in losses:  # the same losses into a second scheduler: the lrs the run used, step by step
+        replay.step(loss)
+        expected.append(replay.get_last_lr()[0])
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12)
