@@ -35,9 +35,9 @@ from readme import NOTEBOOKS  # the notebooks, in order: one list for the README
 
 ROOT = Path(__file__).resolve().parent
 SOURCES = {
-    "headline": ("04_benchmark", "Reading"),
+    "headline": ("04_verdict", "Reading"),
     "one-run": ("03_comparison", None),
-    "verdict": ("04_benchmark", "The-primary-tests"),
+    "verdict": ("04_verdict", "The-primary-tests"),
     "transfer": ("05_transfer", "Reading"),
     "peers": ("06_pbt", None),
     "which-to-use": ("06_pbt", None),

@@ -556,21 +556,28 @@ def train_sb3_controller(config: Config, study: StudyConfig, controller: Control
     return validate_controller(trained, study)
 
 
-def submit_controllers(config: Config, study: StudyConfig, controller: ControllerConfig
-                       ) -> Callable[[], list[TrainedController]]:
-    """Start training every controller: the DQN controller at study.tuning_budget configurations of
-    CONTROLLER_RANGES and each SB3 learner at as many of SB3_RANGES[learner] (scrambled Sobol, each its own
-    draw, as every family), one Ray task per training when Ray is started (peers.submit_tasks: they train
-    while this process goes on). Returns collect(), for choose_controllers."""
-    configurations = methods.sobol_configurations(CONTROLLER_RANGES, study.tuning_budget,
-                                                    methods.family_seed("dqn_controller", study.search_seed))
-    collect_dqn = peers.submit_tasks(train_dqn_controller, [(config, study, controller, params)
-                                                            for params in configurations])
-    collect_sb3 = peers.submit_tasks(train_sb3_controller, [
-        (config, study, controller, learner, params) for learner in SB3_LEARNERS
+def submit_controllers(config: Config, study: StudyConfig, controller: ControllerConfig,
+                       learners: Sequence[str] = ("dqn", *SB3_LEARNERS)) -> Callable[[], list[TrainedController]]:
+    """Start training every controller of the learners named: the DQN controller ('dqn') at
+    study.tuning_budget configurations of CONTROLLER_RANGES and each SB3 learner at as many of
+    SB3_RANGES[learner] (scrambled Sobol, each its own draw, as every family), one Ray task per training when
+    Ray is started (peers.submit_tasks: they train while this process goes on, in the order submitted).
+    Returns collect(), for choose_controllers."""
+    learners = list(learners)
+    unknown = sorted(set(learners) - {"dqn", *SB3_LEARNERS})
+    if unknown or not learners or len(set(learners)) != len(learners):
+        raise ValueError(f"learners must name some of {['dqn', *SB3_LEARNERS]} once each, got {learners!r}")
+    collects = []
+    if "dqn" in learners:
+        configurations = methods.sobol_configurations(CONTROLLER_RANGES, study.tuning_budget,
+                                                      methods.family_seed("dqn_controller", study.search_seed))
+        collects.append(peers.submit_tasks(train_dqn_controller, [(config, study, controller, params)
+                                                                  for params in configurations]))
+    collects.append(peers.submit_tasks(train_sb3_controller, [
+        (config, study, controller, learner, params) for learner in SB3_LEARNERS if learner in learners
         for params in methods.sobol_configurations(SB3_RANGES[learner], study.tuning_budget,
-                                                   methods.family_seed(learner, study.search_seed))])
-    return lambda: collect_dqn() + collect_sb3()
+                                                   methods.family_seed(learner, study.search_seed))]))
+    return lambda: [trained for collect in collects for trained in collect()]
 
 
 def choose_controllers(candidates: Sequence[TrainedController], study: StudyConfig

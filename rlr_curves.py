@@ -14,9 +14,11 @@ the plateau rule -> the controller that is evaluated.
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,6 +27,7 @@ import pandas as pd
 import rlr_controllers as controllers
 import rlr_core as rc
 import rlr_peers as peers
+import rlr_results as results_io
 import rlr_stats as stats
 from rlr_engine import Config
 from rlr_env import train_agent_on_vector_env
@@ -202,3 +205,75 @@ def curve_table(results: Sequence[tuple[controllers.TrainedController, pd.DataFr
     reached = plateau_at(table)
     table["plateau at"] = [reached[int(seed)] for seed in table["agent seed"]]
     return table
+
+
+# ---------------------------------------------------------------------------------------------------
+# Notebook 04's two parts: the controllers' training (04_controllers) read back by the verdict (04_verdict)
+# ---------------------------------------------------------------------------------------------------
+
+TRAINING_FILES = {"record": "controllers_training.json", "controllers": "controllers.pt",
+                  "tuning": "controller_tuning.csv", "curves": "controller_curves.csv"}
+"""What notebook 04_controllers writes into its results folder, and notebook 04_verdict reads."""
+
+
+@dataclass
+class ControllerTraining:
+    """The learned controllers as the verdict takes them: trained, tuned and trained to their curves in
+    notebook 04_controllers, on the same study setup."""
+
+    controller: controllers.ControllerConfig
+    """the controllers' decision interval, actions, tasks and training rounds"""
+    curve: CurveConfig
+    """the learning curves' length, checkpoints and agent seeds"""
+    trained: dict
+    """label -> TrainedController: each learner's pick, the DQN controller as its best curve agent"""
+    tuning: pd.DataFrame
+    """every controller trained in the pools, with its validation MSE (choose_controllers' table)"""
+    curves: pd.DataFrame
+    """every curve agent's checkpoints (curve_table)"""
+    best_agent_seed: int
+    """the curve agent evaluated as the DQN controller (best_agent)"""
+
+
+def save_training(results_dir: str | Path, study: StudyConfig, training: ControllerTraining) -> list[Path]:
+    """Write the controllers (plain tensors, controllers.save_controllers), the two tables and a record of
+    the study setup, configs and evaluated agent (JSON with package versions), each atomically; the record
+    is written last, so a reader never finds a record without its files. Returns the paths written."""
+    folder = Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    controllers.save_controllers(training.trained, folder / TRAINING_FILES["controllers"])
+    results_io.save_table_csv(training.tuning, folder / TRAINING_FILES["tuning"])
+    results_io.save_table_csv(training.curves, folder / TRAINING_FILES["curves"])
+    record = {"study": asdict(study), "controller": asdict(training.controller), "curve": asdict(training.curve),
+              "best_agent_seed": int(training.best_agent_seed), "labels": list(training.trained),
+              "versions": results_io.package_versions()}
+    results_io.atomic_write_text(folder / TRAINING_FILES["record"],
+                                 json.dumps(results_io.json_ready(record), indent=1, allow_nan=False))
+    return [folder / name for name in TRAINING_FILES.values()]
+
+
+def load_training(results_dir: str | Path, study: StudyConfig) -> ControllerTraining:
+    """save_training's files back (controllers read with weights_only=True). FileNotFoundError naming the
+    notebook to run when a file is missing; ValueError when they were trained on another study setup than
+    `study` (naming the fields that differ: the verdict must score controllers tuned on its own tuning
+    seeds, budget and steps) or the files disagree with the record."""
+    folder = Path(results_dir)
+    missing = [name for name in TRAINING_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"results_dir: {missing} missing in {str(folder)!r}: run notebook 04_controllers first")
+    record = json.loads((folder / TRAINING_FILES["record"]).read_text())
+    differing = sorted(name for name, value in asdict(study).items()  # the smaller budget's pick is the verdict's alone
+                       if name != "shown_budget" and record["study"].get(name) != value)
+    if differing:
+        changes = ", ".join(f"{name}: {record['study'].get(name)!r} there, {getattr(study, name)!r} here"
+                            for name in differing)
+        raise ValueError(f"the controllers in {str(folder)!r} were trained on another study setup ({changes}): "
+                         "run notebook 04_controllers with the same parameters")
+    trained = controllers.load_controllers(folder / TRAINING_FILES["controllers"])
+    if list(trained) != record["labels"]:
+        raise ValueError(f"{TRAINING_FILES['controllers']} holds {list(trained)}, the record names {record['labels']}")
+    controller = controllers.ControllerConfig(**{**record["controller"],
+                                                 **{name: tuple(record["controller"][name]) for name in ("lr_factors", "lr_range")}})
+    curve = CurveConfig(**{**record["curve"], "agent_seeds": tuple(record["curve"]["agent_seeds"])})
+    return ControllerTraining(controller, curve, trained, pd.read_csv(folder / TRAINING_FILES["tuning"]),
+                              pd.read_csv(folder / TRAINING_FILES["curves"]), int(record["best_agent_seed"]))

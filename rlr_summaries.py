@@ -243,7 +243,7 @@ def summary_figure_rows(results: Path) -> pd.DataFrame:
     schedules, learning-rate-free optimisers and agents, the learned controllers, PBT) and a note where it
     paid other compute or ran on other seeds."""
     results = Path(results)
-    for name, notebook in (("benchmark_summary.json", "04_benchmark"), ("pbt_summary.json", "06_pbt")):
+    for name, notebook in (("benchmark_summary.json", "04_verdict"), ("pbt_summary.json", "06_pbt")):
         if not (results / name).is_file():
             raise FileNotFoundError(f"results: {results / name} is missing: run notebook {notebook} first")
     bench, pbt = read_json(results / "benchmark_summary.json"), read_json(results / "pbt_summary.json")
@@ -269,7 +269,7 @@ def summary_figure_headroom(results: Path) -> dict:
 
 SUMMARIES: dict[str, dict[str, Callable[[Path], str]]] = {
     "03_comparison": {"one-run": one_run_markdown},
-    "04_benchmark": {"verdict": verdict_markdown, "headline": headline_markdown},
+    "04_verdict": {"verdict": verdict_markdown, "headline": headline_markdown},
     "05_transfer": {"transfer": transfer_markdown},
     "06_pbt": {"peers": peers_markdown, "which-to-use": which_to_use_markdown,
                "tuned-families": tuned_families_markdown},

@@ -77,11 +77,11 @@ def test_home_and_verdict_pages_state_the_verdict_and_are_screenshotted(browser,
     navigation = set(home.evaluate("Array.from(document.querySelectorAll('nav.site a')).map(a => a.getAttribute('href'))"))
     assert {f"{name}.html" for name in [*build_site.doc_pages(), *build_site.NOTEBOOKS, "original"]} <= navigation
     home.screenshot(path=str(SCREENSHOTS / "site_home.png"))
-    verdict, _ = open_page(browser, (built_site / "04_benchmark.html").as_uri())
+    verdict, _ = open_page(browser, (built_site / "04_verdict.html").as_uri())
     headers = verdict.evaluate("Array.from(document.querySelectorAll('th')).map(t => t.innerText.trim())")
     from test_provenance import KNOWN_STALE
 
-    if "04_benchmark" not in KNOWN_STALE:  # a stale notebook 04 is committed without outputs (its tables wait)
+    if "04_verdict" not in KNOWN_STALE:  # a stale notebook 04 is committed without outputs (its tables wait)
         assert {"Holm p", "agent is", "outcome"} <= set(headers), "the verdict tables are on the verdict page"
     verdict.locator("#The-primary-tests").scroll_into_view_if_needed()
     verdict.screenshot(path=str(SCREENSHOTS / "site_verdict.png"))
