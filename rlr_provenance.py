@@ -478,11 +478,16 @@ def status_lines(root: Path = ROOT) -> Iterator[str]:
             yield f"{name}: stale: {describe_changes(changed_inputs(name, root))}"
 
 
-def durations(root: Path = ROOT) -> dict[str, float]:
-    """Seconds each committed notebook ran: papermill's own record in the notebook's metadata."""
-    seconds = {}
+def durations(root: Path = ROOT) -> dict[str, float | None]:
+    """Seconds each committed notebook ran: papermill's own record in the notebook's metadata; None for a
+    notebook that make reproduce has not run yet (a new one: no record, no papermill metadata). A record
+    without a duration, or a duration that is not a number, is an error."""
+    seconds: dict[str, float | None] = {}
     for name in notebook_names(root):
         metadata = json.loads(notebook_path(name, root).read_text()).get("metadata", {})
+        if "papermill" not in metadata and load_record(name, root) is None:
+            seconds[name] = None
+            continue
         duration = metadata.get("papermill", {}).get("duration")
         if not isinstance(duration, (int, float)):
             raise ValueError(f"{name}.ipynb has no papermill duration: it was not executed by make reproduce")
@@ -491,10 +496,12 @@ def durations(root: Path = ROOT) -> dict[str, float]:
 
 
 def durations_markdown(root: Path = ROOT) -> str:
-    """The README's durations block: a table of seconds per notebook and the total."""
+    """The README's durations block: a table of seconds per notebook and the total of those that ran."""
     seconds = durations(root)
-    rows = "\n".join(f"| {name}.ipynb | {value:.0f} |" for name, value in seconds.items())
-    return (f"| notebook | seconds |\n|---|---|\n{rows}\n\nAll {len(seconds)}: {sum(seconds.values()) / 60:.1f} minutes "
+    ran = {name: value for name, value in seconds.items() if value is not None}
+    rows = "\n".join(f"| {name}.ipynb | {'not run yet' if value is None else f'{value:.0f}'} |"
+                     for name, value in seconds.items())
+    return (f"| notebook | seconds |\n|---|---|\n{rows}\n\nAll {len(ran)} that ran: {sum(ran.values()) / 60:.1f} minutes "
             "of notebook execution in the committed `make reproduce` (papermill's own record in each notebook).")
 
 

@@ -346,3 +346,20 @@ def test_papermill_rewriting_a_notebook_keeps_its_code_cells(tmp_path):
     papermill.execute_notebook(original, tmp_path / "notebooks" / original.name, prepare_only=True,
                                parameters={"results_dir": str(tmp_path)}, progress_bar=False)
     assert provenance.code_cells("03_comparison", tmp_path) == before
+
+
+def test_durations_list_a_notebook_not_run_yet_and_refuse_a_run_without_its_duration(tmp_path):
+    import nbformat
+
+    (tmp_path / "notebooks").mkdir()
+    ran, new = nbformat.v4.new_notebook(), nbformat.v4.new_notebook()
+    ran.metadata["papermill"] = {"duration": 90.0}
+    nbformat.write(ran, tmp_path / "notebooks" / "01_ran.ipynb")
+    nbformat.write(new, tmp_path / "notebooks" / "02_new.ipynb")
+    assert provenance.durations(tmp_path) == {"01_ran": 90.0, "02_new": None}
+    block = provenance.durations_markdown(tmp_path)
+    assert "| 02_new.ipynb | not run yet |" in block and "All 1 that ran: 1.5 minutes" in block
+    new.metadata["papermill"] = {"duration": None}  # papermill ran it, but no duration was recorded
+    nbformat.write(new, tmp_path / "notebooks" / "02_new.ipynb")
+    with pytest.raises(ValueError, match="02_new.ipynb has no papermill duration"):
+        provenance.durations(tmp_path)
