@@ -169,3 +169,54 @@ def test_learning_curves_refuse_bad_input_before_training():
         curves.train_to_checkpoints(config, setup, controller, PARAMS, {"episodes": 4}, 0)
     with pytest.raises(TypeError, match="controller must be a ControllerConfig"):
         curves.submit_learning_curves(config, setup, None, PARAMS, curve)
+
+
+def fake_training(agent_seeds=(0, 1)) -> curves.ControllerTraining:
+    """A ControllerTraining of untrained but real controllers (a seeded DQN's weights), made in a second."""
+    import rlr_core as rc
+    from dataclasses import asdict
+
+    controller = controllers.ControllerConfig(decision_interval=10, n_envs=2, training_rounds=1)
+    run_config = engine.Config().with_overrides({"schedule": asdict(controller.schedule(40)),
+                                                 "dqn": controllers.CONTROLLER_DQN})
+    agent = rc.DQNAgent(run_config.schedule.state_dim, run_config.schedule.n_actions, run_config.dqn, 0)
+    episodes = pd.DataFrame({"episode": [0], "round": [0], "seed": [3000], "return": [0.5], "diverged": [False]})
+    trained = {controllers.DQN_CONTROLLER: controllers.TrainedController(
+        controllers.DQN_CONTROLLER, "dqn", run_config.to_dict(), controllers.policy_weights(agent), episodes, 1.0,
+        dict(PARAMS), [1e-4, 2e-4])}
+    tuning = pd.DataFrame({"controller": [controllers.DQN_CONTROLLER], "configuration": [0], "validation MSE": [1.4e-4],
+                           "chosen": [True]})
+    curve_rows = pd.DataFrame({"agent seed": list(agent_seeds), "episodes": [2] * len(agent_seeds),
+                               "validation MSE": [1e-4] * len(agent_seeds), "plateau at": [np.nan] * len(agent_seeds)})
+    return curves.ControllerTraining(controller, curves.CurveConfig(4, 2, tuple(agent_seeds)), trained, tuning,
+                                     curve_rows, agent_seeds[-1])
+
+
+def test_part_one_saves_what_part_two_loads_and_refuses_another_setup(tmp_path):
+    setup = tiny()[0]
+    training = fake_training()
+    written = curves.save_training(tmp_path, setup, training)
+    assert sorted(path.name for path in written) == sorted(curves.TRAINING_FILES.values())
+    loaded = curves.load_training(tmp_path, setup)
+    assert loaded.controller == training.controller and loaded.curve == training.curve
+    assert loaded.best_agent_seed == training.best_agent_seed and list(loaded.trained) == list(training.trained)
+    for name, tensor in training.trained[controllers.DQN_CONTROLLER].policy.items():
+        assert np.array_equal(loaded.trained[controllers.DQN_CONTROLLER].policy[name].numpy(), tensor.numpy())
+    pd.testing.assert_frame_equal(loaded.tuning, training.tuning)
+    from dataclasses import replace
+    assert curves.load_training(tmp_path, replace(setup, shown_budget=1)).best_agent_seed == training.best_agent_seed
+    with pytest.raises(ValueError, match=r"another study setup \(steps: 40 there, 80 here\)"):
+        curves.load_training(tmp_path, replace(setup, steps=80))
+    (tmp_path / curves.TRAINING_FILES["curves"]).unlink()
+    with pytest.raises(FileNotFoundError, match="run notebook 04_controllers first"):
+        curves.load_training(tmp_path, setup)
+
+
+def test_the_controllers_submitted_are_the_learners_named():
+    setup, config, controller = tiny()
+    with pytest.raises(ValueError, match="learners must name"):
+        controllers.submit_controllers(config, setup, controller, ["dqn", "dqn"])
+    with pytest.raises(ValueError, match="learners must name"):
+        controllers.submit_controllers(config, setup, controller, ["a2c"])
+    with pytest.raises(ValueError, match="learners must name"):
+        controllers.submit_controllers(config, setup, controller, [])
