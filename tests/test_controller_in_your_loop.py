@@ -54,18 +54,25 @@ def classifier(seed: int = 0) -> nn.Module:
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, steps: int, data) -> list[float]:
-    """An ordinary loop: full-batch cross-entropy, scheduler.step(loss) after every optimizer.step()."""
+    """An ordinary loop: full-batch cross-entropy, scheduler.step(loss, validation_loss) after every
+    optimizer.step() (the validation loss on a held-out half, for controllers whose state reads it)."""
     inputs, labels = data
-    loss = nn.functional.cross_entropy(model(inputs), labels)
-    scheduler.step(loss.item())
+    half = len(inputs) // 2
+
+    def losses() -> tuple[torch.Tensor, float]:
+        with torch.no_grad():
+            validation = nn.functional.cross_entropy(model(inputs[half:]), labels[half:]).item()
+        return nn.functional.cross_entropy(model(inputs[:half]), labels[:half]), validation
+    loss, validation = losses()
+    scheduler.step(loss.item(), validation_loss=validation)
     lrs = []
     for _ in range(steps):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         lrs.append([group["lr"] for group in optimizer.param_groups])
-        loss = nn.functional.cross_entropy(model(inputs), labels)
-        scheduler.step(loss.item())
+        loss, validation = losses()
+        scheduler.step(loss.item(), validation_loss=validation)
     return lrs
 
 
@@ -154,7 +161,7 @@ def test_a_state_dict_resumes_the_run_where_it_stopped(tmp_path):
     torch.save(first.state_dict(), tmp_path / "scheduler.pt")
     resumed = trained.scheduler(optimizer, 100, loss_average="interval")
     resumed.load_state_dict(torch.load(tmp_path / "scheduler.pt", weights_only=True))
-    inputs, labels = data
+    inputs, labels = data[0][:len(data[0]) // 2], data[1][:len(data[0]) // 2]  # train()'s training half
     rest = []
     for _ in range(50):  # the loop goes on where `half` stopped (its last step(loss) already taken)
         optimizer.zero_grad()

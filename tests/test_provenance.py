@@ -39,13 +39,10 @@ def test_committed_results_come_from_the_current_code(name):
 
 
 KNOWN_STALE: dict[str, str] = {
-    "04_controllers": (
-        "new: notebook 04's first part, the learned controllers' training split out of the verdict so that each "
-        "part fits one sitting of `make reproduce` (part 1 about 100 minutes on 2 cores, measured per training); "
-        "not yet run in full"),
     "04_verdict": (
-        "renamed from 04_benchmark when its controllers' training moved to 04_controllers; the results below "
-        "are 04_benchmark's. "
+        "renamed from 04_benchmark when its controllers' training moved to 04_controllers (whose first full run "
+        "is committed, fresh); the results below are 04_benchmark's, and the controllers they scored are not "
+        "the ones in results/controllers.pt now. "
         "results of the first full run of issue 22's protocol (the code of fd27ef1, committed in bd3a4b0); issue "
         "23's controller changes "
         "(learning curves of the chosen DQN configuration, SB3's PPO and DQN tuned, the validation loss in state "
@@ -89,7 +86,7 @@ KNOWN_READS = {
                                                               "rl_described", "rl_as_coded")
                       for suffix in ("json", "npz")},
     "04_verdict": {"results/rl_described.json", "results/rl_described.npz", "results/controllers.pt",
-                   "results/controller_tuning.csv"},
+                   "results/controller_tuning.csv", "results/controller_curves.csv", "results/controllers_training.json"},
     "05_transfer": {"results/benchmark_summary.json", "results/controllers.pt"},
     "06_pbt": {"results/benchmark_summary.json", "results/benchmark_runs.csv"},
 }
