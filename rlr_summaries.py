@@ -197,7 +197,8 @@ def which_to_use_markdown(results: Path) -> str:
          "ratio of geometric means to the tuned constant lr": report.fold(agents[0]["vs tuned constant"]), "use": agents[0]["use it"]},
         {"when": "a controller trained once, reused frozen", "method": controller, "test MSE": test[controller],
          "ratio of geometric means to the tuned constant lr": report.fold(test[study.TUNED] / test[controller]),
-         "use": "`rlr_controllers.load_controller(\"results/controllers.pt\").scheduler(optimizer, steps)`"}])
+         "use": "`rlr_controllers.load_controller(\"results/controllers.pt\").scheduler(optimizer, steps)`, stepped "
+                "with the loss (and the validation loss where its state reads it)"}])
     table["test MSE"] = table["test MSE"].map(lambda value: f"{value:.2e}")
     return report.markdown_table(table)
 
