@@ -38,6 +38,7 @@ import rlr_core
 from rlr_config import (DTYPES, check_device, check_int, check_seed, check_seeds, check_sequence,
                         global_rng_preserved)
 from rlr_results import RunResult
+from rlr_batched import OwnOptimizers
 from rlr_stacked import BatchedAdam, StackedModel
 
 N_FEATURES = 40
@@ -361,6 +362,30 @@ CONTROLLERS = (rlr_core.PolicyScheduler, rlr_core.RLRScheduler)
 """Schedulers stepped with the loss before the step they set the lr of (train_mnist1d)."""
 
 
+def reads_validation(controller: Any) -> bool:
+    """Whether a controller's state reads the validation loss (schedule.features == 'validation')."""
+    return getattr(getattr(controller, "schedule", None), "features", None) == "validation"
+
+
+def deciding_on_validation(controller: Any) -> bool:
+    """Whether the controller's next step(...) is a decision that reads the validation loss: the loops then
+    score the validation split (its mean cross-entropy) at the current weights, and only then."""
+    return (reads_validation(controller) and controller.last_epoch < controller.schedule.steps
+            and rlr_core.is_decision_step(controller.last_epoch, controller.schedule))
+
+
+def check_run_options(lr: Any, make_scheduler: Any, method: Any) -> bool:
+    """train_mnist1d's options checked before any work; returns whether lr is one number (a constant)."""
+    constant = np.ndim(lr) == 0 and not isinstance(lr, (str, bytes))
+    if make_scheduler is not None and not callable(make_scheduler):
+        raise TypeError(f"make_scheduler must be callable(optimizer) or None, got {type(make_scheduler).__name__}")
+    if make_scheduler is not None and not constant:
+        raise ValueError("with make_scheduler, lr must be one number (the scheduler's starting lr)")
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"method must be a non-empty string (the result's name), got {method!r}")
+    return constant
+
+
 def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 1e-3, *,
                   make_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
                   make_optimizer: Callable[[Any, float], torch.optim.Optimizer] = rlr_core.make_adam,
@@ -372,25 +397,23 @@ def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 
     stepped after every step; ReduceLROnPlateau gets the mini-batch loss) or a schedule [steps] written
     into the optimiser before each step. A controller stepped with the loss (CONTROLLERS: a frozen learned
     controller's rlr_core.PolicyScheduler, or rlr_core.RLRScheduler) sees each mini-batch loss before the step
-    that uses it: step(L_0) picks the first lr, step(L_t) after t updates the next, as in its own loop. Series per step: 'loss', the mini-batch cross-entropy at the
+    that uses it: step(L_0) picks the first lr, step(L_t) after t updates the next, as in its own loop; one
+    whose state reads the validation loss also gets, at each decision, the validation split's mean
+    cross-entropy at the current weights. Series per step: 'loss', the mini-batch cross-entropy at the
     weights the step's gradient is taken at, and 'lr', the lr the step used. A non-finite loss stops the
     run there: diverged_at is that step and the series stop before it (the rlr_engine convention). An
     optimiser with train()/eval() modes (schedule-free) steps in train mode and the returned model holds
     its eval-mode weights.
     """
-    constant = np.ndim(lr) == 0 and not isinstance(lr, (str, bytes))
-    if make_scheduler is not None and not callable(make_scheduler):
-        raise TypeError(f"make_scheduler must be callable(optimizer) or None, got {type(make_scheduler).__name__}")
-    if make_scheduler is not None and not constant:
-        raise ValueError("with make_scheduler, lr must be one number (the scheduler's starting lr)")
-    if not isinstance(method, str) or not method:
-        raise ValueError(f"method must be a non-empty string (the result's name), got {method!r}")
+    constant = check_run_options(lr, make_scheduler, method)
     lrs = lr_table(lr, 1, check_config(config).steps)[0]
     config, dtype, device, splits, model, batch_stream = setup_run(seed, config, dtype, device)
     optimizer = make_optimizer(model.parameters(), float(lrs[0]))
     scheduler = make_scheduler(optimizer) if make_scheduler is not None else None
     wants_loss = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     controlled = isinstance(scheduler, CONTROLLERS)
+    if controlled and reads_validation(scheduler) and config.n_validation == 0:
+        raise ValueError("the controller's state reads the validation loss: config.n_validation must be > 0")
     has_modes = callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
     if has_modes:
         optimizer.train()
@@ -407,8 +430,9 @@ def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 
         if not math.isfinite(value):
             diverged_at = step
             break
-        if controlled:
-            scheduler.step(value)  # the controller reads L_t, then sets the lr of step t
+        if controlled:  # the controller reads L_t (and V_t at its decisions where it reads it), then sets the lr of step t
+            validation = cross_entropy(model, *splits.validation) if deciding_on_validation(scheduler) else None
+            scheduler.step(value, validation) if validation is not None else scheduler.step(value)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -429,58 +453,183 @@ def per_run_cross_entropy(labels: torch.Tensor) -> Callable[[torch.Tensor], torc
                                           reduction="none").view(labels.shape).mean(dim=1)
 
 
-def stack_runs(seeds: list[int], config: MNIST1DConfig, dtype: torch.dtype, device: str | torch.device
-               ) -> tuple[torch.device, torch.Tensor, torch.Tensor, StackedModel, list[MiniBatches]]:
-    """Each run's setup_run (so run k is the reference run of seeds[k]), stacked: training inputs and
-    labels as rows [K * n_train, ...] (run k's rows start at k * n_train), the K models, the K streams."""
+class StackedRuns(NamedTuple):
+    """K runs' setup_run, stacked: training inputs and labels as rows [K * n_train, ...] (run k's rows start at
+    k * n_train), validation inputs [K, n_validation, 40] and labels [K, n_validation], the K models as one
+    StackedModel, and the K batch streams."""
+
+    device: torch.device
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    validation_x: torch.Tensor
+    validation_y: torch.Tensor
+    net: StackedModel
+    streams: list[MiniBatches]
+
+
+def stack_runs(seeds: list[int], config: MNIST1DConfig, dtype: torch.dtype, device: str | torch.device) -> StackedRuns:
+    """Each run's setup_run (so run k is the reference run of seeds[k]), stacked (StackedRuns)."""
     runs = [setup_run(seed, config, dtype, device) for seed in seeds]
-    device = runs[0].device
-    inputs = torch.cat([run.splits.train.x for run in runs])
-    labels = torch.cat([run.splits.train.y for run in runs])
-    net = StackedModel([run.model for run in runs], dtype, device)
-    return device, inputs, labels, net, [run.batches for run in runs]
+    return StackedRuns(runs[0].device, torch.cat([run.splits.train.x for run in runs]),
+                       torch.cat([run.splits.train.y for run in runs]),
+                       torch.stack([run.splits.validation.x for run in runs]),
+                       torch.stack([run.splits.validation.y for run in runs]),
+                       StackedModel([run.model for run in runs], dtype, device), [run.batches for run in runs])
+
+
+class TableLrs:
+    """The lr source of plain batched runs: BatchedAdam at row t of a table [K, steps] of learning rates."""
+
+    def __init__(self, table: np.ndarray, stacked: StackedRuns) -> None:
+        self.lrs_by_step = torch.from_numpy(table.T.copy()).to(stacked.device)  # [steps, K]
+        self.grad, self.optimizer = stacked.net.grad, BatchedAdam(stacked.net.params, stacked.net.rows_of)
+
+    def step(self, step: int, losses: torch.Tensor, alive: np.ndarray, used_lrs: np.ndarray) -> None:
+        used_lrs[step] = self.lrs_by_step[step].cpu().numpy()
+        self.optimizer.step(self.grad, self.lrs_by_step[step])
+
+
+class ControllerLrs:
+    """The lr source of controlled batched runs: run k's lr is its own controller's (make_controller(a proxy
+    optimiser holding one lr)), stepped with run k's mini-batch loss before the step, as train_mnist1d steps a
+    controller, and with run k's validation cross-entropy at the decisions of a controller whose state reads it.
+    A proxy stands in for the optimiser because the K runs' Adam is one BatchedAdam; the controller only
+    reads and writes param_groups' lr. A run whose loss went non-finite stops stepping its controller."""
+
+    def __init__(self, make_controller: Callable[[torch.optim.Optimizer], Any], stacked: StackedRuns,
+                 config: MNIST1DConfig) -> None:
+        self.controllers = []
+        for k in range(stacked.net.n_runs):
+            proxy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            controller = make_controller(proxy)
+            if not isinstance(controller, CONTROLLERS):
+                raise TypeError(f"make_controller must return one of {[c.__name__ for c in CONTROLLERS]}, got "
+                                f"{type(controller).__name__}")
+            if reads_validation(controller) and config.n_validation == 0:
+                raise ValueError("the controller's state reads the validation loss: config.n_validation must be > 0")
+            self.controllers.append((proxy, controller))
+        self.stacked, self.grad = stacked, stacked.net.grad
+        self.optimizer = BatchedAdam(stacked.net.params, stacked.net.rows_of)
+
+    def validation_losses(self) -> np.ndarray:
+        """Each run's validation cross-entropy at its current weights, [K]."""
+        with torch.no_grad():
+            logits = self.stacked.net.forward(self.stacked.validation_x)
+            return per_run_cross_entropy(self.stacked.validation_y)(logits).cpu().double().numpy()
+
+    def step(self, step: int, losses: torch.Tensor, alive: np.ndarray, used_lrs: np.ndarray) -> None:
+        values = losses.cpu().double().numpy()
+        validation = (self.validation_losses()
+                      if any(deciding_on_validation(c) for _, c in self.controllers) else None)
+        for k in np.flatnonzero(alive):
+            proxy, controller = self.controllers[k]
+            if validation is not None and deciding_on_validation(controller):
+                controller.step(float(values[k]), float(validation[k]))
+            else:
+                controller.step(float(values[k]))
+        used_lrs[step] = [proxy.param_groups[0]["lr"] for proxy, _ in self.controllers]
+        lrs = torch.tensor(used_lrs[step], dtype=self.stacked.net.params.dtype, device=self.stacked.device)
+        self.optimizer.step(self.grad, lrs)
+
+
+class OwnOptimizerLrs:
+    """The lr source of runs under an optimiser of another package: one instance per run
+    (rlr_batched.OwnOptimizers: a learning-rate-free optimiser estimates its step size from norms over its
+    own run's parameters), each built by make_optimizer(parameters, lr); the lr logged is its group's."""
+
+    def __init__(self, make_optimizer: Callable[[Any, float], Any] | Sequence[Callable[[Any, float], Any]], lr: float,
+                 stacked: StackedRuns) -> None:
+        makers = iter(make_optimizer if isinstance(make_optimizer, (list, tuple)) else [make_optimizer] * stacked.net.n_runs)
+        # OwnOptimizers builds run k's instance k-th: the k-th factory builds it
+        self.optimizers = OwnOptimizers(stacked.net, lambda parameters, _: next(makers)(parameters, lr))
+        if self.optimizers.has_modes:
+            self.optimizers.set_mode("train")
+
+    def step(self, step: int, losses: torch.Tensor, alive: np.ndarray, used_lrs: np.ndarray) -> None:
+        self.optimizers.step(alive, used_lrs[step])
+
+    def finish(self) -> None:
+        """Eval mode where the optimiser has modes: the returned models hold the weights it stands for."""
+        if self.optimizers.has_modes:
+            self.optimizers.set_mode("eval")
 
 
 def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DConfig(), lrs: Any = 1e-3, *,
+                          make_controller: Callable[[torch.optim.Optimizer], Any] | None = None,
+                          make_optimizer: Callable[[Any, float], torch.optim.Optimizer] | None = None,
                           dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                           method: str = "mnist1d_adam") -> list[RunResult]:
-    """train_mnist1d (Adam, no scheduler object) for K seeds at once: run k is seeds[k]'s reference run
-    (its data set, initial weights and batch order) under its own row of lrs.
+    """train_mnist1d for K seeds at once: run k is seeds[k]'s reference run (its data set, initial weights
+    and batch order), one batched forward and backward pass per step (rlr_stacked.StackedModel).
 
-    lrs: one number, a schedule [steps] for every run, or one schedule per run [K, steps] (a seed x
-    schedule sweep is one call: seeds may repeat); a scheduler's schedule is rlr_batched.lr_schedule.
-    Built on rlr_stacked (StackedModel, autograd over the stacked parameters; BatchedAdam, torch's
-    functional Adam with one lr per run). A diverged run computes on inside its own slice (no op mixes
-    runs) and its series are cut at diverged_at, as the reference's are. wall_seconds is the batch's
-    time divided by K.
+    Where each run's lr comes from (one of):
+    - lrs: Adam (rlr_stacked.BatchedAdam, torch's functional Adam with one lr per run) under one number, a
+      schedule [steps] for every run, or one schedule per run [K, steps] (a seed x schedule sweep is one
+      call: seeds may repeat); a scheduler's schedule is rlr_batched.lr_schedule;
+    - make_controller(optimizer): Adam under a controller per run, stepped with the loss as train_mnist1d
+      steps one (ControllerLrs; lrs is then unused and must be left at its default);
+    - make_optimizer(parameters, lr): an optimiser of another package per run (or a list of K factories, run
+      k's from the k-th: a pool's configurations in one batch), built with lr = lrs (a number), stepped in train mode where it has modes, its eval-mode weights returned (OwnOptimizerLrs).
+    A diverged run computes on inside its own slice (no op mixes runs) and its series are cut at diverged_at,
+    as the reference's are. wall_seconds is the batch's time divided by K.
     """
     seeds = check_seeds("seeds", seeds)
     if not seeds:
         raise ValueError("seeds must name at least one run")
     if not isinstance(method, str) or not method:
         raise ValueError(f"method must be a non-empty string (the result's name), got {method!r}")
+    if make_controller is not None and make_optimizer is not None:
+        raise ValueError("pass make_controller or make_optimizer, not both")
     config, dtype, n_runs = check_config(config), check_dtype(dtype), len(seeds)
+    if make_controller is not None and not callable(make_controller):
+        raise TypeError(f"make_controller must be callable or None, got {type(make_controller).__name__}")
+    if isinstance(make_optimizer, (list, tuple)):
+        if len(make_optimizer) != n_runs or not all(callable(make) for make in make_optimizer):
+            raise TypeError(f"make_optimizer must be callable, or a list of {n_runs} callables (one per run)")
+    elif make_optimizer is not None and not callable(make_optimizer):
+        raise TypeError(f"make_optimizer must be callable or None, got {type(make_optimizer).__name__}")
+    if make_controller is not None and not (isinstance(lrs, float) and lrs == 1e-3):
+        raise ValueError("with make_controller, each controller sets the lr: leave lrs at its default")
+    if make_optimizer is not None and np.ndim(lrs) != 0:
+        raise ValueError("with make_optimizer, lrs must be one number (the lr each optimiser is built with)")
     table = lr_table(lrs, n_runs, config.steps, "lrs")
-    device, inputs, labels, net, streams = stack_runs(seeds, config, dtype, device)
-    optimizer = BatchedAdam(net.params, net.rows_of)
-    lrs_by_step = torch.from_numpy(table.T.copy()).to(device)  # [steps, K]
+    stacked = stack_runs(seeds, config, dtype, device)
+    if make_controller is not None:
+        source = ControllerLrs(make_controller, stacked, config)
+    elif make_optimizer is not None:
+        source = OwnOptimizerLrs(make_optimizer, float(table[0, 0]), stacked)
+    else:
+        source = TableLrs(table, stacked)
+    series, wall_seconds = run_steps(stacked, config, source)
+    return split_runs(method, seeds, config, dtype, stacked.device, series, wall_seconds / n_runs,
+                      stacked.net.to_modules())
+
+
+def run_steps(stacked: StackedRuns, config: MNIST1DConfig, source: TableLrs | ControllerLrs | OwnOptimizerLrs
+              ) -> tuple[dict[str, np.ndarray], float]:
+    """The batched loop: per step, each run's next mini-batch, the K losses and gradients in one pass, then
+    the lr source's step. Returns the series [steps, K] ('loss', 'lr') and the loop's seconds."""
+    n_runs = stacked.net.n_runs
     run_offsets = (torch.arange(n_runs) * config.n_train).view(n_runs, 1, 1)
-    losses = torch.empty(config.steps, n_runs, dtype=dtype, device=device)
+    losses = torch.full((config.steps, n_runs), math.nan, dtype=stacked.net.params.dtype, device=stacked.device)
+    used_lrs = np.full((config.steps, n_runs), math.nan)
+    alive = np.ones(n_runs, dtype=bool)
     started = time.perf_counter()
     with torch.no_grad():
         for step in range(config.steps):
             if step % DRAW_CHUNK == 0:
                 chunk = min(DRAW_CHUNK, config.steps - step)
-                drawn = torch.stack([stream.next(chunk) for stream in streams]) + run_offsets  # [K, chunk, b]
-                rows = drawn.transpose(0, 1).to(device)  # [chunk, K, b]: rows of the stacked data
+                drawn = torch.stack([stream.next(chunk) for stream in stacked.streams]) + run_offsets  # [K, chunk, b]
+                rows = drawn.transpose(0, 1).to(stacked.device)  # [chunk, K, b]: rows of the stacked data
             batch = rows[step % DRAW_CHUNK].reshape(-1)
-            batch_inputs = inputs.index_select(0, batch).view(n_runs, config.batch_size, N_FEATURES)
-            batch_labels = labels.index_select(0, batch).view(n_runs, config.batch_size)
-            losses[step] = net.loss_and_grad(per_run_cross_entropy(batch_labels), batch_inputs)
-            optimizer.step(net.grad, lrs_by_step[step])
-    wall_seconds = time.perf_counter() - started
-    series = {"loss": losses.cpu().double().numpy(), "lr": table.T}
-    return split_runs(method, seeds, config, dtype, device, series, wall_seconds / n_runs, net.to_modules())
+            batch_inputs = stacked.inputs.index_select(0, batch).view(n_runs, config.batch_size, N_FEATURES)
+            batch_labels = stacked.labels.index_select(0, batch).view(n_runs, config.batch_size)
+            losses[step] = stacked.net.loss_and_grad(per_run_cross_entropy(batch_labels), batch_inputs)
+            alive &= torch.isfinite(losses[step]).cpu().numpy()
+            source.step(step, losses[step], alive, used_lrs)
+    if isinstance(source, OwnOptimizerLrs):
+        source.finish()
+    return {"loss": losses.cpu().double().numpy(), "lr": used_lrs}, time.perf_counter() - started
 
 
 def split_runs(method: str, seeds: list[int], config: MNIST1DConfig, dtype: torch.dtype, device: torch.device,

@@ -44,12 +44,15 @@ SMALL_PARAMETERS = {
                     "n_heldout_examples": 64, "tuning_budget": 2, "progress": False},
     "06_pbt": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 2, "steps": 40, "n_heldout_examples": 32,
                "population": 4, "perturbation_interval": 10, "progress": False},
+    "07_mnist1d": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 3, "n_tuning_seeds": 2, "tuning_budget": 2, "steps": 30,
+                   "n_validation": 500, "progress": False},
     "08_summary": {},
 }
 EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
                     "03_comparison_passes", "03_comparison_steps", "04_budget_curves", "04_test_mse_intervals", "04_loss_curves",
                     "04_lr_trajectories", "04_controller_training", "04_controller_curves", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
-                    "05_lr_trajectories_degree6", "05_controllers_test_mse_intervals", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr", "08_summary"]
+                    "05_lr_trajectories_degree6", "05_controllers_test_mse_intervals", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr",
+                    "07_budget_curves", "07_test_accuracy", "07_lr_trajectories", "08_summary"]
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +207,29 @@ def test_the_summary_figure_draws_every_method_of_04_and_06_once(executed):
     assert set(drawn["kind"]) == {"original", "schedule", "lr_free", "agent", "controller", "pbt"}
     assert (drawn.loc[drawn["kind"] == "pbt", "note"].str.contains("times the optimiser steps")).all()
     np.testing.assert_allclose(drawn["geometric mean"], expected["geometric mean"], rtol=1e-12)
+
+
+def test_the_mnist1d_verdict_is_recomputed_from_its_saved_tables(executed):
+    """Notebook 07: the picks from the saved tuning table, the primary tests from the saved runs, the summary's
+    accuracies from the runs, the controllers' runs at the injected length."""
+    import rlr_mnist1d as mnist1d
+
+    results = executed["results"]
+    saved = json.loads((results / "mnist1d_summary.json").read_text())
+    tuning, table = pd.read_csv(results / "mnist1d_tuning.csv"), pd.read_csv(results / "mnist1d_runs.csv")
+    recomputed = mnist1d.choose(tuning)
+    assert {key: (pick["configuration"], pick["params"]) for key, pick in recomputed.items()} == \
+        {key: (pick["configuration"], pick["params"]) for key, pick in saved["picks"].items()}
+    assert set(tuning["family"]) == set(mnist1d.FAMILIES)
+    assert len(tuning) == len(mnist1d.FAMILIES) * 2 * 2 and set(table["seed"]) == {5, 6, 7}
+    roles = saved["roles"]
+    primary = rlr_stats.primary_tests(table, mnist1d.primary_comparisons(
+        roles["tuned constant"], roles["best tuned schedule"], roles["best learning-rate-free optimiser"],
+        roles["best frozen controller"]))
+    np.testing.assert_allclose(primary["p_holm"], [row["p_holm"] for row in saved["primary"]])
+    summary = {row["method"]: row for row in saved["summary"]}
+    for method, part in table.groupby("method"):
+        assert summary[method]["test accuracy"] == pytest.approx(100 * (1 - part["test_error"]).mean())
+    assert {row["kind"] for row in saved["summary"]} == {"schedule", "lr_free", "controller", "original"}
+    blocks = json.loads((results / "summaries" / "07_mnist1d.json").read_text())["blocks"]
+    assert blocks == mnist1d.summary_blocks(results) and saved["reading"] in blocks["mnist1d"]

@@ -403,3 +403,75 @@ def test_the_metrics_refuse_a_split_they_cannot_score() -> None:
             tasks.accuracy(*args)
         with pytest.raises(error):
             tasks.cross_entropy(*args)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The batched loop's other lr sources: a controller per run, an optimiser of another package per run
+# ---------------------------------------------------------------------------------------------------
+
+
+def rule_controller(features: str, steps: int = 60, interval: int = 5):
+    """make_controller: a PolicyScheduler under a fixed rule of its observation (up when the loss fell and,
+    with features='validation', the validation loss did too; else down), so its lr path depends on the run."""
+    schedule = rlr_core.ScheduleConfig(steps=steps, features=features, decision_interval=interval,
+                                       reward="validation" if features == "validation" else "training")
+
+    def act(observations: np.ndarray) -> np.ndarray:
+        fell = observations[0, 1] < 0 and (features != "validation" or observations[0, -1] < 0)
+        return np.array([2 if fell else 0])
+
+    return lambda optimizer: rlr_core.PolicyScheduler(optimizer, act, schedule)
+
+
+@pytest.mark.parametrize("features", ["log", "validation"])
+def test_controlled_batched_runs_are_the_reference_runs_under_the_same_controller(features: str) -> None:
+    """Each run's own controller, stepped with its own mini-batch losses (and validation losses at its
+    decisions): the lr paths are identical to the reference loop's and the losses agree to rounding (float64)."""
+    config, seeds = MNIST1DConfig(steps=60, n_validation=500), [0, 1, 2]
+    batched = tasks.train_mnist1d_batched(seeds, config, make_controller=rule_controller(features), dtype=torch.float64)
+    paths = set()
+    for k, seed in enumerate(seeds):
+        reference = tasks.train_mnist1d(seed, config, 1e-3, make_scheduler=rule_controller(features), dtype=torch.float64)
+        np.testing.assert_array_equal(batched[k].series["lr"], reference.series["lr"])
+        np.testing.assert_allclose(batched[k].series["loss"], reference.series["loss"], rtol=1e-12)
+        paths.add(tuple(reference.series["lr"]))
+    assert len(next(iter(paths))) == 60 and len(set(next(iter(paths)))) > 1  # the controller moved the lr
+
+
+def test_a_controller_reading_validation_needs_a_validation_split_in_both_loops() -> None:
+    config = MNIST1DConfig(steps=10, n_validation=0)
+    with pytest.raises(ValueError, match="n_validation"):
+        tasks.train_mnist1d(0, config, make_scheduler=rule_controller("validation", 10))
+    with pytest.raises(ValueError, match="n_validation"):
+        tasks.train_mnist1d_batched([0], config, make_controller=rule_controller("validation", 10))
+
+
+def test_batched_runs_under_their_own_learning_rate_free_optimisers_are_the_reference_runs() -> None:
+    """Schedule-Free AdamW, one instance per run: the same losses as the reference loop (float64, summation
+    order only) and the eval-mode weights returned by both."""
+    import rlr_methods
+
+    make = rlr_methods.get("schedule_free").optimizer({"lr": 3e-3, "warmup_fraction": 0.1}, 40)
+    config, seeds = MNIST1DConfig(steps=40), [0, 1]
+    batched = tasks.train_mnist1d_batched(seeds, config, make_optimizer=make, dtype=torch.float64)
+    for k, seed in enumerate(seeds):
+        reference = tasks.train_mnist1d(seed, config, make_optimizer=make, dtype=torch.float64)
+        np.testing.assert_allclose(batched[k].series["loss"], reference.series["loss"], rtol=1e-10)
+        np.testing.assert_allclose(batched[k].series["lr"], reference.series["lr"], rtol=1e-12)
+        for a, b in zip(batched[k].model.parameters(), reference.model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_the_batched_lr_sources_refuse_mixed_options_before_any_work() -> None:
+    config = MNIST1DConfig(steps=5)
+    with pytest.raises(ValueError, match="not both"):
+        tasks.train_mnist1d_batched([0], config, make_controller=rule_controller("log", 5),
+                                    make_optimizer=lambda p, lr: torch.optim.SGD(p, lr))
+    with pytest.raises(ValueError, match="leave lrs"):
+        tasks.train_mnist1d_batched([0], config, 1e-2, make_controller=rule_controller("log", 5))
+    with pytest.raises(ValueError, match="one number"):
+        tasks.train_mnist1d_batched([0], config, [1e-3] * 5, make_optimizer=lambda p, lr: torch.optim.SGD(p, lr))
+    with pytest.raises(TypeError, match="make_controller"):
+        tasks.train_mnist1d_batched([0], config, make_controller="cosine")
+    with pytest.raises(TypeError, match="make_controller must return"):
+        tasks.train_mnist1d_batched([0], config, make_controller=lambda optimizer: object())

@@ -1,0 +1,400 @@
+"""Notebook 07's protocol: the verdict on MNIST-1D, the study's second task, with the polynomial study's rules.
+
+Every family of the registry that runs on any model (the open-loop schedules and the learning-rate-free
+optimisers) gets the same pool of configurations (its own scrambled Sobol draw, Method.configurations) on
+the validation splits of tuning seeds; each family's pick is the configuration with the lowest mean
+validation error; the picks, Adam at the paper's lr 1e-3, and notebook 04's learned controllers frozen
+(trained on polynomials: the transfer across tasks) then run on evaluation seeds, whose test sets score
+them. A seed is the generator's seed: a fresh data set (rlr_tasks), so tuning and evaluation seeds share
+no example. Everything runs K runs at once (rlr_tasks.train_mnist1d_batched).
+
+    study = MNIST1DStudy()
+    tuning = tune(study)                      # one row per family x configuration x tuning seed
+    picks = choose(tuning)                    # family -> its pick, with the margin over its runner-up
+    runs = evaluate(picks, study, controllers)
+
+Metrics are errors, so that lower is better everywhere and the one ratio convention applies: test error
+(1 - accuracy) and test cross-entropy, on each seed's 1000 held-out examples.
+
+Read top to bottom: the study's config -> the families -> running a pool -> tuning and picks -> evaluation
+-> the primary comparisons and the reading.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+import rlr_batched
+import rlr_core as rc
+import rlr_methods as methods
+import rlr_report as report
+import rlr_stats as stats
+import rlr_tasks as tasks
+from rlr_results import RunResult, atomic_write_text
+from rlr_tasks import MNIST1DConfig
+
+# ---------------------------------------------------------------------------------------------------
+# The study
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MNIST1DStudy:
+    """The MNIST-1D verdict: which seeds tune, which evaluate, how many configurations each family gets."""
+
+    task: MNIST1DConfig = field(default_factory=MNIST1DConfig)
+    """the runs: the paper's MLP, mini-batches of 100, 6000 Adam steps, 1000 of the 4000 training examples
+    held out for validation"""
+    first_eval_seed: int = 0
+    """the first evaluation seed (generator seeds first_eval_seed, first_eval_seed + 1, ...)"""
+    n_eval_seeds: int = 16
+    """evaluation seeds: each method runs once on each, paired by seed"""
+    first_tuning_seed: int = 100_000
+    """the first tuning seed: far from the evaluation seeds, so the two never overlap"""
+    n_tuning_seeds: int = 4
+    """tuning seeds: each configuration of each family runs on all of them"""
+    tuning_budget: int = 32
+    """configurations per family (its pool), the same for every family"""
+    search_seed: int = 0
+    """the Sobol draws' seed (each family scrambles its own draw from it, rlr_methods.family_seed)"""
+
+    def __post_init__(self) -> None:
+        self.task = tasks.check_config(self.task)
+        for name, minimum in (("first_eval_seed", 0), ("n_eval_seeds", 1), ("first_tuning_seed", 0),
+                              ("n_tuning_seeds", 1), ("tuning_budget", 1), ("search_seed", 0)):
+            rc.check_int(f"study.{name}", getattr(self, name), minimum)
+        if self.task.n_validation == 0:
+            raise ValueError("study.task.n_validation must be > 0: tuning scores the validation split")
+        overlap = set(self.eval_seeds) & set(self.tuning_seeds)
+        if overlap:
+            raise ValueError(f"study tuning seeds overlap the evaluation seeds: {sorted(overlap)}")
+
+    @property
+    def eval_seeds(self) -> list[int]:
+        return list(range(self.first_eval_seed, self.first_eval_seed + self.n_eval_seeds))
+
+    @property
+    def tuning_seeds(self) -> list[int]:
+        return list(range(self.first_tuning_seed, self.first_tuning_seed + self.n_tuning_seeds))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The families: the registry's entries whose rule runs on any model
+# ---------------------------------------------------------------------------------------------------
+
+
+# The registry's own scheduler factories (one home for each rule). Method does not expose them: exposing one
+# changes rlr_methods, whose hash notebook 04's committed runs record; until then they are named here. The
+# rules that watch the polynomial engine's full-batch loss (ReduceLROnPlateau, Adam-HD) and the within-run
+# DQN agents are not in this study (see the notebook).
+SCHEDULERS: dict[str, Callable | None] = {"constant": None, "cosine": methods._cosine,
+                                          "exponential": methods._exponential, "one_cycle": methods._one_cycle}
+"""schedule family key -> make_scheduler(optimizer, params, steps) (None: the lr stays)"""
+LR_FREE = ("schedule_free", "prodigy", "d_adaptation")
+"""the learning-rate-free families (Method.optimizer builds one instance per run)"""
+FAMILIES = (*SCHEDULERS, *LR_FREE)
+"""every family tuned here, in the order tables list them"""
+PAPER_LR = 1e-3
+"""the MNIST-1D paper's Adam lr: the untuned reference"""
+PAPER_ADAM = "Adam at lr 1e-3 (the paper's)"
+"""its label"""
+PAPER_ACCURACY = 68.0
+"""the test accuracy, in %, the MNIST-1D paper reports for its MLP (Greydanus 2020, Table 1)"""
+
+
+def schedule_lrs(key: str, params: dict, steps: int) -> np.ndarray:
+    """A schedule family's learning rates [steps] for one configuration: its torch scheduler read out by
+    rlr_batched.lr_schedule (what the scheduler would set before each step), or the constant."""
+    make = SCHEDULERS[key]
+    if make is None:
+        return np.full(steps, float(params["lr"]))
+    return rlr_batched.lr_schedule(lambda optimizer: make(optimizer, params, steps), params["lr"], steps)
+
+
+def run_pool(key: str, pool: Sequence[dict], seeds: Sequence[int], config: MNIST1DConfig,
+             method: str | None = None) -> list[list[RunResult]]:
+    """Every configuration of a pool on every seed, in one batch: per configuration, one RunResult per seed."""
+    if key not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {key!r}")
+    if not pool:
+        raise ValueError(f"{key}: the pool of configurations is empty")
+    seeds, label = list(seeds), method or methods.get(key).label
+    all_seeds = [seed for _ in pool for seed in seeds]  # configuration-major, seeds within
+    if key in SCHEDULERS:
+        lrs = np.repeat(np.stack([schedule_lrs(key, params, config.steps) for params in pool]), len(seeds), axis=0)
+        runs = tasks.train_mnist1d_batched(all_seeds, config, lrs, method=label)
+    else:
+        factory = methods.get(key).optimizer
+        makers = [factory(params, config.steps) for params in pool for _ in seeds]
+        runs = tasks.train_mnist1d_batched(all_seeds, config, make_optimizer=makers, method=label)
+    return [runs[index * len(seeds):(index + 1) * len(seeds)] for index in range(len(pool))]
+
+
+def scores(run: RunResult, config: MNIST1DConfig, splits: tasks.MNIST1DSplits | None = None) -> dict[str, float]:
+    """A run's errors on its seed's splits (NaN where it diverged): validation and test error (1 - accuracy)
+    and cross-entropy, and the training loss (mean mini-batch cross-entropy over its last 100 steps). splits:
+    the seed's, when the caller holds them (a study scores many runs per seed)."""
+    if run.diverged_at is not None:
+        return {name: math.nan for name in ("validation_error", "validation_ce", "test_error", "test_ce", "train_loss")}
+    splits = splits if splits is not None else tasks.mnist1d_data(run.seed, config)
+    return {"validation_error": 1.0 - tasks.accuracy(run.model, *splits.validation),
+            "validation_ce": tasks.cross_entropy(run.model, *splits.validation),
+            "test_error": 1.0 - tasks.accuracy(run.model, *splits.test),
+            "test_ce": tasks.cross_entropy(run.model, *splits.test),
+            "train_loss": float(np.mean(run.series["loss"][-100:]))}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tuning and the picks
+# ---------------------------------------------------------------------------------------------------
+
+
+def tune(study: MNIST1DStudy, families: Sequence[str] = FAMILIES, progress: Callable = lambda item: item
+         ) -> pd.DataFrame:
+    """Every family's pool on the tuning seeds: one row per family x configuration x seed, with its
+    params (JSON), the scores and the optimiser steps it cost."""
+    rows, splits = [], {seed: tasks.mnist1d_data(seed, study.task) for seed in study.tuning_seeds}
+    for key in progress(list(families)):
+        pool = methods.get(key).configurations(study.tuning_budget, study.search_seed)
+        for index, (params, runs) in enumerate(zip(pool, run_pool(key, pool, study.tuning_seeds, study.task))):
+            for run in runs:
+                rows.append({"family": key, "configuration": index, "params": json.dumps(params, sort_keys=True),
+                             "seed": run.seed, "diverged_at": run.diverged_at,
+                             **scores(run, study.task, splits[run.seed]),
+                             "optimiser_steps": study.task.steps})
+    return pd.DataFrame(rows)
+
+
+def configuration_scores(tuning: pd.DataFrame) -> pd.DataFrame:
+    """Per family x configuration: mean validation error and cross-entropy over the tuning seeds (+inf when
+    any run diverged, so it is never picked over one whose runs all finished) and mean test error there."""
+    def mean_or_inf(values: pd.Series) -> float:
+        return float(values.mean()) if np.isfinite(values.to_numpy(dtype=float)).all() else math.inf
+
+    grouped = tuning.groupby(["family", "configuration"], sort=False)
+    return pd.DataFrame({"params": grouped["params"].first(), "validation_error": grouped["validation_error"].agg(mean_or_inf),
+                         "validation_ce": grouped["validation_ce"].agg(mean_or_inf),
+                         "test_error": grouped["test_error"].agg(mean_or_inf)}).reset_index()
+
+
+SELECTION_RULE = ("the configuration with the lowest mean validation error over the tuning seeds (validation "
+                  "cross-entropy breaks a tie; a configuration with a diverged run is never picked)")
+"""how a family's pick is made, as the notebook and the reading print it"""
+
+
+def choose(tuning: pd.DataFrame) -> dict[str, dict]:
+    """family -> its pick (SELECTION_RULE): params, configuration index, its mean validation error and
+    cross-entropy, and the margin over the runner-up (runner-up's validation error / the pick's)."""
+    picks = {}
+    for key, part in configuration_scores(tuning).groupby("family", sort=False):
+        ranked = part.sort_values(["validation_error", "validation_ce"], kind="stable")
+        best = ranked.iloc[0]
+        margin = ranked.iloc[1]["validation_error"] / best["validation_error"] if len(ranked) > 1 else math.nan
+        picks[key] = {"params": json.loads(best["params"]), "configuration": int(best["configuration"]),
+                      "validation_error": float(best["validation_error"]), "validation_ce": float(best["validation_ce"]),
+                      "runner_up_margin": float(margin)}
+    return picks
+
+
+def best_pick(picks: dict[str, dict], keys: Sequence[str]) -> str:
+    """The family among keys whose pick has the lowest mean validation error (tuning seeds only)."""
+    candidates = [key for key in keys if key in picks]
+    if not candidates:
+        raise ValueError(f"no pick among {list(keys)}")
+    return min(candidates, key=lambda key: picks[key]["validation_error"])
+
+
+def budget_curves(tuning: pd.DataFrame, ks: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> pd.DataFrame:
+    """Per family, what k trials of its pool would have found (rlr_stats.budget_curve, Dodge et al. 2019) in
+    validation error, with the tuning seeds' test error of the pick."""
+    parts = []
+    for key, part in configuration_scores(tuning).groupby("family", sort=False):
+        curve = stats.budget_curve(part["validation_error"], part["test_error"], [k for k in ks if k <= len(part)])
+        curve.columns = [column.replace("MSE", "error") for column in curve.columns]
+        parts.append(curve.assign(family=methods.get(key).label))
+    return pd.concat(parts, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation: the picks, the paper's Adam and the frozen controllers on the evaluation seeds
+# ---------------------------------------------------------------------------------------------------
+
+
+def tuned_label(key: str) -> str:
+    """The label of a family's pick (the registry's tuned label)."""
+    return methods.get(key).tuned_label
+
+
+def run_picks(picks: dict[str, dict], seeds: Sequence[int], config: MNIST1DConfig) -> dict[str, list[RunResult]]:
+    """Each family's pick on the seeds, and Adam at the paper's lr 1e-3 (untuned)."""
+    runs = {tuned_label(key): run_pool(key, [pick["params"]], seeds, config, tuned_label(key))[0]
+            for key, pick in picks.items()}
+    runs[PAPER_ADAM] = tasks.train_mnist1d_batched(seeds, config, PAPER_LR, method=PAPER_ADAM)
+    return runs
+
+
+def run_controllers(controllers: dict[str, Any], seeds: Sequence[int], config: MNIST1DConfig,
+                    loss_average: str = "interval") -> dict[str, list[RunResult]]:
+    """Each frozen controller (rlr_controllers.TrainedController) steering Adam on the seeds: its
+    scheduler(optimizer, config.steps, loss_average) per run, stepped with the mini-batch losses (their mean
+    over each decision interval by default: one mini-batch's loss is a noisy reading of the training loss the
+    controller was trained on) and with the validation loss at its decisions where its state reads it."""
+    return {label: tasks.train_mnist1d_batched(
+                seeds, config, make_controller=lambda optimizer, c=controller: c.scheduler(optimizer, config.steps, loss_average),
+                method=label)
+            for label, controller in controllers.items()}
+
+
+def runs_table(runs: dict[str, Sequence[RunResult]], config: MNIST1DConfig, kinds: dict[str, str]) -> pd.DataFrame:
+    """One row per method x seed: kind, the scores, diverged_at, and the budget (every run: config.steps
+    optimiser steps; the primary tests pair runs of one budget)."""
+    seeds = {run.seed for group in runs.values() for run in group}
+    splits = {seed: tasks.mnist1d_data(seed, config) for seed in sorted(seeds)}
+    rows = [{"method": label, "kind": kinds[label], "seed": run.seed, "budget": "same optimiser steps",
+             "diverged_at": run.diverged_at, "optimiser_steps": config.steps, **scores(run, config, splits[run.seed])}
+            for label, group in runs.items() for run in group]
+    return pd.DataFrame(rows)
+
+
+def best_of(table: pd.DataFrame, labels: Sequence[str], column: str = "validation_error") -> str:
+    """The label among labels with the lowest mean of column (on the tuning seeds' validation, never on test)."""
+    means = table[table["method"].isin(labels)].groupby("method")[column].mean()
+    return str(means.idxmin())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The primary comparisons and the reading
+# ---------------------------------------------------------------------------------------------------
+
+
+def primary_comparisons(constant: str, schedule: str, lr_free: str, controller: str
+                        ) -> list[tuple[str, str, str, str]]:
+    """The pre-registered family (rlr_stats.primary_tests, Holm over all 8): on test error and on test
+    cross-entropy, the best tuned schedule against the tuned constant, the best learning-rate-free optimiser
+    against the tuned constant, and the best frozen controller against the tuned constant and against the
+    best tuned schedule."""
+    pairs = [(schedule, constant), (lr_free, constant), (controller, constant), (controller, schedule)]
+    return [("same optimiser steps", method, reference, metric)
+            for metric in ("test_error", "test_ce") for method, reference in pairs]
+
+
+METRIC_WORDS = {"test_error": "test error", "test_ce": "test cross-entropy"}
+
+
+def primary_markdown(primary: pd.DataFrame) -> str:
+    """The primary tests as a table: method, reference, metric, the method's value against the reference's
+    (Hodges-Lehmann ratio, in the one convention) with its CI at the test's Holm level, wins, Holm p,
+    the outcome."""
+    rows = [{"method": row["method"], "against": row["against"], "metric": METRIC_WORDS[row["metric"]],
+             "method's value [CI at the Holm level]": f"{report.fold_interval(row['ratio'], row['ci_low'], row['ci_high'], '.3f')} "
+                                                      f"({row['confidence']:.1%})",
+             "wins": f"{row['wins']}/{row['seeds']}" + (f", {row['dropped']} dropped" if row["dropped"] else ""),
+             "Holm p": f"{row['p_holm']:.3g}", "outcome": report.outcome(row)}
+            for _, row in primary.iterrows()]
+    return report.markdown_table(pd.DataFrame(rows))
+
+
+def mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The 95% BCa bootstrap CI of a mean over seeds (scipy.stats.bootstrap, seeded): accuracies are
+    bounded and near-symmetric, so their centre is the mean, not rlr_stats' geometric mean of MSEs.
+    NaN under two values or when every value is the same (nothing to resample)."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2 or np.ptp(values) == 0:
+        return math.nan, math.nan
+    result = bootstrap((values,), np.mean, confidence_level=confidence, method="BCa", rng=0)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def test_accuracy_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method: kind, seeds, diverged, mean test accuracy with its 95% bootstrap CI (percent), mean test
+    cross-entropy, best first."""
+    rows = []
+    for label, part in table.groupby("method", sort=False):
+        finished = part[part["diverged_at"].isna()]
+        accuracy = 1.0 - finished["test_error"].to_numpy(dtype=float)
+        low, high = mean_interval(accuracy)
+        rows.append({"method": label, "kind": part["kind"].iloc[0], "seeds": len(part),
+                     "diverged": int(part["diverged_at"].notna().sum()), "test accuracy": 100 * accuracy.mean(),
+                     "CI low": 100 * low, "CI high": 100 * high, "test cross-entropy": finished["test_ce"].mean()})
+    return pd.DataFrame(rows).sort_values("test accuracy", ascending=False, ignore_index=True)
+
+
+KIND_WORDS = {"schedule": "tuned schedule", "lr_free": "learning-rate-free optimiser",
+              "controller": "learned controller (trained on polynomials, frozen)", "original": "untuned reference"}
+"""a kind of method as the reading names it"""
+
+
+def reading(summary: pd.DataFrame, primary: pd.DataFrame, roles: dict[str, str], paper_accuracy: float) -> str:
+    """The notebook's generated reading: the best method of each kind on test accuracy, the tuned constant
+    against the paper's accuracy, and each primary comparison on test error in the one ratio convention."""
+    by_method = summary.set_index("method")
+    lines = []
+    for kind, part in summary.groupby("kind", sort=False):
+        best = part.iloc[0]
+        lines.append(f"- Best {KIND_WORDS[kind]}: {best['method']}, test accuracy {best['test accuracy']:.1f}% "
+                     f"[{best['CI low']:.1f}, {best['CI high']:.1f}].")
+    constant = by_method.loc[roles["tuned constant"], "test accuracy"]
+    lines.append(f"- The tuned constant lr reaches {constant:.1f}% test accuracy; the MNIST-1D paper reports about "
+                 f"{paper_accuracy:.0f}% for this MLP ({'within' if abs(constant - paper_accuracy) <= 3 else 'not within'} "
+                 f"3 points).")
+    for _, row in primary[primary["metric"] == "test_error"].iterrows():
+        lines.append(f"- {row['method']} against {row['against']}: {report.fold(row['ratio'], '.3f')} test error, "
+                     f"{row['wins']} of {row['seeds']} seeds, Holm p = {row['p_holm']:.3g}: {report.outcome(row)}.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The notebook's summary: its block of the site's MNIST-1D page
+# ---------------------------------------------------------------------------------------------------
+
+NOTEBOOK = "07_mnist1d"
+"""the notebook whose results this module renders"""
+
+
+def summary_markdown(results: str | Path) -> str:
+    """The 'mnist1d' block, rendered from results/mnist1d_summary.json: the setup in a line, the reading, every
+    method's test accuracy and cross-entropy, the primary tests."""
+    path = Path(results) / "mnist1d_summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebook {NOTEBOOK} first")
+    saved = json.loads(path.read_text())
+    setup, summary = saved["study"], pd.DataFrame(saved["summary"])
+    table = pd.DataFrame({"method": summary["method"], "kind": summary["kind"],
+                          "test accuracy, % [95% CI]": [f"{row['test accuracy']:.1f} [{row['CI low']:.1f}, {row['CI high']:.1f}]"
+                                                        for _, row in summary.iterrows()],
+                          "test cross-entropy": summary["test cross-entropy"].map("{:.3f}".format),
+                          "diverged": summary["diverged"]})
+    task = setup["task"]
+    lines = [f"MNIST-1D, the paper's {task['model'].upper()} ({', '.join(map(str, task['hidden_sizes']))} hidden), Adam on "
+             f"mini-batches of {task['batch_size']} for {task['steps']:,} steps; {setup['tuning_budget']} configurations per "
+             f"family on {setup['n_tuning_seeds']} tuning seeds, {setup['n_eval_seeds']} evaluation seeds.", "",
+             saved["reading"], "", report.markdown_table(table), "", primary_markdown(pd.DataFrame(saved["primary"]))]
+    return "\n".join(lines)
+
+
+def summary_blocks(results: str | Path) -> dict[str, str]:
+    """This notebook's blocks (block name -> markdown), as readme.py places them."""
+    return {"mnist1d": summary_markdown(results).strip()}
+
+
+def write_summary(results: str | Path) -> Path:
+    """results/summaries/07_mnist1d.json in rlr_summaries' format ({"notebook", "blocks"}), written atomically.
+    Rendered here rather than in rlr_summaries.SUMMARIES for this round: adding the entry there changes a module
+    whose hash notebook 04's committed runs record (the issue note says so)."""
+    path = Path(results) / "summaries" / f"{NOTEBOOK}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"notebook": NOTEBOOK, "blocks": summary_blocks(results)}, indent=1) + "\n")
+    return path

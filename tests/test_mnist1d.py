@@ -1,0 +1,148 @@
+"""Notebook 07's protocol (rlr_mnist1d): the families' lr rules against torch's schedulers, the picks and the
+budget curves against hand-made tables, the study's checks, the primary family, the reading's convention,
+and one tiny end-to-end tuning and evaluation (deterministic)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import rlr_methods as methods
+import rlr_mnist1d as mnist1d
+import rlr_stats as stats
+from rlr_tasks import MNIST1DConfig
+
+
+def test_each_schedule_familys_lrs_are_its_torch_scheduler_stepped_once_per_step() -> None:
+    steps, lr = 50, 3e-3
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * 0.01)
+    expected = []
+    for _ in range(steps):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(mnist1d.schedule_lrs("cosine", {"lr": lr, "final_fraction": 0.01}, steps), expected)
+    np.testing.assert_array_equal(mnist1d.schedule_lrs("constant", {"lr": lr}, steps), np.full(steps, lr))
+    one_cycle = mnist1d.schedule_lrs("one_cycle", {"lr": lr, "pct_start": 0.3}, steps)
+    assert one_cycle.max() == pytest.approx(lr, rel=1e-6) and one_cycle[0] < lr / 10  # warms up to its peak
+
+
+def tuning_table(rows: list[tuple[str, int, int, float, float]]) -> pd.DataFrame:
+    """A tuning table from (family, configuration, seed, validation error, validation ce)."""
+    return pd.DataFrame([{"family": family, "configuration": index, "params": json.dumps({"lr": 10.0 ** -index}),
+                          "seed": seed, "validation_error": error, "validation_ce": ce, "test_error": error + 0.01}
+                         for family, index, seed, error, ce in rows])
+
+
+def test_the_pick_has_the_lowest_mean_validation_error_and_never_a_diverged_run() -> None:
+    table = tuning_table([("constant", 0, 1, 0.30, 1.0), ("constant", 0, 2, 0.34, 1.0),  # mean 0.32
+                          ("constant", 1, 1, 0.20, 0.9), ("constant", 1, 2, math.nan, math.nan),  # diverged once
+                          ("constant", 2, 1, 0.31, 1.1), ("constant", 2, 2, 0.31, 0.8),  # mean 0.31: the pick
+                          ("cosine", 0, 1, 0.25, 1.2), ("cosine", 0, 2, 0.25, 1.2),  # tie on error ...
+                          ("cosine", 1, 1, 0.25, 1.1), ("cosine", 1, 2, 0.25, 1.1)])  # ... broken by ce
+    picks = mnist1d.choose(table)
+    assert picks["constant"]["configuration"] == 2 and picks["constant"]["params"] == {"lr": 0.01}
+    assert picks["constant"]["validation_error"] == pytest.approx(0.31)
+    assert picks["constant"]["runner_up_margin"] == pytest.approx(0.32 / 0.31)
+    assert picks["cosine"]["configuration"] == 1 and picks["cosine"]["runner_up_margin"] == pytest.approx(1.0)
+    assert mnist1d.best_pick(picks, ["constant", "cosine"]) == "cosine"
+    with pytest.raises(ValueError, match="no pick"):
+        mnist1d.best_pick(picks, ["prodigy"])
+
+
+def test_the_budget_curves_are_rlr_stats_curves_of_each_familys_configurations() -> None:
+    rng = np.random.default_rng(0)
+    rows = [("constant", index, seed, float(rng.uniform(0.2, 0.5)), 1.0) for index in range(8) for seed in (1, 2)]
+    table = tuning_table(rows)
+    curves = mnist1d.budget_curves(table, ks=(1, 2, 4, 8, 16))
+    assert list(curves["k"]) == [1, 2, 4, 8]  # no k above the pool
+    assert "best validation error, median" in curves and not any("MSE" in column for column in curves)
+    means = table.groupby("configuration")["validation_error"].mean()
+    expected = stats.budget_curve(means, means + 0.01, [1, 2, 4, 8])
+    np.testing.assert_allclose(curves["best validation error, expected"], expected["best validation MSE, expected"])
+    assert curves["best validation error, median"].iloc[-1] <= curves["best validation error, median"].iloc[0]
+
+
+def test_the_study_refuses_bad_settings_naming_them() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        mnist1d.MNIST1DStudy(first_eval_seed=0, n_eval_seeds=10, first_tuning_seed=5)
+    with pytest.raises(ValueError, match="n_validation"):
+        mnist1d.MNIST1DStudy(task=MNIST1DConfig(n_validation=0))
+    with pytest.raises(ValueError, match="study.n_eval_seeds"):
+        mnist1d.MNIST1DStudy(n_eval_seeds=0)
+    with pytest.raises(TypeError, match="study.tuning_budget"):
+        mnist1d.MNIST1DStudy(tuning_budget=2.5)
+    with pytest.raises(ValueError, match="family must be one of"):
+        mnist1d.run_pool("plateau", [{"lr": 1e-3}], [0], MNIST1DConfig(steps=2))
+    with pytest.raises(ValueError, match="empty"):
+        mnist1d.run_pool("constant", [], [0], MNIST1DConfig(steps=2))
+
+
+def test_every_family_is_a_registry_entry_of_its_kind() -> None:
+    assert all(methods.get(key).kind == "schedule" for key in mnist1d.SCHEDULERS)
+    assert all(methods.get(key).kind == "lr_free" and methods.get(key).optimizer for key in mnist1d.LR_FREE)
+
+
+def test_the_primary_family_is_eight_distinct_comparisons_on_both_metrics() -> None:
+    comparisons = mnist1d.primary_comparisons("constant", "schedule", "free", "controller")
+    assert len(set(comparisons)) == 8 <= stats.PRIMARY_LIMIT
+    assert {metric for *_, metric in comparisons} == {"test_error", "test_ce"}
+
+
+def test_the_accuracy_interval_holds_the_mean_and_is_nan_without_spread() -> None:
+    values = np.array([0.61, 0.65, 0.66, 0.70, 0.64, 0.67])
+    low, high = mnist1d.mean_interval(values)
+    assert low < values.mean() < high and high - low < values.max() - values.min()
+    assert all(math.isnan(bound) for bound in mnist1d.mean_interval(np.full(4, 0.6)))
+    assert all(math.isnan(bound) for bound in mnist1d.mean_interval(np.array([0.6])))
+
+
+@pytest.fixture(scope="module")
+def tiny_study():
+    """Two families' pools of 2 on 2 tuning seeds, then the picks, the paper's Adam and a rule controller."""
+    study = mnist1d.MNIST1DStudy(task=MNIST1DConfig(steps=30, n_validation=500), n_eval_seeds=3, n_tuning_seeds=2,
+                                 first_tuning_seed=50, tuning_budget=2)
+    tuning = mnist1d.tune(study, ["constant", "schedule_free"])
+    picks = mnist1d.choose(tuning)
+    runs = mnist1d.run_picks(picks, study.eval_seeds, study.task)
+    return study, tuning, picks, runs
+
+
+def test_tuning_runs_every_configuration_on_every_tuning_seed_and_is_deterministic(tiny_study) -> None:
+    study, tuning, picks, runs = tiny_study
+    assert len(tuning) == 2 * study.tuning_budget * study.n_tuning_seeds
+    assert set(tuning["seed"]) == set(study.tuning_seeds) and tuning["validation_error"].between(0, 1).all()
+    again = mnist1d.run_pool("constant", [picks["constant"]["params"]], study.tuning_seeds, study.task)[0]
+    first = tuning[(tuning["family"] == "constant") & (tuning["configuration"] == picks["constant"]["configuration"])]
+    assert [mnist1d.scores(run, study.task)["validation_error"] for run in again] == list(first["validation_error"])
+
+
+def test_the_evaluation_table_and_the_reading_follow_the_runs(tiny_study) -> None:
+    study, tuning, picks, runs = tiny_study
+    kinds = {mnist1d.tuned_label("constant"): "schedule", mnist1d.tuned_label("schedule_free"): "lr_free",
+             mnist1d.PAPER_ADAM: "original"}
+    table = mnist1d.runs_table(runs, study.task, kinds)
+    assert len(table) == 3 * study.n_eval_seeds and set(table["seed"]) == set(study.eval_seeds)
+    summary = mnist1d.test_accuracy_summary(table)
+    for _, row in summary.iterrows():
+        part = table[table["method"] == row["method"]]
+        assert row["test accuracy"] == pytest.approx(100 * (1 - part["test_error"]).mean())
+    assert list(summary["test accuracy"]) == sorted(summary["test accuracy"], reverse=True)
+    primary = stats.primary_tests(table, [("same optimiser steps", mnist1d.tuned_label("schedule_free"),
+                                           mnist1d.tuned_label("constant"), "test_error")])
+    roles = {"tuned constant": mnist1d.tuned_label("constant")}
+    text = mnist1d.reading(summary, primary, roles, 68.0)
+    assert f"{summary.set_index('method').loc[roles['tuned constant'], 'test accuracy']:.1f}%" in text
+    for number in __import__("re").findall(r"([\d.]+) times (?:lower|higher)", text):
+        assert float(number) >= 1
+
+
+def test_the_summary_names_the_notebook_to_run_when_its_results_are_missing(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="07_mnist1d"):
+        mnist1d.summary_blocks(tmp_path)
