@@ -42,6 +42,8 @@ SOURCES = {
     "peers": ("06_pbt", None),
     "which-to-use": ("06_pbt", None),
     "tuned-families": ("06_pbt", None),
+    "mnist1d": ("07_mnist1d", "Reading"),
+    "mnist1d-headline": ("07_mnist1d", "The-pre-registered-tests"),
     "durations": (None, None),
     "performance": (None, None),
 }

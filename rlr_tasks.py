@@ -374,6 +374,17 @@ def deciding_on_validation(controller: Any) -> bool:
             and rlr_core.is_decision_step(controller.last_epoch, controller.schedule))
 
 
+def step_controller(controller: Any, loss: float, model: nn.Module, validation: Split) -> bool:
+    """The reference loop's controller step: it reads L_t (and, at its decisions where its state reads it, the
+    validation cross-entropy V_t), then sets the lr of step t. False (nothing stepped) when V_t is non-finite:
+    the run has diverged there."""
+    value = cross_entropy(model, *validation) if deciding_on_validation(controller) else None
+    if value is not None and not math.isfinite(value):
+        return False
+    controller.step(loss, value) if value is not None else controller.step(loss)
+    return True
+
+
 def check_run_options(lr: Any, make_scheduler: Any, method: Any) -> bool:
     """train_mnist1d's options checked before any work; returns whether lr is one number (a constant)."""
     constant = np.ndim(lr) == 0 and not isinstance(lr, (str, bytes))
@@ -401,10 +412,10 @@ def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 
     whose state reads the validation loss also gets, at each decision, the validation split's mean
     cross-entropy at the current weights. Series per step: 'loss', the mini-batch cross-entropy at the
     weights the step's gradient is taken at, and 'lr', the lr the step used. A non-finite loss stops the
-    run there: diverged_at is that step and the series stop before it (the rlr_engine convention). An
-    optimiser with train()/eval() modes (schedule-free) steps in train mode and the returned model holds
-    its eval-mode weights.
-    """
+    run there: diverged_at is that step and the series stop before it (the rlr_engine convention), as does a
+    non-finite validation loss a controller was to read; weights left non-finite by the last update give
+    diverged_at = steps with the full series. An optimiser with train()/eval() modes (schedule-free) steps
+    in train mode and the returned model holds its eval-mode weights."""
     constant = check_run_options(lr, make_scheduler, method)
     lrs = lr_table(lr, 1, check_config(config).steps)[0]
     config, dtype, device, splits, model, batch_stream = setup_run(seed, config, dtype, device)
@@ -430,9 +441,9 @@ def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 
         if not math.isfinite(value):
             diverged_at = step
             break
-        if controlled:  # the controller reads L_t (and V_t at its decisions where it reads it), then sets the lr of step t
-            validation = cross_entropy(model, *splits.validation) if deciding_on_validation(scheduler) else None
-            scheduler.step(value, validation) if validation is not None else scheduler.step(value)
+        if controlled and not step_controller(scheduler, value, model, splits.validation):
+            diverged_at = step
+            break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -442,6 +453,8 @@ def train_mnist1d(seed: int, config: MNIST1DConfig = MNIST1DConfig(), lr: Any = 
     if has_modes:
         optimizer.eval()
     count = config.steps if diverged_at is None else diverged_at
+    if diverged_at is None and not finite_weights(model):
+        diverged_at = config.steps  # the last update (or the eval-mode switch) left non-finite weights
     return RunResult(method, run_config(seed, config, dtype, device), {"loss": losses[:count], "lr": used_lrs[:count]},
                      time.perf_counter() - started, diverged_at, model)
 
@@ -494,12 +507,15 @@ class ControllerLrs:
     optimiser holding one lr)), stepped with run k's mini-batch loss before the step, as train_mnist1d steps a
     controller, and with run k's validation cross-entropy at the decisions of a controller whose state reads it.
     A proxy stands in for the optimiser because the K runs' Adam is one BatchedAdam; the controller only
-    reads and writes param_groups' lr. A run whose loss went non-finite stops stepping its controller."""
+    reads and writes param_groups' lr. The controllers are built (and checked) before any data or model is;
+    attach() then binds them to the stacked runs. A run whose loss, or validation loss at a decision, is
+    non-finite has diverged there (its loss is set to NaN, so its series are cut at that step, as the
+    reference loop cuts them) and stops stepping its controller."""
 
-    def __init__(self, make_controller: Callable[[torch.optim.Optimizer], Any], stacked: StackedRuns,
+    def __init__(self, make_controller: Callable[[torch.optim.Optimizer], Any], n_runs: int,
                  config: MNIST1DConfig) -> None:
         self.controllers = []
-        for k in range(stacked.net.n_runs):
+        for _ in range(n_runs):
             proxy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
             controller = make_controller(proxy)
             if not isinstance(controller, CONTROLLERS):
@@ -508,8 +524,12 @@ class ControllerLrs:
             if reads_validation(controller) and config.n_validation == 0:
                 raise ValueError("the controller's state reads the validation loss: config.n_validation must be > 0")
             self.controllers.append((proxy, controller))
+
+    def attach(self, stacked: StackedRuns) -> ControllerLrs:
+        """Bind to the stacked runs: their model, gradient and validation splits, and one BatchedAdam."""
         self.stacked, self.grad = stacked, stacked.net.grad
         self.optimizer = BatchedAdam(stacked.net.params, stacked.net.rows_of)
+        return self
 
     def validation_losses(self) -> np.ndarray:
         """Each run's validation cross-entropy at its current weights, [K]."""
@@ -524,6 +544,9 @@ class ControllerLrs:
         for k in np.flatnonzero(alive):
             proxy, controller = self.controllers[k]
             if validation is not None and deciding_on_validation(controller):
+                if not math.isfinite(validation[k]):
+                    losses[k], alive[k] = math.nan, False  # diverged here: the series stop before this step
+                    continue
                 controller.step(float(values[k]), float(validation[k]))
             else:
                 controller.step(float(values[k]))
@@ -554,7 +577,26 @@ class OwnOptimizerLrs:
             self.optimizers.set_mode("eval")
 
 
-def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DConfig(), lrs: Any = 1e-3, *,
+def check_lr_sources(lrs: Any, make_controller: Any, make_optimizer: Any, n_runs: int) -> None:
+    """train_mnist1d_batched's lr options, checked before any work: one source, each of the right type."""
+    if make_controller is not None and make_optimizer is not None:
+        raise ValueError("pass make_controller or make_optimizer, not both")
+    if make_controller is not None and not callable(make_controller):
+        raise TypeError(f"make_controller must be callable or None, got {type(make_controller).__name__}")
+    if isinstance(make_optimizer, (list, tuple)):
+        if not all(callable(make) for make in make_optimizer):
+            raise TypeError("make_optimizer must be callable, or a list of callables (one per run)")
+        if len(make_optimizer) != n_runs:
+            raise ValueError(f"make_optimizer as a list must hold one factory per run ({n_runs}), got {len(make_optimizer)}")
+    elif make_optimizer is not None and not callable(make_optimizer):
+        raise TypeError(f"make_optimizer must be callable or None, got {type(make_optimizer).__name__}")
+    if make_controller is not None and lrs is not None:
+        raise ValueError("with make_controller, each controller sets its run's lr: lrs must be None")
+    if make_optimizer is not None and lrs is not None and np.ndim(lrs) != 0:
+        raise ValueError("with make_optimizer, lrs must be one number (the lr each optimiser is built with)")
+
+
+def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DConfig(), lrs: Any = None, *,
                           make_controller: Callable[[torch.optim.Optimizer], Any] | None = None,
                           make_optimizer: Callable[[Any, float], torch.optim.Optimizer] | None = None,
                           dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -565,37 +607,29 @@ def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DC
     Where each run's lr comes from (one of):
     - lrs: Adam (rlr_stacked.BatchedAdam, torch's functional Adam with one lr per run) under one number, a
       schedule [steps] for every run, or one schedule per run [K, steps] (a seed x schedule sweep is one
-      call: seeds may repeat); a scheduler's schedule is rlr_batched.lr_schedule;
+      call: seeds may repeat); a scheduler's schedule is rlr_batched.lr_schedule; None: 1e-3;
     - make_controller(optimizer): Adam under a controller per run, stepped with the loss as train_mnist1d
-      steps one (ControllerLrs; lrs is then unused and must be left at its default);
+      steps one (ControllerLrs; lrs must then be None: each controller sets its run's lr);
     - make_optimizer(parameters, lr): an optimiser of another package per run (or a list of K factories, run
-      k's from the k-th: a pool's configurations in one batch), built with lr = lrs (a number), stepped in train mode where it has modes, its eval-mode weights returned (OwnOptimizerLrs).
+      k's from the k-th: a pool's configurations in one batch), built with lr = lrs (a number; None: 1e-3),
+      stepped in train mode where it has modes, its eval-mode weights returned (OwnOptimizerLrs).
     A diverged run computes on inside its own slice (no op mixes runs) and its series are cut at diverged_at,
-    as the reference's are. wall_seconds is the batch's time divided by K.
+    as the reference's are; a run whose weights end non-finite (its last update diverged) has diverged_at =
+    steps. wall_seconds is the batch's time divided by K. Every input is checked before any data or model
+    is built.
     """
     seeds = check_seeds("seeds", seeds)
     if not seeds:
         raise ValueError("seeds must name at least one run")
     if not isinstance(method, str) or not method:
         raise ValueError(f"method must be a non-empty string (the result's name), got {method!r}")
-    if make_controller is not None and make_optimizer is not None:
-        raise ValueError("pass make_controller or make_optimizer, not both")
     config, dtype, n_runs = check_config(config), check_dtype(dtype), len(seeds)
-    if make_controller is not None and not callable(make_controller):
-        raise TypeError(f"make_controller must be callable or None, got {type(make_controller).__name__}")
-    if isinstance(make_optimizer, (list, tuple)):
-        if len(make_optimizer) != n_runs or not all(callable(make) for make in make_optimizer):
-            raise TypeError(f"make_optimizer must be callable, or a list of {n_runs} callables (one per run)")
-    elif make_optimizer is not None and not callable(make_optimizer):
-        raise TypeError(f"make_optimizer must be callable or None, got {type(make_optimizer).__name__}")
-    if make_controller is not None and not (isinstance(lrs, float) and lrs == 1e-3):
-        raise ValueError("with make_controller, each controller sets the lr: leave lrs at its default")
-    if make_optimizer is not None and np.ndim(lrs) != 0:
-        raise ValueError("with make_optimizer, lrs must be one number (the lr each optimiser is built with)")
-    table = lr_table(lrs, n_runs, config.steps, "lrs")
+    check_lr_sources(lrs, make_controller, make_optimizer, n_runs)
+    table = lr_table(1e-3 if lrs is None else lrs, n_runs, config.steps, "lrs")
+    controlled = ControllerLrs(make_controller, n_runs, config) if make_controller is not None else None
     stacked = stack_runs(seeds, config, dtype, device)
-    if make_controller is not None:
-        source = ControllerLrs(make_controller, stacked, config)
+    if controlled is not None:
+        source = controlled.attach(stacked)
     elif make_optimizer is not None:
         source = OwnOptimizerLrs(make_optimizer, float(table[0, 0]), stacked)
     else:
@@ -632,6 +666,11 @@ def run_steps(stacked: StackedRuns, config: MNIST1DConfig, source: TableLrs | Co
     return {"loss": losses.cpu().double().numpy(), "lr": used_lrs}, time.perf_counter() - started
 
 
+def finite_weights(model: nn.Module) -> bool:
+    """Whether every parameter of the model is finite (a run that ends otherwise has diverged)."""
+    return all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters())
+
+
 def split_runs(method: str, seeds: list[int], config: MNIST1DConfig, dtype: torch.dtype, device: torch.device,
                series: dict[str, np.ndarray], wall_seconds: float, models: list[nn.Module]) -> list[RunResult]:
     """Series [steps, K] cut into one RunResult per run, each stopped at its first non-finite loss."""
@@ -639,6 +678,8 @@ def split_runs(method: str, seeds: list[int], config: MNIST1DConfig, dtype: torc
     for k, seed in enumerate(seeds):
         bad = ~np.isfinite(series["loss"][:, k])
         diverged_at = int(np.argmax(bad)) if bad.any() else None
+        if diverged_at is None and not finite_weights(models[k]):
+            diverged_at = config.steps  # the last update (or the eval-mode switch) left non-finite weights
         count = len(bad) if diverged_at is None else diverged_at
         run_series = {name: np.ascontiguousarray(values[:count, k]) for name, values in series.items()}
         results.append(RunResult(method, run_config(seed, config, dtype, device), run_series, wall_seconds,

@@ -54,6 +54,41 @@ def test_the_pick_has_the_lowest_mean_validation_error_and_never_a_diverged_run(
     assert mnist1d.best_pick(picks, ["constant", "cosine"]) == "cosine"
     with pytest.raises(ValueError, match="no pick"):
         mnist1d.best_pick(picks, ["prodigy"])
+    every_one_diverged = tuning_table([("prodigy", 0, 1, math.nan, math.nan), ("prodigy", 1, 1, 0.2, 1.0),
+                                       ("prodigy", 1, 2, math.nan, math.nan), ("prodigy", 0, 2, 0.2, 1.0)])
+    with pytest.raises(ValueError, match="prodigy: every candidate diverged"):
+        mnist1d.choose(every_one_diverged)
+
+
+def runs(rows: list[tuple[str, str, int, float, float, float | None]]) -> pd.DataFrame:
+    """A runs table from (method, kind, seed, validation error, test error, diverged_at)."""
+    return pd.DataFrame([{"method": method, "kind": kind, "seed": seed, "validation_error": validation,
+                          "validation_ce": validation * 3, "test_error": test, "test_ce": test * 3,
+                          "diverged_at": diverged, "budget": "same optimiser steps"}
+                         for method, kind, seed, validation, test, diverged in rows])
+
+
+def test_the_best_controller_is_picked_by_the_families_rule_a_diverged_run_disqualifying() -> None:
+    table = runs([("a", "controller", 1, 0.30, 0.3, None), ("a", "controller", 2, 0.30, 0.3, None),
+                  ("b", "controller", 1, 0.10, 0.1, None), ("b", "controller", 2, math.nan, math.nan, 40),
+                  ("c", "controller", 1, 0.35, 0.2, None), ("c", "controller", 2, 0.35, 0.2, None)])
+    assert mnist1d.choose_method(table, ["a", "b", "c"]) == "a"  # b diverged once; c is worse on validation
+    with pytest.raises(ValueError, match="no runs of"):
+        mnist1d.choose_method(table, ["a", "z"])
+    with pytest.raises(ValueError, match="every candidate diverged"):
+        mnist1d.choose_method(table, ["b"])
+
+
+def test_a_diverged_run_counts_at_chance_in_the_summaries() -> None:
+    table = runs([("a", "schedule", 1, 0.3, 0.30, None), ("a", "schedule", 2, 0.3, 0.34, None),
+                  ("b", "lr_free", 1, 0.1, 0.10, None), ("b", "lr_free", 2, math.nan, math.nan, 7)])
+    summary = mnist1d.test_accuracy_summary(table).set_index("method")
+    assert summary.loc["b", "test accuracy"] == pytest.approx(100 * (1 - (0.10 + mnist1d.CHANCE_ERROR) / 2))
+    assert summary.loc["b", "diverged"] == 1 and summary.loc["a", "test accuracy"] == pytest.approx(68.0)
+    assert list(summary.index) == ["a", "b"]  # b's divergence costs it the first place
+    errors = mnist1d.error_summary(table).set_index("method")
+    assert errors.loc["b", "geometric mean"] == pytest.approx(math.sqrt(0.10 * mnist1d.CHANCE_ERROR))
+    assert errors.loc["a", "gm CI low"] <= errors.loc["a", "geometric mean"] <= errors.loc["a", "gm CI high"]
 
 
 def test_the_budget_curves_are_rlr_stats_curves_of_each_familys_configurations() -> None:
@@ -66,7 +101,7 @@ def test_the_budget_curves_are_rlr_stats_curves_of_each_familys_configurations()
     means = table.groupby("configuration")["validation_error"].mean()
     expected = stats.budget_curve(means, means + 0.01, [1, 2, 4, 8])
     np.testing.assert_allclose(curves["best validation error, expected"], expected["best validation MSE, expected"])
-    assert curves["best validation error, median"].iloc[-1] <= curves["best validation error, median"].iloc[0]
+    np.testing.assert_allclose(curves["test error of the pick, expected"], expected["test MSE of the pick, expected"])
 
 
 def test_the_study_refuses_bad_settings_naming_them() -> None:
@@ -137,8 +172,9 @@ def test_the_evaluation_table_and_the_reading_follow_the_runs(tiny_study) -> Non
     primary = stats.primary_tests(table, [("same optimiser steps", mnist1d.tuned_label("schedule_free"),
                                            mnist1d.tuned_label("constant"), "test_error")])
     roles = {"tuned constant": mnist1d.tuned_label("constant")}
-    text = mnist1d.reading(summary, primary, roles, 68.0)
-    assert f"{summary.set_index('method').loc[roles['tuned constant'], 'test accuracy']:.1f}%" in text
+    text = mnist1d.reading(summary, primary, roles, 68.0, study.task)
+    assert f"the tuned constant lr {summary.set_index('method').loc[roles['tuned constant'], 'test accuracy']:.1f}%" in text
+    assert f"train on {study.task.n_train}" in text and "tuned constant: tuned constant lr" in text
     for number in __import__("re").findall(r"([\d.]+) times (?:lower|higher)", text):
         assert float(number) >= 1
 

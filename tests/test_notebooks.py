@@ -52,7 +52,7 @@ EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", 
                     "03_comparison_passes", "03_comparison_steps", "04_budget_curves", "04_test_mse_intervals", "04_loss_curves",
                     "04_lr_trajectories", "04_controller_training", "04_controller_curves", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
                     "05_lr_trajectories_degree6", "05_controllers_test_mse_intervals", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr",
-                    "07_budget_curves", "07_test_accuracy", "07_lr_trajectories", "08_summary"]
+                    "07_budget_curves", "07_test_accuracy", "07_lr_trajectories", "08_summary", "08_summary_mnist1d"]
 
 
 @pytest.fixture(scope="module")

@@ -436,6 +436,7 @@ def test_controlled_batched_runs_are_the_reference_runs_under_the_same_controlle
         np.testing.assert_allclose(batched[k].series["loss"], reference.series["loss"], rtol=1e-12)
         paths.add(tuple(reference.series["lr"]))
     assert len(next(iter(paths))) == 60 and len(set(next(iter(paths)))) > 1  # the controller moved the lr
+    assert len(paths) > 1  # and differently per run: a run's controller reads that run's losses, no other's
 
 
 def test_a_controller_reading_validation_needs_a_validation_split_in_both_loops() -> None:
@@ -467,11 +468,55 @@ def test_the_batched_lr_sources_refuse_mixed_options_before_any_work() -> None:
     with pytest.raises(ValueError, match="not both"):
         tasks.train_mnist1d_batched([0], config, make_controller=rule_controller("log", 5),
                                     make_optimizer=lambda p, lr: torch.optim.SGD(p, lr))
-    with pytest.raises(ValueError, match="leave lrs"):
-        tasks.train_mnist1d_batched([0], config, 1e-2, make_controller=rule_controller("log", 5))
+    for lrs in (1e-2, 1e-3):
+        with pytest.raises(ValueError, match="lrs must be None"):
+            tasks.train_mnist1d_batched([0], config, lrs, make_controller=rule_controller("log", 5))
+    with pytest.raises(ValueError, match="one factory per run"):
+        tasks.train_mnist1d_batched([0, 1], config, make_optimizer=[lambda p, lr: torch.optim.SGD(p, lr)])
     with pytest.raises(ValueError, match="one number"):
         tasks.train_mnist1d_batched([0], config, [1e-3] * 5, make_optimizer=lambda p, lr: torch.optim.SGD(p, lr))
     with pytest.raises(TypeError, match="make_controller"):
         tasks.train_mnist1d_batched([0], config, make_controller="cosine")
     with pytest.raises(TypeError, match="make_controller must return"):
         tasks.train_mnist1d_batched([0], config, make_controller=lambda optimizer: object())
+
+
+def test_a_list_of_optimiser_factories_gives_run_k_the_kth_configuration() -> None:
+    """A pool in one batch: run k is built by the k-th factory, so it equals that configuration run alone."""
+    import rlr_methods
+
+    factory, config, seeds = rlr_methods.get("prodigy").optimizer, MNIST1DConfig(steps=25), [0, 0, 1]
+    pool = [{"d_coef": 0.3}, {"d_coef": 3.0}, {"d_coef": 1.0}]
+    together = tasks.train_mnist1d_batched(seeds, config, make_optimizer=[factory(params, 25) for params in pool],
+                                           dtype=torch.float64)
+    for k, (seed, params) in enumerate(zip(seeds, pool)):
+        alone = tasks.train_mnist1d_batched([seed], config, make_optimizer=factory(params, 25), dtype=torch.float64)[0]
+        np.testing.assert_allclose(together[k].series["loss"], alone.series["loss"], rtol=1e-10)
+    assert not np.allclose(together[0].series["loss"], together[1].series["loss"])  # same seed, other configuration
+
+
+class NaNOnStep(torch.optim.SGD):
+    """SGD that writes NaN into its parameters on its n-th step: a divergence no loss before it shows."""
+
+    def __init__(self, params, lr: float, n: int) -> None:
+        super().__init__(params, lr)
+        self.n, self.count = n, 0
+
+    def step(self, closure=None):
+        super().step(closure)
+        self.count += 1
+        if self.count == self.n:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for parameter in group["params"]:
+                        parameter.fill_(math.nan)
+
+
+def test_weights_left_non_finite_by_the_last_update_are_a_divergence_in_both_loops() -> None:
+    config = MNIST1DConfig(steps=6)
+    make = lambda params, lr: NaNOnStep(params, 1e-3, n=6)  # noqa: E731
+    reference = tasks.train_mnist1d(0, config, make_optimizer=make)
+    batched = tasks.train_mnist1d_batched([0, 1], config, make_optimizer=[make, lambda p, lr: torch.optim.SGD(p, 1e-3)])
+    assert reference.diverged_at == 6 and len(reference.series["loss"]) == 6
+    assert batched[0].diverged_at == 6 and len(batched[0].series["loss"]) == 6
+    assert batched[1].diverged_at is None
