@@ -59,7 +59,6 @@ KNOWN_STALE: dict[str, str] = {
         "the first full run of its equal-compute comparison, on notebook 04's full run; its cells are unchanged, "
         "its modules changed with issue 23 (rlr_study, rlr_methods, rlr_config), "
         "so it is stale by hash. Regenerated after notebook 04 (17 minutes)"),
-    "07_mnist1d": "new (issue 24); its first full run is under way, committed without outputs until then",
     "08_summary": "draws notebook 07's results too now; re-run (seconds) once notebook 07's first full run is committed",
 }
 """Notebooks whose committed results are known to come from older code (their records hold that code's

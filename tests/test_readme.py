@@ -243,3 +243,13 @@ def test_the_headline_is_at_most_eight_lines_and_names_the_power_and_scope():
     assert len(lines) <= rlr_report.HEADLINE_LINES == 8, lines
     assert any(line.startswith("Power:") for line in lines) and any(line.startswith("Scope:") for line in lines)
     assert readme.BLOCK.search(README) and headline in README
+
+
+def test_notebook_07s_committed_summary_is_what_its_results_give():
+    """Notebook 07's blocks are rendered by rlr_mnist1d (not rlr_summaries.SUMMARIES, this round): the
+    committed summary equals a re-render from the committed results."""
+    import rlr_mnist1d
+
+    committed = json.loads((ROOT / "results" / "summaries" / f"{rlr_mnist1d.NOTEBOOK}.json").read_text())
+    assert committed == {"notebook": rlr_mnist1d.NOTEBOOK, "blocks": rlr_mnist1d.summary_blocks(ROOT / "results")}, \
+        "results/summaries/07_mnist1d.json is stale: re-run notebook 07 (make reproduce)"
