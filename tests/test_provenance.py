@@ -39,16 +39,6 @@ def test_committed_results_come_from_the_current_code(name):
 
 
 KNOWN_STALE: dict[str, str] = {
-    "05_transfer": (
-        "results of fd27ef1's code (committed in 09f3b20; they name bd3a4b0, the HEAD when they were written, "
-        "which added only results), run on notebook 04's full run; its cells (the learned "
-        "rule, the held-out tasks off the interpolation threshold) and its modules changed since. Regenerated "
-        "after notebook 04; committed without outputs until then"),
-    "06_pbt": (
-        "results of fd27ef1's code (committed in ca153e7; they name 09f3b20, the HEAD when they were written), "
-        "the first full run of its equal-compute comparison, on notebook 04's full run; its cells are unchanged, "
-        "its modules changed with issue 23 (rlr_study, rlr_methods, rlr_config), "
-        "so it is stale by hash. Regenerated after notebook 04 (17 minutes)"),
     "08_summary": "draws notebook 07's results too now; re-run (seconds) once notebook 07's first full run is committed",
 }
 """Notebooks whose committed results are known to come from older code (their records hold that code's
