@@ -38,9 +38,7 @@ def test_committed_results_come_from_the_current_code(name):
         "run make reproduce")
 
 
-KNOWN_STALE: dict[str, str] = {
-    "08_summary": "draws notebook 07's results too now; re-run (seconds) once notebook 07's first full run is committed",
-}
+KNOWN_STALE: dict[str, str] = {}
 """Notebooks whose committed results are known to come from older code (their records hold that code's
 hashes). Empty once `make reproduce` has run on the current tree."""
 
