@@ -38,11 +38,7 @@ def test_committed_results_come_from_the_current_code(name):
         "run make reproduce")
 
 
-KNOWN_STALE: dict[str, str] = {
-    "06_pbt": ("re-run this session before 05_transfer, whose results/transfer_summary.json it reads (make reproduce "
-               "runs 05 first): its results are this round's code on the previous transfer summary; a re-run after 05 "
-               "is under way"),
-}
+KNOWN_STALE: dict[str, str] = {}
 """Notebooks whose committed results are known to come from older code (their records hold that code's
 hashes). Empty once `make reproduce` has run on the current tree."""
 
