@@ -3,28 +3,33 @@
 Every family of the registry that runs on any model (the open-loop schedules and the learning-rate-free
 optimisers) gets a pool of the same size (its own scrambled Sobol draw, Method.configurations) on
 the validation splits of tuning seeds; each family's pick is the configuration with the lowest mean
-validation error; the picks, Adam at the paper's default lr, and notebook 04's learned controllers frozen
-(trained on polynomials: the transfer across tasks) then run on evaluation seeds, whose test sets score
-them. A seed is the generator's seed: a fresh data set (rlr_tasks), so tuning and evaluation seeds share
-no example. Everything runs K runs at once (rlr_tasks.train_mnist1d_batched).
+validation error. The learned controllers are notebook 04's, frozen (trained on polynomials: the transfer
+across tasks), and notebook 04's DQN controller design trained again here on MNIST-1D task seeds
+(train_controller, on rlr_task_env.TaskControlVectorEnv), frozen at checkpoints; the best of them all is
+picked on the tuning seeds by the same rule. The picks, Adam at the paper's default lr and the controllers
+then run on evaluation seeds, whose test sets score them. A seed is the generator's seed: a fresh data set
+(rlr_tasks), so training, tuning and evaluation seeds share no example. Everything runs K runs at once
+(rlr_tasks.train_mnist1d_batched).
 
     study = MNIST1DStudy()
     tuning = tune(study)                      # one row per family x configuration x tuning seed
     picks = choose(tuning)                    # family -> its pick, with the margin over its runner-up
-    runs = evaluate(picks, study, controllers)
+    snapshots, history, seconds = train_controller(study, schedule, dqn, ControllerTraining())
+    runs = run_picks(picks, study.eval_seeds, study.task) | run_controllers(controllers, study.eval_seeds, study.task)
 
 Metrics are errors, so that lower is better everywhere and the one ratio convention applies: test error
 (1 - accuracy) and test cross-entropy, on each seed's 1000 held-out examples.
 
-Read top to bottom: the study's config -> the families -> running a pool -> tuning and picks -> evaluation
--> the primary comparisons and the reading.
+Read top to bottom: the study's config -> the families -> running a pool -> tuning and picks -> a controller
+trained on MNIST-1D -> evaluation -> the primary comparisons and the reading.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,7 +43,9 @@ import rlr_methods as methods
 import rlr_report as report
 import rlr_stats as stats
 import rlr_tasks as tasks
+from rlr_env import train_agent_on_vector_env
 from rlr_results import RunResult, atomic_write_text
+from rlr_task_env import TaskControlVectorEnv
 from rlr_tasks import GENERATED_TRAIN, MNIST1DConfig
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,6 +134,7 @@ def run_pool(key: str, pool: Sequence[dict], seeds: Sequence[int], config: MNIST
     """Every configuration of a pool on every seed, in one batch: per configuration, one RunResult per seed."""
     if key not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {key!r}")
+    config = tasks.check_config(config)
     if not pool:
         raise ValueError(f"{key}: the pool of configurations is empty")
     seeds, label = list(seeds), method or methods.get(key).label
@@ -195,7 +203,7 @@ def configuration_scores(tuning: pd.DataFrame, by: Sequence[str] = ("family", "c
 
 SELECTION_RULE = ("the configuration with the lowest mean validation error over the tuning seeds (validation "
                   "cross-entropy breaks a tie; a configuration with a diverged run is never picked)")
-"""how a family's pick (and the best frozen controller) is made, as the notebook and the reading print it"""
+"""how a family's pick (and the best learned controller) is made, as the notebook and the reading print it"""
 
 
 def ranked(scores: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -250,7 +258,105 @@ def budget_curves(tuning: pd.DataFrame, ks: Sequence[int] = (1, 2, 4, 8, 16, 32)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Evaluation: the picks, the paper's Adam and the frozen controllers on the evaluation seeds
+# A controller trained on MNIST-1D task seeds
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ControllerTraining:
+    """Notebook 04's DQN controller design trained again, on MNIST-1D task seeds (rlr_task_env.TaskControlVectorEnv):
+    how many runs at once, how long, and when its policy is frozen and kept."""
+
+    first_training_seed: int = 200_000
+    """the first round's task seeds are first_training_seed + i; later rounds draw generator seeds from the
+    environment; none may be an evaluation or tuning seed (checked before and after training)"""
+    n_envs: int = 16
+    """runs trained at once (the vector environment's K), as notebook 04's controllers"""
+    rounds: int = 16
+    """episodes per run: n_envs x rounds training episodes of the study's run length"""
+    first_checkpoint: int = 2
+    """the greedy policy is frozen and kept after this many rounds, after every doubling of them and at the end
+    (checkpoints); each is scored on the tuning seeds and the best picked there (SELECTION_RULE), so the
+    training length is tuned on validation data like any knob"""
+    updates_per_step: int = 16
+    """DQN updates per vector step (one per transition with 16 runs, as notebook 04's)"""
+    agent_seed: int = 0
+    """seed of the agent's Q-network, exploration and replay sampling"""
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("first_training_seed", 0), ("n_envs", 1), ("rounds", 1), ("first_checkpoint", 1),
+                              ("updates_per_step", 1), ("agent_seed", 0)):
+            rc.check_int(f"training.{name}", getattr(self, name), minimum)
+        if self.first_checkpoint > self.rounds:
+            raise ValueError(f"training.first_checkpoint ({self.first_checkpoint}) must be at most training.rounds "
+                             f"({self.rounds})")
+
+    @property
+    def checkpoints(self) -> list[int]:
+        """The rounds after which the policy is kept: first_checkpoint, its doublings below rounds, and rounds."""
+        rounds, checkpoint = [], self.first_checkpoint
+        while checkpoint < self.rounds:
+            rounds, checkpoint = rounds + [checkpoint], 2 * checkpoint
+        return rounds + [self.rounds]
+
+    @property
+    def first_round_seeds(self) -> list[int]:
+        return list(range(self.first_training_seed, self.first_training_seed + self.n_envs))
+
+    def check_disjoint(self, seeds: Sequence[int], study: MNIST1DStudy) -> None:
+        """ValueError if any training task seed is one of the study's evaluation or tuning seeds."""
+        shared = sorted(set(seeds) & (set(study.eval_seeds) | set(study.tuning_seeds)))
+        if shared:
+            raise ValueError(f"the controller's training task seeds meet the study's evaluation or tuning seeds "
+                             f"{shared[:5]} (training.first_training_seed): move one of them")
+
+
+def controller_schedule(schedule: rc.ScheduleConfig, steps: int) -> rc.ScheduleConfig:
+    """A controller's schedule carried to runs of `steps` optimiser steps: the same lr grid, actions, state and
+    reward, and as many decisions per run (the decision interval scaled as TrainedController.scheduler scales it)."""
+    if not isinstance(schedule, rc.ScheduleConfig):
+        raise TypeError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
+    rc.check_int("steps", steps, 1)
+    return replace(schedule, steps=steps, decision_interval=max(1, round(steps * schedule.decision_interval / schedule.steps)))
+
+
+def train_controller(study: MNIST1DStudy, schedule: rc.ScheduleConfig, dqn: rc.DQNConfig,
+                     training: ControllerTraining) -> tuple[dict[int, dict], dict[str, list], float]:
+    """A DQN controller (rlr_core.DQNAgent at `dqn`) trained on schedule (controller_schedule of a controller's,
+    over study.task.steps) for n_envs x rounds MNIST-1D episodes, each a new task seed, through
+    rlr_env.train_agent_on_vector_env on TaskControlVectorEnv. Returns its greedy policy's weights after each
+    checkpoint round (training episodes so far -> plain tensors), the training history and the seconds taken."""
+    if not isinstance(study, MNIST1DStudy) or not isinstance(training, ControllerTraining):
+        raise TypeError("study must be an MNIST1DStudy and training a ControllerTraining")
+    if not isinstance(dqn, rc.DQNConfig):
+        raise TypeError(f"dqn must be a DQNConfig, got {type(dqn).__name__}")
+    if schedule.steps != study.task.steps:
+        raise ValueError(f"schedule.steps ({schedule.steps}) must be the study's run length ({study.task.steps}): "
+                         "use controller_schedule")
+    training.check_disjoint(training.first_round_seeds, study)
+    env = TaskControlVectorEnv(training.n_envs, tasks.MNIST1DTask(study.task), schedule)
+    agent = rc.DQNAgent(schedule.state_dim, schedule.n_actions, dqn, training.agent_seed)
+    per_round = -(-schedule.steps // schedule.decision_interval) + 1  # an episode's decisions and its autoreset
+    snapshots: dict[int, dict] = {}
+
+    def keep(step: int, history: dict[str, list]) -> None:
+        snapshots[step // per_round * training.n_envs] = {name: tensor.detach().clone()
+                                                         for name, tensor in agent.policy_net.state_dict().items()}
+
+    started = time.perf_counter()
+    history = train_agent_on_vector_env(env, agent, per_round * training.rounds, training.first_training_seed,
+                                        training.updates_per_step, [per_round * r for r in training.checkpoints], keep)
+    training.check_disjoint(history["episode_seeds"], study)
+    return snapshots, history, time.perf_counter() - started
+
+
+def trained_label(episodes: int) -> str:
+    """The label of the MNIST-1D controller frozen after `episodes` training episodes."""
+    return f"DQN controller trained on MNIST-1D ({episodes} episodes)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation: the picks, the paper's Adam and the learned controllers on the evaluation seeds
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -299,11 +405,20 @@ def primary_comparisons(constant: str, schedule: str, lr_free: str, controller: 
                         ) -> list[tuple[str, str, str, str]]:
     """The pre-registered family (rlr_stats.primary_tests, Holm over all 8): on test error and on test
     cross-entropy, the best tuned schedule against the tuned constant, the best learning-rate-free optimiser
-    against the tuned constant, and the best frozen controller against the tuned constant and against the
-    best tuned schedule."""
+    against the tuned constant, and the best learned controller (notebook 04's, frozen, or the one trained on
+    MNIST-1D here: whichever the tuning seeds pick) against the tuned constant and against the best tuned
+    schedule."""
     pairs = [(schedule, constant), (lr_free, constant), (controller, constant), (controller, schedule)]
     return [("same optimiser steps", method, reference, metric)
             for metric in ("test_error", "test_ce") for method, reference in pairs]
+
+
+def transfer_comparison(table: pd.DataFrame, polynomial: str, native: str) -> dict:
+    """Does a controller trained on polynomials do as well as one trained on the task itself? The paired test
+    error of notebook 04's best controller on the tuning seeds (polynomial) against the controller trained on
+    MNIST-1D task seeds that the tuning seeds pick (native), by rlr_stats.paired_comparison (ratio > 1: the
+    polynomial one is better), unadjusted: descriptive, outside the Holm family."""
+    return {"method": polynomial, "against": native, **stats.paired_comparison(table, "test_error", native, polynomial)}
 
 
 METRIC_WORDS = {"test_error": "test error", "test_ce": "test cross-entropy"}
@@ -376,15 +491,18 @@ KIND_LEGEND = {**report.SUMMARY_KINDS, "original": ("untuned reference (the pape
 
 
 KIND_WORDS = {"schedule": "tuned schedules (the constant lr included)", "lr_free": "tuned learning-rate-free optimisers",
-              "controller": "notebook 04's controllers (trained on polynomials, frozen)", "original": "untuned references"}
+              "controller": "learned controllers (notebook 04's, trained on polynomials, and the one trained on MNIST-1D)",
+              "original": "untuned references"}
 """a kind of method as the reading names it"""
 
 
 def reading(summary: pd.DataFrame, primary: pd.DataFrame, roles: dict[str, str], paper_accuracy: float,
-            config: MNIST1DConfig) -> str:
+            config: MNIST1DConfig, transfer: dict | None = None, training: dict | None = None) -> str:
     """The notebook's generated reading: the roles the primary tests compare (picked on validation), the
     highest test accuracy within each kind, the paper's Adam and the tuned constant against the paper's
-    accuracy (with the training-set difference), and each primary comparison on test error."""
+    accuracy (with the training-set difference), each primary comparison on test error, and where given the
+    transfer comparison (transfer_comparison, descriptive) and the controller's training compute (training:
+    its episodes and optimiser steps, against one family's tuning)."""
     by_method = summary.set_index("method")
     lines = ["- Compared by the primary tests (each picked on the tuning seeds' validation error): "
              + "; ".join(f"{role}: {label}" for role, label in roles.items()) + "."]
@@ -400,6 +518,14 @@ def reading(summary: pd.DataFrame, primary: pd.DataFrame, roles: dict[str, str],
     for _, row in primary[primary["metric"] == "test_error"].iterrows():
         lines.append(f"- {row['method']} against {row['against']}: {report.fold(row['ratio'], '.3f')} test error, "
                      f"{row['wins']} of {row['seeds']} seeds lower, Holm p = {row['p_holm']:.3g}: {report.outcome(row)}.")
+    if transfer is not None:
+        lines.append(f"- Transfer across tasks (descriptive, not in the Holm family): {transfer['method']} against "
+                     f"{transfer['against']}: {report.fold(transfer['ratio'], '.3f')} test error, {transfer['wins']} of "
+                     f"{transfer['seeds']} seeds lower, unadjusted Wilcoxon p = {transfer['p_value']:.3g}.")
+    if training is not None:
+        lines.append(f"- Compute: the controller trained on MNIST-1D took {training['episodes']} training episodes "
+                     f"({training['optimiser_steps']:,} optimiser steps, its configuration carried over from notebook 04's "
+                     f"search on polynomials) where each family's tuning took {training['tuning_steps_per_family']:,}.")
     return "\n".join(lines)
 
 
@@ -434,17 +560,17 @@ def summary_markdown(results: str | Path) -> str:
 
 def headline_markdown(results: str | Path) -> str:
     """The 'mnist1d-headline' block, the README's line under the verdict's headline: on MNIST-1D, the best
-    tuned schedule's test accuracy, and the best frozen controller against it (the primary test on test error)."""
+    tuned schedule's test accuracy, and the best learned controller against it (the primary test on test error)."""
     saved = json.loads((Path(results) / "mnist1d_summary.json").read_text())
     summary, roles = pd.DataFrame(saved["summary"]).set_index("method"), saved["roles"]
-    schedule, controller = roles["best tuned schedule"], roles["best frozen controller"]
+    schedule, controller = roles["best tuned schedule"], roles["best learned controller"]
     test = next(row for row in saved["primary"] if row["metric"] == "test_error" and row["method"] == controller
                 and row["against"] == schedule)
     return (f"- On MNIST-1D (notebook 07, the paper's MLP, {saved['study']['n_eval_seeds']} seeds): the best tuned schedule, "
-            f"{schedule}, reaches {summary.loc[schedule, 'test accuracy']:.1f}% test accuracy; the best of notebook 04's "
-            f"controllers on MNIST-1D's tuning seeds, {controller}, frozen, {summary.loc[controller, 'test accuracy']:.1f}%: {report.fold(test['ratio'], '.2f')} test "
-            f"error than the schedule ({test['wins']} of {test['seeds']} seeds lower; "
-            f"{'significant' if test['significant'] else 'not significant'}, Holm p {test['p_holm']:.2g}).")
+            f"{schedule}, reaches {summary.loc[schedule, 'test accuracy']:.1f}% test accuracy; the best learned controller "
+            f"on MNIST-1D's tuning seeds, {controller}, {summary.loc[controller, 'test accuracy']:.1f}%: "
+            f"{report.fold(test['ratio'], '.2f')} test error than the schedule ({test['wins']} of {test['seeds']} seeds "
+            f"lower; {'significant' if test['significant'] else 'not significant'}, Holm p {test['p_holm']:.2g}).")
 
 
 def summary_blocks(results: str | Path) -> dict[str, str]:

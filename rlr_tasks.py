@@ -1,5 +1,12 @@
-"""MNIST-1D (Greydanus 2020), the study's second task: data per seed, the paper's two models, a reference
-training loop, its batched form and the metrics.
+"""The study's tasks for the batched engine and the environments, and MNIST-1D (Greydanus 2020), the second task:
+data per seed, the paper's two models, a reference training loop, its batched form and the metrics.
+
+A task is data + model + loss + metrics, given as one object that the task-generic vector environment
+(rlr_task_env.TaskControlVectorEnv) and the controllers' training take: PolynomialTask (the original's
+MaclaurinNet on full-batch MSE) and MNIST1DTask (the paper's MLP or CNN on mini-batch cross-entropy). Its
+`runs(seeds)` stacks K runs as BatchedRuns (PolynomialRuns, MNIST1DRuns): their losses and gradients in one
+pass, their validation losses, a run restarted on a new seed. Each task also says what its training loss
+reads as at a controller's decision (loss_reading) and which seeds it takes.
 
 MNIST-1D is a procedurally generated 10-class problem of 40-sample 1-D signals, small enough to train
 in seconds on a CPU yet far from solved by a linear model (the paper: ~68% test accuracy for its MLP,
@@ -11,6 +18,7 @@ seed is a fresh data set of the same distribution; seed 42 is the package's defa
     result = train_mnist1d(0, MNIST1DConfig(), lr=1e-3)          # rlr_results.RunResult
     accuracy(result.model, splits.test.x, splits.test.y)
     results = train_mnist1d_batched(range(8), MNIST1DConfig(), lrs)   # lrs [8, steps]: 8 runs at once
+    runs = MNIST1DTask().runs([0, 1]); runs.loss_and_grad()     # the environment's side: K runs, one pass
 
 A run of seed s draws its data (seed s), initial weights (rlr_core.derive_seeds(s).init) and batch
 order (derive_seeds(s).shuffle) from separate streams, as the polynomial task's runs do. Nothing here
@@ -18,7 +26,7 @@ touches global state: the generator seeds numpy's and random's global RNGs, so e
 inside rlr_config.global_rng_preserved (which puts torch's, numpy's and random's states back).
 
 Read top to bottom: models (first: the config checks against their registry) -> config -> data ->
-mini-batches -> the two loops -> metrics.
+mini-batches -> the reference loop -> both tasks' stacked runs and the tasks -> the batched loop -> metrics.
 """
 
 from __future__ import annotations
@@ -26,8 +34,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +47,7 @@ from rlr_config import (DTYPES, check_device, check_int, check_seed, check_seeds
                         global_rng_preserved)
 from rlr_results import RunResult
 from rlr_batched import OwnOptimizers
-from rlr_stacked import BatchedAdam, StackedModel
+from rlr_stacked import BatchedAdam, StackedModel, mse_loss_and_grad
 
 N_FEATURES = 40
 """samples per signal (the generator's final_seq_length)"""
@@ -466,34 +474,179 @@ def per_run_cross_entropy(labels: torch.Tensor) -> Callable[[torch.Tensor], torc
                                           reduction="none").view(labels.shape).mean(dim=1)
 
 
-class StackedRuns(NamedTuple):
-    """K runs' setup_run, stacked: training inputs and labels as rows [K * n_train, ...] (run k's rows start at
-    k * n_train), validation inputs [K, n_validation, 40] and labels [K, n_validation], the K models as one
-    StackedModel, and the K batch streams."""
+class MNIST1DRuns:
+    """K MNIST-1D runs stacked, the batched engine's side of the task (a BatchedRuns): run k is setup_run(seeds[k])
+    (so the reference run of that seed), its training rows [n_train] at rows k * n_train of `inputs` and `labels`,
+    validation inputs [K, n_validation, 40] and labels [K, n_validation], the K models as one StackedModel, and
+    the K mini-batch streams. loss_and_grad() takes every run's next mini-batch, restart(k, seed) starts run k
+    afresh on another seed (the vector environment's autoreset)."""
 
-    device: torch.device
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    validation_x: torch.Tensor
-    validation_y: torch.Tensor
+    def __init__(self, seeds: Sequence[int], config: MNIST1DConfig, dtype: torch.dtype,
+                 device: str | torch.device) -> None:
+        runs = [setup_run(seed, config, dtype, device) for seed in seeds]
+        self.config, self.dtype, self.device, self.n_runs = runs[0].config, runs[0].dtype, runs[0].device, len(runs)
+        self.inputs = torch.cat([run.splits.train.x for run in runs])
+        self.labels = torch.cat([run.splits.train.y for run in runs])
+        self.validation_x = torch.stack([run.splits.validation.x for run in runs])
+        self.validation_y = torch.stack([run.splits.validation.y for run in runs])
+        self.net = StackedModel([run.model for run in runs], dtype, self.device)
+        self.streams = [run.batches for run in runs]
+        self.offsets = (torch.arange(self.n_runs) * self.config.n_train).view(self.n_runs, 1, 1)
+        # Example indices are drawn DRAW_CHUNK steps per run at a time (a stream drawn in chunks gives the
+        # batches it gives drawn at once); `position` counts the batches each run has taken from its chunk.
+        self.drawn = torch.zeros(self.n_runs, DRAW_CHUNK, self.config.batch_size, dtype=torch.int64)
+        self.position = torch.full((self.n_runs,), DRAW_CHUNK, dtype=torch.int64)
+
+    def restart(self, k: int, seed: int) -> None:
+        """Run k starts afresh as setup_run(seed): its data, initial weights and batch stream."""
+        run = setup_run(seed, self.config, self.dtype, self.device)
+        rows = slice(k * self.config.n_train, (k + 1) * self.config.n_train)
+        self.inputs[rows], self.labels[rows] = run.splits.train.x, run.splits.train.y
+        self.validation_x[k], self.validation_y[k] = run.splits.validation.x, run.splits.validation.y
+        self.net.load_run(k, run.model)
+        self.streams[k], self.position[k] = run.batches, DRAW_CHUNK
+
+    def next_rows(self, advance: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows of every run's next mini-batch in the stacked data, [K * batch_size]; a run outside
+        `advance` (a bool mask [K]; None: every run) gets its last batch again and its stream stays put."""
+        advance = torch.ones(self.n_runs, dtype=torch.bool) if advance is None else advance.cpu()
+        for k in torch.nonzero(advance & (self.position == DRAW_CHUNK)).flatten().tolist():
+            self.drawn[k], self.position[k] = self.streams[k].next(DRAW_CHUNK), 0
+        self.position += advance.long()
+        batch = self.drawn[torch.arange(self.n_runs), (self.position - 1).clamp(min=0)] + self.offsets[:, 0]  # [K, b]
+        return batch.reshape(-1).to(self.device)
+
+    def loss_and_grad(self, advance: torch.Tensor | None = None) -> torch.Tensor:
+        """Each run's cross-entropy on its next mini-batch at its current weights, [K] (the model's dtype),
+        with the gradients in net.grad: what the next optimiser step follows. Runs outside `advance` (a bool
+        mask [K]; None: all) are scored on their last mini-batch again and draw none."""
+        rows = self.next_rows(advance)
+        shape = (self.n_runs, self.config.batch_size)
+        return self.net.loss_and_grad(per_run_cross_entropy(self.labels.index_select(0, rows).view(shape)),
+                                      self.inputs.index_select(0, rows).view(*shape, N_FEATURES))
+
+    def validation_losses(self) -> torch.Tensor:
+        """Each run's validation cross-entropy at its current weights, [K] (float64)."""
+        with torch.no_grad():
+            return per_run_cross_entropy(self.validation_y)(self.net.forward(self.validation_x)).double()
+
+
+class PolynomialRuns:
+    """K runs of the original's task stacked (a BatchedRuns): run k is seed k's polynomials (derive_seeds(seed).data)
+    and MaclaurinNet (.init), the full-batch MSE its loss, and its monitoring polynomials (.monitor,
+    validation_examples of them) the split V is measured on: the runs LRControlVectorEnv steps."""
+
+    def __init__(self, seeds: Sequence[int], task: rlr_core.TaskConfig, validation_examples: int,
+                 dtype: torch.dtype, device: str | torch.device) -> None:
+        self.task, self.validation_examples, self.dtype = task, validation_examples, check_dtype(dtype)
+        self.device, self.n_runs = check_device(str(device)), len(seeds)
+        data, validation = zip(*(self.split(seed) for seed in seeds))
+        self.inputs, self.targets = torch.stack([d.inputs for d in data]), torch.stack([d.targets for d in data])
+        self.validation_x = torch.stack([v.inputs for v in validation])
+        self.validation_y = torch.stack([v.targets for v in validation])
+        self.net = StackedModel([self.model(seed) for seed in seeds], self.dtype, self.device)
+
+    def split(self, seed: int) -> tuple[rlr_core.PolynomialData, rlr_core.PolynomialData]:
+        """Seed's training polynomials and its monitoring ones."""
+        seeds = rlr_core.derive_seeds(check_seed("seed", seed))
+        make = functools.partial(rlr_core.make_polynomial_dataset, self.task, dtype=self.dtype, device=self.device)
+        return make(seeds.data), make(seeds.monitor, self.validation_examples)
+
+    def model(self, seed: int) -> nn.Module:
+        return rlr_core.make_model(self.task, rlr_core.derive_seeds(seed).init, self.dtype, self.device)
+
+    def restart(self, k: int, seed: int) -> None:
+        """Run k starts afresh on seed: its data, monitoring split and initial weights."""
+        data, validation = self.split(seed)
+        self.inputs[k], self.targets[k] = data.inputs, data.targets
+        self.validation_x[k], self.validation_y[k] = validation.inputs, validation.targets
+        self.net.load_run(k, self.model(seed))
+
+    def loss_and_grad(self, advance: torch.Tensor | None = None) -> torch.Tensor:
+        """Each run's full-batch MSE at its current weights, [K], with the gradients in net.grad (full batch:
+        there is no stream to advance)."""
+        return mse_loss_and_grad(self.net, self.inputs, self.targets)
+
+    def validation_losses(self) -> torch.Tensor:
+        """Each run's MSE on its monitoring split at its current weights, [K] (float64)."""
+        with torch.no_grad():
+            return mse_loss_and_grad(self.net, self.validation_x, self.validation_y, with_grad=False).double()
+
+
+class BatchedRuns(Protocol):
+    """K runs of one task, stacked for the batched engine: what the task-generic vector environment
+    (rlr_task_env.TaskControlVectorEnv) steps, with one BatchedAdam over net.params."""
+
+    n_runs: int
     net: StackedModel
-    streams: list[MiniBatches]
+    device: torch.device
+
+    def loss_and_grad(self, advance: torch.Tensor | None = None) -> torch.Tensor:
+        """Each run's training loss at its current weights (its next mini-batch's, or the full batch's), [K],
+        gradients into net.grad; runs outside `advance` draw no new mini-batch."""
+
+    def validation_losses(self) -> torch.Tensor:
+        """Each run's loss on its validation (monitoring) split, [K], float64."""
+
+    def restart(self, k: int, seed: int) -> None:
+        """Run k starts afresh on another task seed."""
 
 
-def stack_runs(seeds: list[int], config: MNIST1DConfig, dtype: torch.dtype, device: str | torch.device) -> StackedRuns:
-    """Each run's setup_run (so run k is the reference run of seeds[k]), stacked (StackedRuns)."""
-    runs = [setup_run(seed, config, dtype, device) for seed in seeds]
-    return StackedRuns(runs[0].device, torch.cat([run.splits.train.x for run in runs]),
-                       torch.cat([run.splits.train.y for run in runs]),
-                       torch.stack([run.splits.validation.x for run in runs]),
-                       torch.stack([run.splits.validation.y for run in runs]),
-                       StackedModel([run.model for run in runs], dtype, device), [run.batches for run in runs])
+@dataclass(frozen=True)
+class PolynomialTask:
+    """The original's task (MaclaurinNet, full-batch MSE) for the task-generic environment and engines."""
+
+    task: rlr_core.TaskConfig = field(default_factory=rlr_core.TaskConfig)
+    """the polynomial problem"""
+    validation_examples: int = 1024
+    """monitoring polynomials per seed that V is measured on (a schedule's validation_examples)"""
+    dtype: torch.dtype = torch.float32
+    """the runs' float dtype"""
+    device: str = "cpu"
+    """where they run"""
+    loss_reading: str = "last"
+    """the training loss a controller's state reads at a decision: the full-batch loss at the decision step
+    ('last'), which is exact here"""
+    seed_bound: int = 2**63 - 1
+    """task seeds an environment draws lie in [0, seed_bound)"""
+
+    def runs(self, seeds: Sequence[int]) -> PolynomialRuns:
+        return PolynomialRuns(check_seeds("seeds", seeds), self.task, self.validation_examples, self.dtype, self.device)
+
+
+@dataclass(frozen=True)
+class MNIST1DTask:
+    """MNIST-1D (the paper's model, Adam on mini-batches) for the task-generic environment and engines."""
+
+    config: MNIST1DConfig = field(default_factory=MNIST1DConfig)
+    """the data split, model and run length"""
+    dtype: torch.dtype = torch.float32
+    """the runs' float dtype"""
+    device: str = "cpu"
+    """where they run"""
+    loss_reading: str = "interval"
+    """the training loss a controller's state reads at a decision: the mean of the mini-batch losses since the
+    previous decision ('interval'), as rlr_core.PolicyScheduler(loss_average='interval') reads it in a user's
+    loop; one mini-batch's loss is too noisy a reading, and the full training loss costs a pass over the data
+    that no user's loop makes"""
+    seed_bound: int = 2**32
+    """task seeds an environment draws lie in [0, seed_bound): the generator takes 32-bit seeds"""
+
+    def runs(self, seeds: Sequence[int]) -> MNIST1DRuns:
+        seeds = check_seeds("seeds", seeds)
+        for seed in seeds:
+            check_data_seed(seed)
+        return MNIST1DRuns(seeds, check_config(self.config), self.dtype, self.device)
+
+
+TASKS = (PolynomialTask, MNIST1DTask)
+"""The study's tasks: what TaskControlVectorEnv and the controllers' training take."""
 
 
 class TableLrs:
     """The lr source of plain batched runs: BatchedAdam at row t of a table [K, steps] of learning rates."""
 
-    def __init__(self, table: np.ndarray, stacked: StackedRuns) -> None:
+    def __init__(self, table: np.ndarray, stacked: MNIST1DRuns) -> None:
         self.lrs_by_step = torch.from_numpy(table.T.copy()).to(stacked.device)  # [steps, K]
         self.grad, self.optimizer = stacked.net.grad, BatchedAdam(stacked.net.params, stacked.net.rows_of)
 
@@ -525,21 +678,15 @@ class ControllerLrs:
                 raise ValueError("the controller's state reads the validation loss: config.n_validation must be > 0")
             self.controllers.append((proxy, controller))
 
-    def attach(self, stacked: StackedRuns) -> ControllerLrs:
+    def attach(self, stacked: MNIST1DRuns) -> ControllerLrs:
         """Bind to the stacked runs: their model, gradient and validation splits, and one BatchedAdam."""
         self.stacked, self.grad = stacked, stacked.net.grad
         self.optimizer = BatchedAdam(stacked.net.params, stacked.net.rows_of)
         return self
 
-    def validation_losses(self) -> np.ndarray:
-        """Each run's validation cross-entropy at its current weights, [K]."""
-        with torch.no_grad():
-            logits = self.stacked.net.forward(self.stacked.validation_x)
-            return per_run_cross_entropy(self.stacked.validation_y)(logits).cpu().double().numpy()
-
     def step(self, step: int, losses: torch.Tensor, alive: np.ndarray, used_lrs: np.ndarray) -> None:
         values = losses.cpu().double().numpy()
-        validation = (self.validation_losses()
+        validation = (self.stacked.validation_losses().cpu().numpy()
                       if any(deciding_on_validation(c) for _, c in self.controllers) else None)
         for k in np.flatnonzero(alive):
             proxy, controller = self.controllers[k]
@@ -561,7 +708,7 @@ class OwnOptimizerLrs:
     own run's parameters), each built by make_optimizer(parameters, lr); the lr logged is its group's."""
 
     def __init__(self, make_optimizer: Callable[[Any, float], Any] | Sequence[Callable[[Any, float], Any]], lr: float,
-                 stacked: StackedRuns) -> None:
+                 stacked: MNIST1DRuns) -> None:
         makers = iter(make_optimizer if isinstance(make_optimizer, (list, tuple)) else [make_optimizer] * stacked.net.n_runs)
         # OwnOptimizers builds run k's instance k-th: the k-th factory builds it
         self.optimizers = OwnOptimizers(stacked.net, lambda parameters, _: next(makers)(parameters, lr))
@@ -627,7 +774,7 @@ def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DC
     check_lr_sources(lrs, make_controller, make_optimizer, n_runs)
     table = lr_table(1e-3 if lrs is None else lrs, n_runs, config.steps, "lrs")
     controlled = ControllerLrs(make_controller, n_runs, config) if make_controller is not None else None
-    stacked = stack_runs(seeds, config, dtype, device)
+    stacked = MNIST1DRuns(seeds, config, dtype, device)
     if controlled is not None:
         source = controlled.attach(stacked)
     elif make_optimizer is not None:
@@ -639,26 +786,19 @@ def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DC
                       stacked.net.to_modules())
 
 
-def run_steps(stacked: StackedRuns, config: MNIST1DConfig, source: TableLrs | ControllerLrs | OwnOptimizerLrs
+def run_steps(stacked: MNIST1DRuns, config: MNIST1DConfig, source: TableLrs | ControllerLrs | OwnOptimizerLrs
               ) -> tuple[dict[str, np.ndarray], float]:
-    """The batched loop: per step, each run's next mini-batch, the K losses and gradients in one pass, then
-    the lr source's step. Returns the series [steps, K] ('loss', 'lr') and the loop's seconds."""
-    n_runs = stacked.net.n_runs
-    run_offsets = (torch.arange(n_runs) * config.n_train).view(n_runs, 1, 1)
+    """The batched loop: per step, the K runs' losses and gradients on their next mini-batches in one pass
+    (MNIST1DRuns.loss_and_grad), then the lr source's step. Returns the series [steps, K] ('loss', 'lr') and
+    the loop's seconds."""
+    n_runs = stacked.n_runs
     losses = torch.full((config.steps, n_runs), math.nan, dtype=stacked.net.params.dtype, device=stacked.device)
     used_lrs = np.full((config.steps, n_runs), math.nan)
     alive = np.ones(n_runs, dtype=bool)
     started = time.perf_counter()
     with torch.no_grad():
         for step in range(config.steps):
-            if step % DRAW_CHUNK == 0:
-                chunk = min(DRAW_CHUNK, config.steps - step)
-                drawn = torch.stack([stream.next(chunk) for stream in stacked.streams]) + run_offsets  # [K, chunk, b]
-                rows = drawn.transpose(0, 1).to(stacked.device)  # [chunk, K, b]: rows of the stacked data
-            batch = rows[step % DRAW_CHUNK].reshape(-1)
-            batch_inputs = stacked.inputs.index_select(0, batch).view(n_runs, config.batch_size, N_FEATURES)
-            batch_labels = stacked.labels.index_select(0, batch).view(n_runs, config.batch_size)
-            losses[step] = stacked.net.loss_and_grad(per_run_cross_entropy(batch_labels), batch_inputs)
+            losses[step] = stacked.loss_and_grad()
             alive &= torch.isfinite(losses[step]).cpu().numpy()
             source.step(step, losses[step], alive, used_lrs)
     if isinstance(source, OwnOptimizerLrs):

@@ -45,14 +45,15 @@ SMALL_PARAMETERS = {
     "06_pbt": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 2, "steps": 40, "n_heldout_examples": 32,
                "population": 4, "perturbation_interval": 10, "progress": False},
     "07_mnist1d": {"first_eval_seed": SEEDS[0], "n_eval_seeds": 3, "n_tuning_seeds": 2, "tuning_budget": 2, "steps": 30,
-                   "n_validation": 500, "progress": False},
+                   "n_validation": 500, "controller_envs": 2, "controller_rounds": 2, "first_checkpoint": 1,
+                   "progress": False},
     "08_summary": {},
 }
 EXPECTED_FIGURES = ["01_baseline_loss", "01_baseline_examples", "02_agent_run", "02_described_vs_as_coded",
                     "03_comparison_passes", "03_comparison_steps", "04_budget_curves", "04_test_mse_intervals", "04_loss_curves",
                     "04_lr_trajectories", "04_controller_training", "04_controller_curves", "05_training_returns", "05_test_mse_intervals", "05_lr_trajectories",
                     "05_lr_trajectories_degree6", "05_controllers_test_mse_intervals", "06_test_mse_intervals", "06_pbt_population", "06_pbt_lr",
-                    "07_budget_curves", "07_test_accuracy", "07_lr_trajectories", "08_summary", "08_summary_mnist1d"]
+                    "07_budget_curves", "07_controller_training", "07_test_accuracy", "07_lr_trajectories", "08_summary", "08_summary_mnist1d"]
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +226,16 @@ def test_the_mnist1d_verdict_is_recomputed_from_its_saved_tables(executed):
     roles = saved["roles"]
     primary = rlr_stats.primary_tests(table, mnist1d.primary_comparisons(
         roles["tuned constant"], roles["best tuned schedule"], roles["best learning-rate-free optimiser"],
-        roles["best frozen controller"]))
+        roles["best learned controller"]))
     np.testing.assert_allclose(primary["p_holm"], [row["p_holm"] for row in saved["primary"]])
+    training, transfer = saved["controller_training"], saved["transfer"]
+    trained = rlr_controllers.load_controllers(results / "mnist1d_controllers.pt")  # plain tensors, never unpickled
+    assert list(trained) == [mnist1d.trained_label(2 * rounds) for rounds in training["checkpoints"]]  # 2 runs per round
+    assert training["picked"] in trained and training["optimiser_steps"] == 2 * 2 * 30
+    assert all(len(controller.curve) * 30 == controller.training_optimiser_steps for controller in trained.values())
+    recomputed_transfer = mnist1d.transfer_comparison(table, transfer["method"], transfer["against"])
+    assert transfer["against"] == training["picked"]
+    assert transfer["ratio"] == pytest.approx(recomputed_transfer["ratio"]) and transfer["wins"] == recomputed_transfer["wins"]
     summary = {row["method"]: row for row in saved["summary"]}
     for method, part in table.groupby("method"):
         assert summary[method]["test accuracy"] == pytest.approx(100 * (1 - part["test_error"]).mean())
