@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -290,6 +290,7 @@ class ControllerTraining:
         if self.first_checkpoint > self.rounds:
             raise ValueError(f"training.first_checkpoint ({self.first_checkpoint}) must be at most training.rounds "
                              f"({self.rounds})")
+        tasks.check_data_seed(self.first_training_seed + self.n_envs - 1, "training.first_training_seed + n_envs - 1")
 
     @property
     def checkpoints(self) -> list[int]:
@@ -320,14 +321,29 @@ def controller_schedule(schedule: rc.ScheduleConfig, steps: int) -> rc.ScheduleC
     return replace(schedule, steps=steps, decision_interval=max(1, round(steps * schedule.decision_interval / schedule.steps)))
 
 
+class TrainedOnMNIST1D(NamedTuple):
+    """What train_controller returns."""
+
+    snapshots: dict[int, dict]
+    """the greedy policy's weights (plain tensors) after each checkpoint round, keyed by the training episodes
+    finished by then (a diverged episode ends early, so this can exceed rounds x n_envs)"""
+    history: dict[str, list]
+    """rlr_env.train_agent_on_vector_env's history: every finished episode's return, length, seed, and the DQN losses"""
+    seconds: float
+    """wall seconds of the training (one process, one thread)"""
+    optimiser_steps: int
+    """Adam steps the training ran, over every episode, finished or not"""
+
+
 def train_controller(study: MNIST1DStudy, schedule: rc.ScheduleConfig, dqn: rc.DQNConfig,
-                     training: ControllerTraining) -> tuple[dict[int, dict], dict[str, list], float]:
+                     training: ControllerTraining) -> TrainedOnMNIST1D:
     """A DQN controller (rlr_core.DQNAgent at `dqn`) trained on schedule (controller_schedule of a controller's,
     over study.task.steps) for n_envs x rounds MNIST-1D episodes, each a new task seed, through
-    rlr_env.train_agent_on_vector_env on TaskControlVectorEnv. Returns its greedy policy's weights after each
-    checkpoint round (training episodes so far -> plain tensors), the training history and the seconds taken."""
+    rlr_env.train_agent_on_vector_env on TaskControlVectorEnv; its greedy policy kept after each checkpoint round."""
     if not isinstance(study, MNIST1DStudy) or not isinstance(training, ControllerTraining):
         raise TypeError("study must be an MNIST1DStudy and training a ControllerTraining")
+    if not isinstance(schedule, rc.ScheduleConfig):
+        raise TypeError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
     if not isinstance(dqn, rc.DQNConfig):
         raise TypeError(f"dqn must be a DQNConfig, got {type(dqn).__name__}")
     if schedule.steps != study.task.steps:
@@ -340,14 +356,17 @@ def train_controller(study: MNIST1DStudy, schedule: rc.ScheduleConfig, dqn: rc.D
     snapshots: dict[int, dict] = {}
 
     def keep(step: int, history: dict[str, list]) -> None:
-        snapshots[step // per_round * training.n_envs] = {name: tensor.detach().clone()
-                                                         for name, tensor in agent.policy_net.state_dict().items()}
+        snapshots[len(history["episode_returns"])] = {name: tensor.detach().clone()
+                                                      for name, tensor in agent.policy_net.state_dict().items()}
 
     started = time.perf_counter()
     history = train_agent_on_vector_env(env, agent, per_round * training.rounds, training.first_training_seed,
                                         training.updates_per_step, [per_round * r for r in training.checkpoints], keep)
     training.check_disjoint(history["episode_seeds"], study)
-    return snapshots, history, time.perf_counter() - started
+    finished = np.minimum(np.array(history["episode_lengths"], dtype=np.int64) * schedule.decision_interval,
+                          schedule.steps).sum()
+    unfinished = env.elapsed.cpu().numpy()[~env.autoreset].sum()  # episodes still running at the end
+    return TrainedOnMNIST1D(snapshots, history, time.perf_counter() - started, int(finished + unfinished))
 
 
 def trained_label(episodes: int) -> str:

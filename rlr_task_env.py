@@ -33,8 +33,8 @@ import rlr_stacked
 import rlr_tasks
 from rlr_env import DIVERGENCE_PENALTY, LRControlVectorEnv
 
-LOSS_READINGS = ("last", "interval")
-"""How a task's training loss is read at a decision (rlr_core.PolicyScheduler.LOSS_AVERAGES)."""
+LOSS_READINGS = rc.PolicyScheduler.LOSS_AVERAGES
+"""How a task's training loss is read at a decision: as PolicyScheduler reads it in a user's loop."""
 
 
 class TaskControlVectorEnv(LRControlVectorEnv):
@@ -59,11 +59,27 @@ class TaskControlVectorEnv(LRControlVectorEnv):
             raise TypeError(f"task must be one of {[t.__name__ for t in rlr_tasks.TASKS]}, got {type(task).__name__}")
         if task.loss_reading not in LOSS_READINGS:
             raise ValueError(f"task.loss_reading must be one of {LOSS_READINGS}, got {task.loss_reading!r}")
-        dtype_name = {value: key for key, value in rc.DTYPES.items()}.get(task.dtype, repr(task.dtype))
-        # the parent checks num_envs, the schedule, the penalty, the dtype and the device, and builds the spaces
+        dtype_name = {value: key for key, value in rc.DTYPES.items()}.get(task.dtype)
+        if dtype_name is None:
+            raise TypeError(f"task.dtype must be one of {list(rc.DTYPES.values())}, got {task.dtype!r}")
+        # the parent checks num_envs, the schedule, the penalty and the device, and builds the spaces
         super().__init__(num_envs, None, schedule, divergence_penalty=divergence_penalty, dtype=dtype_name,
                          device=task.device)
+        task.check_schedule(schedule)
         self.task, self.runs = task, None
+
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """LRControlVectorEnv.reset, with the seeds checked against the task's bound first (a seed the task
+        cannot take would otherwise fail half-way through restarting the runs)."""
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            last = int(seed) + self.num_envs - 1
+            if last >= self.task.seed_bound:
+                raise ValueError(f"seed + num_envs - 1 ({last}) must be < {self.task.seed_bound}, the task's seed bound")
+        elif seed is not None and not isinstance(seed, (float, np.floating, bool, np.bool_)):
+            for value in rc.check_seeds("seed", seed, self.num_envs):
+                if value >= self.task.seed_bound:
+                    raise ValueError(f"every seed must be < {self.task.seed_bound}, the task's seed bound; got {value}")
+        return super().reset(seed=seed, options=options)
 
     def draw_seeds(self, count: int | None = None) -> list[int]:
         """Task seeds from the environment's np_random, in [0, task.seed_bound): one per run, or count."""
@@ -95,7 +111,11 @@ class TaskControlVectorEnv(LRControlVectorEnv):
 
     def refresh_loss(self, restarted: np.ndarray) -> None:
         """L_0 (and V_0) of the restarted runs at their new weights, with their gradients; the other runs keep
-        their reading, their gradient and their place in their mini-batch stream."""
+        their reading, their place in their mini-batch stream and their gradient (restored, not recomputed: a
+        run's gradient is then the one its loss reading came with, whatever the task's runs do with a run they
+        do not advance)."""
+        if not np.any(restarted):
+            return
         mask = torch.as_tensor(restarted, device=self.device)
         kept_grad = self.net.grad.clone()
         with torch.no_grad():

@@ -203,11 +203,15 @@ def check_dtype(dtype: Any) -> torch.dtype:
     return dtype
 
 
-def check_data_seed(seed: Any) -> int:
-    """A task seed: an int in [0, 2**32), the range numpy's global seed (which the generator sets) takes."""
-    seed = check_seed("seed", seed)
-    if seed >= 2**32:
-        raise ValueError(f"seed must be < 2**32 (it seeds numpy's generator), got {seed}")
+DATA_SEED_BOUND = 2**32
+"""MNIST-1D task seeds lie in [0, DATA_SEED_BOUND): the generator seeds numpy's global RNG, which takes 32 bits"""
+
+
+def check_data_seed(seed: Any, name: str = "seed") -> int:
+    """A task seed: an int in [0, DATA_SEED_BOUND), the range numpy's global seed (which the generator sets) takes."""
+    seed = check_seed(name, seed)
+    if seed >= DATA_SEED_BOUND:
+        raise ValueError(f"{name} must be < 2**32 (it seeds numpy's generator), got {seed}")
     return seed
 
 
@@ -508,7 +512,9 @@ class MNIST1DRuns:
 
     def next_rows(self, advance: torch.Tensor | None = None) -> torch.Tensor:
         """The rows of every run's next mini-batch in the stacked data, [K * batch_size]; a run outside
-        `advance` (a bool mask [K]; None: every run) gets its last batch again and its stream stays put."""
+        `advance` (a bool mask [K]; None: every run) draws nothing and its stream stays put: it gets its last
+        batch again, or, just restarted, rows of its previous seed's stream, whose loss and gradient its caller
+        discards (the vector environment keeps such a run's gradient)."""
         advance = torch.ones(self.n_runs, dtype=torch.bool) if advance is None else advance.cpu()
         for k in torch.nonzero(advance & (self.position == DRAW_CHUNK)).flatten().tolist():
             self.drawn[k], self.position[k] = self.streams[k].next(DRAW_CHUNK), 0
@@ -613,6 +619,13 @@ class PolynomialTask:
     def runs(self, seeds: Sequence[int]) -> PolynomialRuns:
         return PolynomialRuns(check_seeds("seeds", seeds), self.task, self.validation_examples, self.dtype, self.device)
 
+    def check_schedule(self, schedule: rlr_core.ScheduleConfig) -> None:
+        """ValueError where a controller's schedule and this task disagree: V is measured on
+        schedule.validation_examples polynomials, which must be this task's validation_examples."""
+        if schedule.uses_validation and schedule.validation_examples != self.validation_examples:
+            raise ValueError(f"task.validation_examples ({self.validation_examples}) must equal the schedule's "
+                             f"validation_examples ({schedule.validation_examples}): V is measured on them")
+
 
 @dataclass(frozen=True)
 class MNIST1DTask:
@@ -629,7 +642,7 @@ class MNIST1DTask:
     previous decision ('interval'), as rlr_core.PolicyScheduler(loss_average='interval') reads it in a user's
     loop; one mini-batch's loss is too noisy a reading, and the full training loss costs a pass over the data
     that no user's loop makes"""
-    seed_bound: int = 2**32
+    seed_bound: int = DATA_SEED_BOUND
     """task seeds an environment draws lie in [0, seed_bound): the generator takes 32-bit seeds"""
 
     def runs(self, seeds: Sequence[int]) -> MNIST1DRuns:
@@ -637,6 +650,13 @@ class MNIST1DTask:
         for seed in seeds:
             check_data_seed(seed)
         return MNIST1DRuns(seeds, check_config(self.config), self.dtype, self.device)
+
+    def check_schedule(self, schedule: rlr_core.ScheduleConfig) -> None:
+        """ValueError where a controller's schedule and this task disagree: a state or reward that reads the
+        validation loss needs a validation split (config.n_validation > 0)."""
+        if schedule.uses_validation and check_config(self.config).n_validation == 0:
+            raise ValueError("the schedule's state or reward reads the validation loss: task.config.n_validation "
+                             "must be > 0")
 
 
 TASKS = (PolynomialTask, MNIST1DTask)

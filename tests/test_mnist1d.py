@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+import rlr_core as rc
 import rlr_methods as methods
 import rlr_mnist1d as mnist1d
 import rlr_stats as stats
@@ -117,6 +118,8 @@ def test_the_study_refuses_bad_settings_naming_them() -> None:
         mnist1d.run_pool("plateau", [{"lr": 1e-3}], [0], MNIST1DConfig(steps=2))
     with pytest.raises(ValueError, match="empty"):
         mnist1d.run_pool("constant", [], [0], MNIST1DConfig(steps=2))
+    with pytest.raises(TypeError, match="config must be an MNIST1DConfig"):
+        mnist1d.run_pool("constant", [{"lr": 1e-3}], [0], "cfg")
 
 
 def test_every_family_is_a_registry_entry_of_its_kind() -> None:
@@ -182,3 +185,63 @@ def test_the_evaluation_table_and_the_reading_follow_the_runs(tiny_study) -> Non
 def test_the_summary_names_the_notebook_to_run_when_its_results_are_missing(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="07_mnist1d"):
         mnist1d.summary_blocks(tmp_path)
+
+
+def test_the_controller_training_checks_its_settings_and_keeps_doubling_checkpoints() -> None:
+    assert mnist1d.ControllerTraining().checkpoints == [2, 4, 8, 16]
+    assert mnist1d.ControllerTraining(rounds=12, first_checkpoint=3).checkpoints == [3, 6, 12]
+    assert mnist1d.ControllerTraining(rounds=1, first_checkpoint=1).checkpoints == [1]
+    with pytest.raises(ValueError, match="training.first_checkpoint"):
+        mnist1d.ControllerTraining(rounds=2, first_checkpoint=3)
+    with pytest.raises(TypeError, match="training.rounds"):
+        mnist1d.ControllerTraining(rounds=2.0)
+    with pytest.raises(ValueError, match="training.first_training_seed"):
+        mnist1d.ControllerTraining(first_training_seed=2**32 - 4)  # its 16 runs' seeds reach past the generator's
+    study = mnist1d.MNIST1DStudy()
+    with pytest.raises(ValueError, match="training task seeds meet"):
+        mnist1d.ControllerTraining(first_training_seed=study.first_tuning_seed - 3).check_disjoint(
+            mnist1d.ControllerTraining(first_training_seed=study.first_tuning_seed - 3).first_round_seeds, study)
+
+
+def test_a_controllers_schedule_keeps_its_decisions_per_run_on_another_run_length() -> None:
+    polynomial = rc.ScheduleConfig(steps=10_000, decision_interval=100, features="control", lr_factors=(0.5, 1.0, 2.0))
+    carried = mnist1d.controller_schedule(polynomial, 6000)
+    assert (carried.steps, carried.decision_interval) == (6000, 60)
+    assert (carried.lr_grid, carried.features, carried.reward) == (polynomial.lr_grid, polynomial.features, polynomial.reward)
+    assert mnist1d.controller_schedule(polynomial, 30).decision_interval == 1
+    with pytest.raises(TypeError, match="schedule must be a ScheduleConfig"):
+        mnist1d.controller_schedule({"steps": 10}, 30)
+
+
+def tiny_training(first_training_seed: int = 300_000) -> tuple:
+    study = mnist1d.MNIST1DStudy(task=MNIST1DConfig(steps=20, n_validation=500), n_eval_seeds=2, n_tuning_seeds=1)
+    schedule = rc.ScheduleConfig(steps=20, decision_interval=5, features="validation", reward="validation",
+                                 lr_factors=(0.5, 1.0, 2.0), lr_grid=tuple(np.logspace(-5, -1, 12)))
+    dqn = rc.DQNConfig(learning_starts=4, batch_size=4, gamma=1.0)
+    training = mnist1d.ControllerTraining(first_training_seed=first_training_seed, n_envs=2, rounds=2, first_checkpoint=1,
+                                          updates_per_step=2)
+    return mnist1d.train_controller(study, schedule, dqn, training)
+
+
+def test_a_controller_trains_on_mnist1d_seeds_of_its_own_deterministically() -> None:
+    trained = tiny_training()
+    snapshots, history = trained.snapshots, trained.history
+    assert list(snapshots) == [2, 4]  # episodes finished after rounds 1 and 2 (2 runs per round)
+    assert history["episode_seeds"][:2] == [300_000, 300_001] and len(history["episode_returns"]) == 4
+    assert trained.optimiser_steps == 4 * 20, "four whole episodes of 20 Adam steps, none diverged"
+    assert any(not torch.equal(snapshots[2][name], snapshots[4][name]) for name in snapshots[2]), "it learned"
+    again = tiny_training()
+    assert again.history["episode_returns"] == history["episode_returns"]
+    assert all(torch.equal(again.snapshots[4][name], snapshots[4][name]) for name in snapshots[4])
+    with pytest.raises(ValueError, match="training task seeds meet"):
+        tiny_training(first_training_seed=0)  # the evaluation seeds 0, 1
+
+
+def test_the_transfer_comparison_is_rlr_stats_paired_comparison_of_test_error() -> None:
+    table = pd.DataFrame([{"method": method, "seed": seed, "test_error": error}
+                          for seed, (a, b) in enumerate([(0.40, 0.42), (0.38, 0.45), (0.41, 0.40), (0.39, 0.44)])
+                          for method, error in (("polynomial", a), ("native", b))])
+    transfer = mnist1d.transfer_comparison(table, "polynomial", "native")
+    expected = stats.paired_comparison(table, "test_error", "native", "polynomial")
+    assert transfer["ratio"] == pytest.approx(expected["ratio"]) and transfer["wins"] == 3
+    assert (transfer["method"], transfer["against"]) == ("polynomial", "native") and transfer["ratio"] > 1

@@ -74,7 +74,8 @@ def fixed_policy(observations: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("features", ["control", "validation"])
-def test_on_mnist1d_a_policy_steers_adam_as_its_policy_scheduler_does_in_a_users_loop(features: str):
+def test_on_mnist1d_a_policy_steers_adam_as_its_policy_scheduler_does_in_a_users_loop(features: str, monkeypatch):
+    monkeypatch.setattr(rlr_tasks, "DRAW_CHUNK", 7)  # mini-batches drawn 7 steps at a time: many refills in 90 steps
     schedule = rc.ScheduleConfig(lr_grid=tuple(np.logspace(-5, np.log10(0.3), 12)), start_index=7, steps=MNIST1D.steps,
                                  decision_interval=8, features=features, reward="training", lr_factors=(0.5, 1.0, 2.0))
     seeds = [3, 4]
@@ -99,19 +100,38 @@ def test_on_mnist1d_a_policy_steers_adam_as_its_policy_scheduler_does_in_a_users
         np.testing.assert_array_equal(run.series["loss"][1:], losses[k][:-1])
 
 
-def test_on_mnist1d_a_restarted_run_leaves_the_others_where_they_were():
-    schedule = rc.ScheduleConfig(steps=MNIST1D.steps, decision_interval=10, features="control",
+def test_on_mnist1d_restarted_and_out_of_step_runs_are_each_the_run_of_their_seed_alone(monkeypatch):
+    """Run 1 is restarted mid-episode (a partial reset), so the two runs are out of step and reach their time
+    limits, and autoreset, at different vector steps; each run must still be exactly the run of its seed in an
+    environment of its own, stream, weights and lrs included."""
+    monkeypatch.setattr(rlr_tasks, "DRAW_CHUNK", 7)
+    schedule = rc.ScheduleConfig(steps=40, decision_interval=10, features="control",
                                  lr_factors=(0.5, 1.0, 2.0), lr_grid=tuple(np.logspace(-5, -1, 12)))
-    task = rlr_tasks.MNIST1DTask(MNIST1D)
-    together, alone = TaskControlVectorEnv(2, task, schedule), TaskControlVectorEnv(1, task, schedule)
-    together.reset(seed=[5, 6]), alone.reset(seed=[5])
-    for t in range(4):
+    task = rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=40, n_validation=500))
+    together = TaskControlVectorEnv(2, task, schedule)
+    together.reset(seed=[5, 6])
+    alone = {0: TaskControlVectorEnv(1, task, schedule), 1: TaskControlVectorEnv(1, task, schedule)}
+    alone[0].reset(seed=[5]), alone[1].reset(seed=[6])
+    seeds_seen = {0: [5], 1: [6]}
+    for t in range(12):
         if t == 2:
             together.reset(seed=[7, 8], options={"reset_mask": np.array([False, True])})
-        got, expected = together.step(np.array([2, 1])), alone.step(np.array([2]))
-        np.testing.assert_array_equal(got[0][0], expected[0][0])
-        np.testing.assert_array_equal(got[4]["step_losses"][0], expected[4]["step_losses"][0])
-    assert together.episode_seeds[1] == 8
+            alone[1].reset(seed=[8])
+            seeds_seen[1].append(8)
+        actions = np.array([2, 0]) if t % 3 else np.array([1, 2])
+        got = together.step(actions)
+        for k in (0, 1):
+            expected = alone[k].step(actions[k:k + 1])
+            if got[4]["episode_seed"][k] != seeds_seen[k][-1]:  # an autoreset drew a new seed: the alone run takes it
+                seeds_seen[k].append(int(got[4]["episode_seed"][k]))
+                expected = alone[k].reset(seed=[seeds_seen[k][-1]])
+                np.testing.assert_allclose(got[0][k], expected[0][0], rtol=1e-5)
+                continue
+            # K = 2 and K = 1 batched passes may round differently in float32; another batch or weights would not
+            np.testing.assert_allclose(got[0][k], expected[0][0], rtol=1e-5)
+            np.testing.assert_allclose(got[1][k], expected[1][0], rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(got[4]["step_losses"][k], expected[4]["step_losses"][0], rtol=1e-5)
+    assert len(seeds_seen[0]) >= 3 and len(seeds_seen[1]) >= 3, "both runs went through autoresets, out of step"
 
 
 def test_an_agent_trains_on_mnist1d_and_every_seed_it_draws_is_a_generator_seed():
@@ -146,3 +166,16 @@ def test_bad_input_is_refused_before_any_run():
         env.reset(options={"reset_mask": np.array([True])})
     with pytest.raises(ValueError, match="seed"):
         rlr_tasks.MNIST1DTask().runs([2**32])
+    mnist1d = TaskControlVectorEnv(2, rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=10)), schedule)
+    with pytest.raises(ValueError, match="seed bound"):
+        mnist1d.reset(seed=2**32 - 1)  # run 1 would get 2**32
+    with pytest.raises(ValueError, match="seed bound"):
+        mnist1d.reset(seed=[0, 2**32])
+    assert mnist1d.runs is None, "nothing was built or restarted"
+    validation = rc.ScheduleConfig(steps=10, features="validation", lr_factors=(0.5, 1.0, 2.0), validation_examples=64)
+    with pytest.raises(ValueError, match="n_validation"):
+        TaskControlVectorEnv(2, rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=10, n_validation=0)), validation)
+    with pytest.raises(ValueError, match="validation_examples"):
+        TaskControlVectorEnv(2, rlr_tasks.PolynomialTask(validation_examples=1024), validation)
+    with pytest.raises(TypeError, match="task.dtype"):
+        TaskControlVectorEnv(2, rlr_tasks.PolynomialTask(dtype=torch.float16), schedule)
