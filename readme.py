@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = provenance.notebook_names(ROOT)  # notebooks/[0-9][0-9]_*.ipynb in order: the one list (Makefile, site)
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 SUMMARIES = "results/summaries"
-BENCHMARKS = ("bench_engines", "bench_batched", "bench_threads", "bench_sweep", "bench_vector_env", "bench_lr_free")
+BENCHMARKS = ("bench_engines", "bench_batched", "bench_threads", "bench_sweep", "bench_vector_env", "bench_lr_free",
+              "bench_mnist1d")
 """The timing scripts whose README parts make the performance block, in this order."""
 
 
