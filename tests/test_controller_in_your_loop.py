@@ -5,8 +5,10 @@ task the scheduler's learning rates are the environment's, decision for decision
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -255,3 +257,30 @@ def test_a_frozen_controller_steers_an_mnist1d_run_deciding_on_the_mini_batch_lo
         replay.step(loss)
         expected.append(replay.get_last_lr()[0])
     np.testing.assert_allclose(lrs, expected, rtol=1e-12)
+
+
+def test_the_controllers_trained_on_mnist1d_load_with_weights_only_and_steer_a_users_loop():
+    """Notebook 07's committed checkpoints (results/mnist1d_controllers.pt): each reads back with
+    weights_only=True, keeps notebook 04's state and reward (it reads the validation loss), and runs a user's
+    loop of another length, deciding as often as in training."""
+    path = "results/mnist1d_controllers.pt"
+    trained = controllers.load_controllers(path)
+    picked = json.loads(Path("results/mnist1d_summary.json").read_text())["controller_training"]["picked"]
+    assert picked in trained and all(label.startswith("DQN controller trained on MNIST-1D") for label in trained)
+    for label in trained:
+        controller = controllers.load_controller(path, label)
+        model = classifier(2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        held_out, held_out_labels = classification_data(3)
+        validation = lambda: torch.nn.functional.cross_entropy(model(held_out), held_out_labels).item()  # noqa: E731
+        scheduler = controller.scheduler(optimizer, 200, loss_average="interval")
+        assert scheduler.schedule.features == "validation" and scheduler.schedule.decision_interval == 2
+        inputs, labels = classification_data(2)
+        loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+        scheduler.step(loss.item(), validation_loss=validation())
+        for _ in range(200):
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            scheduler.step(loss.item(), validation_loss=validation())
+        grid = scheduler.schedule.lr_grid
+        assert scheduler.last_epoch == 201 and grid[0] <= scheduler.get_last_lr()[0] <= grid[-1]
