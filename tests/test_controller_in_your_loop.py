@@ -265,7 +265,10 @@ def test_the_controllers_trained_on_mnist1d_load_with_weights_only_and_steer_a_u
     loop of another length, deciding as often as in training."""
     path = "results/mnist1d_controllers.pt"
     trained = controllers.load_controllers(path)
-    picked = json.loads(Path("results/mnist1d_summary.json").read_text())["controller_training"]["picked"]
+    training = json.loads(Path("results/mnist1d_summary.json").read_text())["controller_training"]
+    picked = training["picked"]
+    scores = sorted(training["checkpoint_validation"], key=lambda row: (row["validation_error"], row["validation_ce"]))
+    assert picked == scores[0]["method"], "the checkpoint with the lowest validation error on the tuning seeds"
     assert picked in trained and all(label.startswith("DQN controller trained on MNIST-1D") for label in trained)
     for label in trained:
         controller = controllers.load_controller(path, label)

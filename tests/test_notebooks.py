@@ -232,6 +232,8 @@ def test_the_mnist1d_verdict_is_recomputed_from_its_saved_tables(executed):
     trained = rlr_controllers.load_controllers(results / "mnist1d_controllers.pt")  # plain tensors, never unpickled
     assert list(trained) == [mnist1d.trained_label(2 * rounds) for rounds in training["checkpoints"]]  # 2 runs per round
     assert training["picked"] in trained and training["optimiser_steps"] == 2 * 2 * 30  # 2 runs x 2 rounds x 30 steps
+    checkpoints = pd.DataFrame(training["checkpoint_validation"])
+    assert training["picked"] == checkpoints.sort_values(["validation_error", "validation_ce"], kind="stable")["method"].iloc[0]
     assert all(len(controller.curve) * 30 == controller.training_optimiser_steps for controller in trained.values())
     recomputed_transfer = mnist1d.transfer_comparison(table, transfer["method"], transfer["against"])
     assert transfer["against"] == training["picked"]
