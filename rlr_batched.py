@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from torch import nn
 
 import rlr_core
 from rlr_core import DQNConfig
+from rlr_config import check_seed
 from rlr_engine import Config, agent_method_name, check_run, progress_bar
 from rlr_results import RunResult
 from rlr_stacked import BatchedAdam, BatchedAdamHD, StackedModel, mse_loss_and_grad
@@ -60,19 +62,138 @@ def member_configs(config: Config, seeds: Sequence[int]) -> list[Config]:
     return [config.with_seed(seed) for seed in seeds]
 
 
-def stack_members(configs: list[Config]) -> tuple[list[rlr_core.RunSeeds], torch.dtype, torch.device,
-                                                  torch.Tensor, torch.Tensor, StackedModel]:
-    """Seeds, dtype, device, inputs [K, n, points], targets [K, n, coefficients] and the K MaclaurinNets."""
-    prepared = [check_run(member) for member in configs]
-    run_seeds = [seeds for seeds, _, _ in prepared]
-    _, dtype, device = prepared[0]
-    task = configs[0].task
-    data = [rlr_core.make_polynomial_dataset(task, seeds.data, dtype=dtype, device=device)
-            for seeds in run_seeds]
-    models = [rlr_core.make_model(task, seeds.init, dtype, device) for seeds in run_seeds]
-    inputs = torch.stack([d.inputs for d in data])
-    targets = torch.stack([d.targets for d in data])
-    return run_seeds, dtype, device, inputs, targets, StackedModel(models, dtype, device)
+class PolynomialRuns:
+    """K runs of the original's task stacked (a BatchedRuns): member k is the reference run of configs[k], its
+    polynomials (derive_seeds(seed).data) as inputs [K, n, points] and targets [K, n, coefficients], its
+    MaclaurinNet (.init) as run k of one StackedModel, the full-batch MSE its loss and, with validation_examples
+    > 0, its monitoring polynomials (.monitor) the split V is measured on. Every engine of this module and the
+    vector environment (rlr_env.LRControlVectorEnv) step these."""
+
+    def __init__(self, configs: Sequence[Config], validation_examples: int = 0) -> None:
+        prepared = [check_run(member) for member in configs]
+        self.configs, self.n_runs = list(configs), len(prepared)
+        self.run_seeds = [seeds for seeds, _, _ in prepared]
+        _, self.dtype, self.device = prepared[0]
+        self.task = self.configs[0].task
+        rlr_core.check_int("validation_examples", validation_examples, 0)
+        self.validation_examples = validation_examples
+        data = [self.data(seeds) for seeds in self.run_seeds]
+        self.inputs = torch.stack([d.inputs for d in data])
+        self.targets = torch.stack([d.targets for d in data])
+        self.validation_x = self.validation_y = None
+        if self.validation_examples:
+            validation = [self.monitoring(seeds) for seeds in self.run_seeds]
+            self.validation_x = torch.stack([v.inputs for v in validation])
+            self.validation_y = torch.stack([v.targets for v in validation])
+        self.net = StackedModel([self.model(seeds) for seeds in self.run_seeds], self.dtype, self.device)
+
+    def data(self, seeds: rlr_core.RunSeeds) -> rlr_core.PolynomialData:
+        """A run's training polynomials."""
+        return rlr_core.make_polynomial_dataset(self.task, seeds.data, dtype=self.dtype, device=self.device)
+
+    def monitoring(self, seeds: rlr_core.RunSeeds) -> rlr_core.PolynomialData:
+        """A run's monitoring polynomials (validation_examples of them): held-out data V is measured on, never
+        the validation set tuning scores a method by."""
+        return rlr_core.make_polynomial_dataset(self.task, seeds.monitor, self.validation_examples,
+                                                dtype=self.dtype, device=self.device)
+
+    def model(self, seeds: rlr_core.RunSeeds) -> nn.Module:
+        """A run's initial MaclaurinNet."""
+        return rlr_core.make_model(self.task, seeds.init, self.dtype, self.device)
+
+    def restart(self, k: int, seed: int) -> None:
+        """Run k starts afresh on seed: its data, monitoring split and initial weights."""
+        seeds = rlr_core.derive_seeds(check_seed("seed", seed))
+        data = self.data(seeds)
+        self.inputs[k], self.targets[k] = data.inputs, data.targets
+        if self.validation_examples:
+            validation = self.monitoring(seeds)
+            self.validation_x[k], self.validation_y[k] = validation.inputs, validation.targets
+        self.net.load_run(k, self.model(seeds))
+        self.run_seeds[k] = seeds
+
+    def loss_and_grad(self, advance: torch.Tensor | None = None, with_grad: bool = True) -> torch.Tensor:
+        """Each run's full-batch MSE at its current weights, [K], with the gradients in net.grad (full batch:
+        there is no stream to advance, so `advance` changes nothing)."""
+        return mse_loss_and_grad(self.net, self.inputs, self.targets, with_grad=with_grad)
+
+    def validation_losses(self) -> torch.Tensor:
+        """Each run's MSE on its monitoring split at its current weights, [K] (float64)."""
+        if not self.validation_examples:
+            raise ValueError("these runs have no monitoring split: build them with validation_examples > 0")
+        with torch.no_grad():
+            return mse_loss_and_grad(self.net, self.validation_x, self.validation_y, with_grad=False).double()
+
+
+class BatchedRuns(Protocol):
+    """K runs of one task, stacked for the batched engines: what the vector environment
+    (rlr_env.LRControlVectorEnv) steps, with one BatchedAdam over net.params. PolynomialRuns and
+    rlr_tasks.MNIST1DRuns are the two."""
+
+    n_runs: int
+    net: StackedModel
+    device: torch.device
+
+    def loss_and_grad(self, advance: torch.Tensor | None = None) -> torch.Tensor:
+        """Each run's training loss at its current weights (its next mini-batch's, or the full batch's), [K],
+        gradients into net.grad; runs outside `advance` (a bool mask [K]) draw no new mini-batch."""
+
+    def validation_losses(self) -> torch.Tensor:
+        """Each run's loss on its validation (monitoring) split, [K], float64."""
+
+    def restart(self, k: int, seed: int) -> None:
+        """Run k starts afresh on another task seed."""
+
+
+@dataclass(frozen=True)
+class PolynomialTask:
+    """The original's task (MaclaurinNet, full-batch MSE) as a task: what the vector environment, the registry's
+    families (rlr_methods.Method.run_pool) and the controllers' training take, like rlr_tasks.MNIST1DTask."""
+
+    config: Config = field(default_factory=Config)
+    """the problem (config.task), dtype and device of every run; its seed is not used (each run has its own)"""
+    validation_examples: int = 1024
+    """monitoring polynomials per seed that V is measured on (a schedule's validation_examples); 0: none"""
+    loss_reading: str = "last"
+    """the training loss a controller's state reads at a decision: the full-batch loss at the decision step
+    ('last'), which is exact here"""
+    seed_bound: int = 2**63 - 1
+    """task seeds an environment draws lie in [0, seed_bound)"""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, Config):
+            raise TypeError(f"config must be a Config, got {type(self.config).__name__}")
+        rlr_core.check_int("validation_examples", self.validation_examples, 0)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return rlr_core.DTYPES[self.config.dtype]
+
+    @property
+    def device(self) -> str:
+        return self.config.device
+
+    def runs(self, seeds: Sequence[int]) -> PolynomialRuns:
+        """The runs of these seeds, stacked (each the reference run of config.with_seed(seed))."""
+        return PolynomialRuns(member_configs(self.config, seeds), self.validation_examples)
+
+    def check_schedule(self, schedule: rlr_core.ScheduleConfig) -> None:
+        """ValueError where a controller's schedule and this task disagree: V is measured on
+        schedule.validation_examples polynomials, which must be this task's validation_examples."""
+        if schedule.uses_validation and schedule.validation_examples != self.validation_examples:
+            raise ValueError(f"task.validation_examples ({self.validation_examples}) must equal the schedule's "
+                             f"validation_examples ({schedule.validation_examples}): V is measured on them")
+
+    def train(self, seeds: Sequence[int], lr: Any, steps: int | None, method: str, progress: bool = False,
+              **rules: Any) -> list[RunResult]:
+        """Adam under a learning-rate table or rule (train_full_batch's lr, hypergradient_lr and plateau)."""
+        return train_full_batch(self.config, seeds, lr, steps, method, progress, **rules)
+
+    def train_own_optimizers(self, seeds: Sequence[int], make_optimizer: Any, steps: int, method: str,
+                             progress: bool = False) -> list[RunResult]:
+        """Each run under its own instance of another package's optimiser: make_optimizer(parameters, lr), or
+        a list of K factories (run k's from the k-th)."""
+        return train_own_optimizers(self.config, seeds, make_optimizer, steps, method, progress)
 
 
 def first_bad_step(bad: np.ndarray) -> list[int | None]:
@@ -279,11 +400,12 @@ class BatchedDQN:
 def train_baseline(config: Config, seeds: Sequence[int], progress: bool = False) -> list[RunResult]:
     """rlr_engine.train_baseline for every seed: mini-batch Adam, a fresh permutation per run and epoch."""
     configs = member_configs(config, seeds)
-    run_seeds, dtype, device, inputs, targets, net = stack_members(configs)
-    n_runs, n_examples = inputs.shape[:2]
+    runs = PolynomialRuns(configs)
+    net, dtype, device = runs.net, runs.dtype, runs.device
+    n_runs, n_examples = runs.inputs.shape[:2]
     batch_size, epochs = config.baseline.batch_size, config.baseline.epochs
-    inputs_by_row, targets_by_row = inputs.flatten(0, 1), targets.flatten(0, 1)
-    shuffles = [torch.Generator().manual_seed(seeds.shuffle) for seeds in run_seeds]
+    inputs_by_row, targets_by_row = runs.inputs.flatten(0, 1), runs.targets.flatten(0, 1)
+    shuffles = [torch.Generator().manual_seed(seeds.shuffle) for seeds in runs.run_seeds]
     optimizer = BatchedAdam(net.params)
     losses = torch.empty(epochs, n_runs, dtype=dtype, device=device)
     started = time.perf_counter()
@@ -299,7 +421,7 @@ def train_baseline(config: Config, seeds: Sequence[int], progress: bool = False)
                 batch = slice(start, start + batch_size)
                 mse_loss_and_grad(net, shuffled_inputs[:, batch], shuffled_targets[:, batch])
                 optimizer.step(net.grad, config.baseline.lr)
-            losses[epoch] = mse_loss_and_grad(net, inputs, targets, with_grad=False)
+            losses[epoch] = runs.loss_and_grad(with_grad=False)
             bar.update()
     wall_seconds = time.perf_counter() - started
     series = {"loss": losses.cpu().double().numpy()}
@@ -425,7 +547,8 @@ def train_full_batch(config: Config, seeds: Sequence[int],
     lrs = lr_table(lr, n_runs, steps)
     steps = lrs.shape[1]
     scheduler = PlateauPerRun(lrs[:, 0], plateau) if plateau is not None else None  # torch checks the options
-    _, dtype, device, inputs, targets, net = stack_members(configs)
+    runs = PolynomialRuns(configs)
+    dtype, device, net = runs.dtype, runs.device, runs.net
     lrs_by_step = torch.from_numpy(lrs.T.copy()).to(device)  # [steps, K], float64 like the reference's lr
     if betas.any():
         optimizer = BatchedAdamHD(net.params, net.rows_of, torch.from_numpy(betas).to(device))
@@ -435,14 +558,14 @@ def train_full_batch(config: Config, seeds: Sequence[int],
     used_lrs = torch.empty(steps, n_runs, dtype=torch.float64, device=device)
     started = time.perf_counter()
     with torch.no_grad(), progress_bar(steps, f"{method} x{n_runs}", progress) as bar:
-        mse_loss_and_grad(net, inputs, targets)  # gradient of L_0
+        runs.loss_and_grad()  # gradient of L_0
         lr_now = lrs_by_step[0]
         for step in range(steps):
             if not adapts_lr:
                 lr_now = lrs_by_step[step]
             lr_now = optimizer.step(net.grad, lr_now)  # Adam-HD moves each run's lr first
             used_lrs[step] = lr_now
-            losses[step] = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
+            losses[step] = runs.loss_and_grad(with_grad=step < steps - 1)
             if scheduler is not None:
                 lr_now = scheduler.step(losses[step], lr_now)  # the lr of the next step
             bar.update()
@@ -463,6 +586,8 @@ class OwnOptimizers:
     """One optimiser instance per run of a StackedModel, each from its own package, stepping its run's
     parameters as one flat tensor (a row of a run-major copy of net.params, copied back after each step).
 
+    make_optimizer(parameters, lr) builds every run's instance, or a list of K factories builds run k's from
+    the k-th (a pool's configurations in one batch; check_factories).
     Hand-written because no library steps many instances of a third-party optimiser on stacked models.
     Runs must not share an instance: Prodigy and D-Adaptation estimate one step size from norms over all
     of an instance's parameters. One flat tensor is the same update as the per-layer tensors for
@@ -470,14 +595,16 @@ class OwnOptimizers:
     Schedule-Free AdamW; tests/test_peers.py holds each to the reference loop), up to summation order.
     """
 
-    def __init__(self, net: StackedModel, make_optimizer: Callable[[Any, float], Any]) -> None:
+    def __init__(self, net: StackedModel, make_optimizer: Callable[[Any, float], Any] | Sequence[Callable],
+                 lr: float = 1.0) -> None:
         self.net, self.order = net, run_major_order(net)
         self.runs = net.params[self.order].view(net.n_runs, -1).clone()
         self.run_grads = torch.zeros_like(self.runs)
         rows = [self.runs[k] for k in range(net.n_runs)]
         for row, grad in zip(rows, self.run_grads):
             row.grad = grad
-        self.optimizers = [make_optimizer([row], 1.0) for row in rows]
+        makers = make_optimizer if isinstance(make_optimizer, (list, tuple)) else [make_optimizer] * net.n_runs
+        self.optimizers = [make([row], lr) for make, row in zip(makers, rows)]
         self.has_modes = all(callable(getattr(opt, "train", None)) and callable(getattr(opt, "eval", None))
                              for opt in self.optimizers)
 
@@ -496,11 +623,23 @@ class OwnOptimizers:
         self.net.params.index_copy_(0, self.order, self.runs.view(-1))
 
 
-def train_own_optimizers(config: Config, seeds: Sequence[int], make_optimizer: Callable[[Any, float], Any],
+def check_factories(make_optimizer: Any, n_runs: int) -> None:
+    """make_optimizer: one callable(parameters, lr), or a list of n_runs of them (one per run)."""
+    if isinstance(make_optimizer, (list, tuple)):
+        if not all(callable(make) for make in make_optimizer):
+            raise TypeError("make_optimizer must be callable, or a list of callables (one per run)")
+        if len(make_optimizer) != n_runs:
+            raise ValueError(f"make_optimizer as a list must hold one factory per run ({n_runs}), got {len(make_optimizer)}")
+    elif not callable(make_optimizer):
+        raise TypeError(f"make_optimizer must be callable(parameters, lr), got {type(make_optimizer).__name__}")
+
+
+def train_own_optimizers(config: Config, seeds: Sequence[int],
+                         make_optimizer: Callable[[Any, float], Any] | Sequence[Callable[[Any, float], Any]],
                          steps: int, method: str, progress: bool = False) -> list[RunResult]:
     """rlr_engine.train_full_batch(config.with_seed(s), 1.0, steps, method, make_optimizer=make_optimizer)
     for every seed s, with one batched forward and backward pass per step and one optimiser instance per
-    run, built by make_optimizer([its parameters], 1.0) (OwnOptimizers).
+    run, built by make_optimizer([its parameters], 1.0), or by the k-th of a list of factories (OwnOptimizers).
 
     An optimiser with train()/eval() modes steps in train mode, and its losses and models are those of
     its eval-mode weights, as in the reference. A run whose loss goes non-finite stops stepping; its
@@ -509,10 +648,10 @@ def train_own_optimizers(config: Config, seeds: Sequence[int], make_optimizer: C
     rlr_core.check_int("steps", steps, 1)
     if not isinstance(method, str) or not method:
         raise ValueError(f"method must be a non-empty string (the results' name), got {method!r}")
-    if not callable(make_optimizer):
-        raise TypeError(f"make_optimizer must be callable(parameters, lr), got {type(make_optimizer).__name__}")
     configs = member_configs(config, seeds)
-    _, dtype, device, inputs, targets, net = stack_members(configs)
+    check_factories(make_optimizer, len(configs))
+    runs = PolynomialRuns(configs)
+    dtype, device, net = runs.dtype, runs.device, runs.net
     optimizers = OwnOptimizers(net, make_optimizer)
     if optimizers.has_modes:
         optimizers.set_mode("train")
@@ -521,17 +660,17 @@ def train_own_optimizers(config: Config, seeds: Sequence[int], make_optimizer: C
     alive = np.ones(net.n_runs, dtype=bool)
     started = time.perf_counter()
     with torch.no_grad(), progress_bar(steps, f"{method} x{net.n_runs}", progress) as bar:
-        mse_loss_and_grad(net, inputs, targets)  # gradient of L_0 at the train-mode weights
+        runs.loss_and_grad()  # gradient of L_0 at the train-mode weights
         for step in range(steps):
             optimizers.step(alive, used_lrs[step])
             if optimizers.has_modes:  # L at the eval-mode weights is logged; the gradient is taken in train mode
                 optimizers.set_mode("eval")
-                losses[step] = mse_loss_and_grad(net, inputs, targets, with_grad=False)
+                losses[step] = runs.loss_and_grad(with_grad=False)
                 optimizers.set_mode("train")
                 if step < steps - 1:
-                    mse_loss_and_grad(net, inputs, targets)
+                    runs.loss_and_grad()
             else:
-                losses[step] = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
+                losses[step] = runs.loss_and_grad(with_grad=step < steps - 1)
             alive &= torch.isfinite(losses[step]).cpu().numpy()
             if not alive.any():
                 break
@@ -577,7 +716,8 @@ def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = Fa
         raise ValueError("schedule.decision_interval > 1 and features='control' run on the reference loop "
                          "(rlr_engine.train_rl_scheduled) and LRControlEnv; the batched engine decides every step")
     check_initial_policies(initial_policies, len(configs))
-    run_seeds, dtype, device, inputs, targets, net = stack_members(configs)
+    runs = PolynomialRuns(configs)
+    run_seeds, dtype, device, net = runs.run_seeds, runs.dtype, runs.device, runs.net
     schedule, variant, steps = config.schedule, config.dqn.variant, config.schedule.steps
     agents = BatchedDQN(run_seeds, config, dtype, device, initial_policies, frozen)
     optimizer = BatchedAdam(net.params, net.rows_of)
@@ -594,7 +734,7 @@ def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = Fa
 
     started = time.perf_counter()
     with torch.no_grad(), progress_bar(steps, f"agent ({variant}) x{len(configs)}", progress) as bar:
-        loss = mse_loss_and_grad(net, inputs, targets)  # L_0 and its gradient
+        loss = runs.loss_and_grad()  # L_0 and its gradient
         initial_loss = loss.clone()
         state = rlr_core.acting_state(state_of(loss, None, lr), variant)  # s_0
         for step in range(steps):
@@ -602,7 +742,7 @@ def train_rl_scheduled(config: Config, seeds: Sequence[int], progress: bool = Fa
             lr_index, lr = rlr_core.next_lr(lr_index, lr, action, schedule)
             logged["action"][step], logged["lr_index"][step], logged["lr"][step] = action, lr_index, lr
             optimizer.step(net.grad, lr)  # Adam step on L_t, then L_{t+1} and its gradient (for the next step)
-            next_loss = logged["loss"][step] = mse_loss_and_grad(net, inputs, targets, with_grad=step < steps - 1)
+            next_loss = logged["loss"][step] = runs.loss_and_grad(with_grad=step < steps - 1)
             next_state = state_of(next_loss, loss, lr)
             if not frozen:
                 agents.remember(state, action, next_state, rlr_core.loss_reward(loss, next_loss, schedule.features),

@@ -693,7 +693,7 @@ def load_controllers(path: str | Path) -> dict[str, TrainedController]:
     shape for the controller's network)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run notebook 04 first")
+        raise FileNotFoundError(f"{path} is missing: run notebook 04_controllers first")
     where = f"load_controllers({str(path)!r})"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

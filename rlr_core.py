@@ -718,8 +718,9 @@ class PolicyScheduler(torch.optim.lr_scheduler.LRScheduler):
     changes and positions are scale-free: log L itself sits wherever that model's loss sits. Nothing is
     learned: no replay, no exploration (an online learner is RLRScheduler). The loss a decision reads is the
     one passed at the decision step or, with loss_average='interval', the mean of those passed since the
-    previous decision (a steadier reading of mini-batch losses; the environments read the full training loss
-    at the decision step). Param groups keep their lr ratio to the first, as in RLRScheduler; a non-finite loss
+    previous decision (a steadier reading of mini-batch losses). The vector environment reads the loss as its
+    task does (task.loss_reading: the polynomial task's full-batch loss at the decision step, MNIST-1D's mean
+    over the interval), so a controller trained there sees here what it saw in training. Param groups keep their lr ratio to the first, as in RLRScheduler; a non-finite loss
     raises FloatingPointError.
     """
 

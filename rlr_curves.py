@@ -261,7 +261,15 @@ def load_training(results_dir: str | Path, study: StudyConfig) -> ControllerTrai
     missing = [name for name in TRAINING_FILES.values() if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"results_dir: {missing} missing in {str(folder)!r}: run notebook 04_controllers first")
-    record = json.loads((folder / TRAINING_FILES["record"]).read_text())
+    record_path = folder / TRAINING_FILES["record"]
+    try:
+        record = json.loads(record_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{record_path} is not JSON ({error}): re-run notebook 04_controllers") from error
+    fields = {"study", "labels", "controller", "curve", "best_agent_seed"}
+    if not isinstance(record, dict) or not fields <= set(record) or not isinstance(record["study"], dict):
+        raise ValueError(f"{record_path} is not notebook 04_controllers' record: it needs the fields {sorted(fields)} "
+                         "(study a dict); re-run notebook 04_controllers")
     differing = sorted(name for name, value in asdict(study).items()  # the smaller budget's pick is the verdict's alone
                        if name != "shown_budget" and record["study"].get(name) != value)
     if differing:

@@ -196,36 +196,88 @@ class LRControlEnv(gymnasium.Env):
                              validation, previous_validation).numpy()
 
 
-class LRControlVectorEnv(VectorEnv):
-    """num_envs LRControlEnv tasks at once, backed by the batched engine (rlr_batched's StackedModel,
-    mse_loss_and_grad and BatchedAdam: the training step of the batched runs, one lr per task), with
-    Gymnasium 1.x's next-step autoreset: the step() after a task's episode ended resets that task
-    (observation of the new task, reward 0, neither terminated nor truncated) while the others go on.
+LOSS_READINGS = rc.PolicyScheduler.LOSS_AVERAGES
+"""How a task's training loss is read at a decision: as PolicyScheduler reads it in a user's loop."""
 
-    Observations, actions, rewards, decision interval, truncation and divergence are LRControlEnv's,
-    from the same rlr_core rules, one row per task. reset(seed=s) starts task i on seed s + i (Gymnasium's
-    convention), reset(seed=[s_0, ..., s_K-1]) task i on s_i (np_random then seeded with s_0); a task that
-    resets later, or a reset without a seed, draws its seed from the environment's np_random. Every reset of a task draws a new data set and a new network from its seed
-    (LRControlEnv(resample_data=True)). options={"reset_mask": mask} resets only the tasks in mask.
-    info holds, per task, lr, lr_index, loss, diverged, episode_seed and the losses of the interval's
-    optimiser steps (step_losses, steps_taken).
+TASK_INTERFACE = ("runs", "check_schedule", "loss_reading", "seed_bound", "dtype", "device")
+"""What a task object offers the vector environment (rlr_batched.PolynomialTask, rlr_tasks.MNIST1DTask)."""
+
+
+def polynomial_task(task: rc.TaskConfig | None, schedule: rc.ScheduleConfig, dtype: str,
+                    device: str) -> rlr_batched.PolynomialTask:
+    """The original's task of a TaskConfig, as the vector environment runs it: each run's monitoring split
+    built only where the schedule's state or reward reads V."""
+    config = Config(dtype=dtype, device=device, task=rc.TaskConfig() if task is None else task, schedule=schedule)
+    return rlr_batched.PolynomialTask(config, schedule.validation_examples if schedule.uses_validation else 0)
+
+
+class LRControlVectorEnv(VectorEnv):
+    """num_envs runs of a task under a learning-rate controller, backed by the batched engine (the task's
+    stacked runs, rlr_batched.BatchedRuns, and one BatchedAdam with one lr per run), with Gymnasium 1.x's
+    next-step autoreset: the step() after a run's episode ended resets that run (observation of the new
+    run, reward 0, neither terminated nor truncated) while the others go on.
+
+    The task: a TaskConfig (or None: the original's), the polynomial problem of LRControlEnv, run at dtype
+    and device; or a task object (rlr_batched.PolynomialTask, rlr_tasks.MNIST1DTask: anything with
+    TASK_INTERFACE), which brings its own dtype and device. On the polynomial task the observations,
+    actions, rewards, decision interval, truncation and divergence are LRControlEnv's, from the same rlr_core
+    rules, one row per run (tests/test_vector_env.py holds them to that); on MNIST-1D a greedy policy here
+    is what rlr_core.PolicyScheduler(loss_average='interval') shows it in a user's loop (tests/test_task_env.py),
+    so a controller trained here acts in a user's loop as it acted in training.
+
+    One step is one decision: the action moves each run's lr (rlr_core.next_lr), then every active run takes
+    up to schedule.decision_interval Adam steps at it. Observation: rlr_core.loss_state of the training loss
+    as the task reads it at a decision (task.loss_reading: 'last', the polynomial task's full-batch loss at
+    the decision step; 'interval', MNIST-1D's mean of the mini-batch losses since the previous decision), the
+    lr's position, the budget left and, with features 'validation', the validation loss V; reward:
+    rlr_core.decision_reward. A non-finite loss ends the run's episode (terminated, reward divergence_penalty,
+    the last finite observation returned); schedule.steps Adam steps truncate it.
+
+    reset(seed=s) starts run i on task seed s + i (Gymnasium's convention), reset(seed=[s_0, ..., s_K-1])
+    run i on s_i (np_random then seeded with s_0); a run that resets later, or a reset without a seed, draws
+    its seed from the environment's np_random in [0, task.seed_bound). Every reset of a run draws a new data
+    set and a new network from its seed (LRControlEnv(resample_data=True)). options={"reset_mask": mask}
+    resets only the runs in mask. info holds, per run, lr, lr_index, loss (the reading), diverged,
+    episode_seed, the losses of the interval's optimiser steps (step_losses, steps_taken) and, where the
+    schedule uses it, validation_loss.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int, task: rc.TaskConfig | None = None, schedule: rc.ScheduleConfig | None = None,
-                 *, divergence_penalty: float = DIVERGENCE_PENALTY, dtype: str = "float32", device: str = "cpu") -> None:
+    def __init__(self, num_envs: int, task: Any = None, schedule: rc.ScheduleConfig | None = None, *,
+                 divergence_penalty: float = DIVERGENCE_PENALTY, dtype: str | None = None,
+                 device: str | None = None) -> None:
         rc.check_int("num_envs", num_envs, 1)
-        single = LRControlEnv(task, schedule, resample_data=True, divergence_penalty=divergence_penalty,
+        if task is None or isinstance(task, rc.TaskConfig):
+            problem, dtype, device = task, "float32" if dtype is None else dtype, "cpu" if device is None else device
+        else:
+            missing = [name for name in TASK_INTERFACE if not hasattr(task, name)]
+            if missing:
+                raise TypeError(f"task must be a TaskConfig, None or a task object (rlr_batched.PolynomialTask, "
+                                f"rlr_tasks.MNIST1DTask), got {type(task).__name__} (it has no {missing})")
+            if dtype is not None or device is not None:
+                raise ValueError("a task object brings its own dtype and device: pass dtype and device to it, not here")
+            if task.loss_reading not in LOSS_READINGS:
+                raise ValueError(f"task.loss_reading must be one of {LOSS_READINGS}, got {task.loss_reading!r}")
+            problem = None
+            dtype = {value: key for key, value in rc.DTYPES.items()}.get(task.dtype)
+            if dtype is None:
+                raise TypeError(f"task.dtype must be one of {list(rc.DTYPES.values())}, got {task.dtype!r}")
+            device = str(task.device)
+        single = LRControlEnv(problem, schedule, resample_data=True, divergence_penalty=divergence_penalty,
                               dtype=dtype, device=device)  # checks every argument
-        self.num_envs, self.task, self.schedule = num_envs, single.task, single.schedule
-        self.divergence_penalty, self.dtype_name = single.divergence_penalty, dtype
+        self.num_envs, self.schedule = num_envs, single.schedule
+        self.task = task if problem is None and task is not None else polynomial_task(problem, single.schedule,
+                                                                                      dtype, device)
+        self.task.check_schedule(self.schedule)
+        self.divergence_penalty = single.divergence_penalty
         self.single_observation_space, self.single_action_space = single.observation_space, single.action_space
         self.observation_space = batch_space(single.observation_space, num_envs)
         self.action_space = batch_space(single.action_space, num_envs)
         self.device = single.device
+        self.runs: rlr_batched.BatchedRuns | None = None
         self.net: rlr_stacked.StackedModel | None = None
-        self.validation: torch.Tensor | None = None  # V of every task, where the state or the reward reads it
+        self.validation: torch.Tensor | None = None  # V of every run, where the state or the reward reads it
         self.step_losses = torch.zeros(num_envs, self.schedule.decision_interval, dtype=torch.float64)
         self.steps_taken = torch.zeros(num_envs, dtype=torch.int64)  # none at a reset
         self.autoreset = np.zeros(num_envs, dtype=bool)
@@ -245,14 +297,20 @@ class LRControlVectorEnv(VectorEnv):
             super().reset(seed=None)
             seeds = self.draw_seeds()
         elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
-            super().reset(seed=rc.check_seed("seed", seed))
+            last = rc.check_seed("seed", seed) + self.num_envs - 1
+            if last >= self.task.seed_bound:  # checked before anything restarts
+                raise ValueError(f"seed + num_envs - 1 ({last}) must be < {self.task.seed_bound}, the task's seed bound")
+            super().reset(seed=int(seed))
             seeds = [int(seed) + i for i in range(self.num_envs)]
         else:
             if isinstance(seed, (float, np.floating, bool, np.bool_)):
                 raise TypeError(f"seed must be None, an int or a list of {self.num_envs} ints, got "
                                 f"{type(seed).__name__} ({seed!r})")
             seeds = rc.check_seeds("seed", seed, self.num_envs)
-            super().reset(seed=seeds[0])  # later tasks' seeds come from np_random: seeded, as with an int seed
+            for value in seeds:
+                if value >= self.task.seed_bound:
+                    raise ValueError(f"every seed must be < {self.task.seed_bound}, the task's seed bound; got {value}")
+            super().reset(seed=seeds[0])  # later runs' seeds come from np_random: seeded, as with an int seed
         if self.net is None:
             self.build(seeds)
         else:
@@ -265,66 +323,59 @@ class LRControlVectorEnv(VectorEnv):
         return self._observation.copy(), self.info(np.zeros(self.num_envs, dtype=bool))
 
     def draw_seeds(self, count: int | None = None) -> list[int]:
-        """Task seeds from the environment's np_random: one per task, or count of them."""
+        """Task seeds from the environment's np_random, in [0, task.seed_bound): one per run, or count."""
         size = self.num_envs if count is None else count
-        return [int(value) for value in self.np_random.integers(0, 2 ** 63 - 1, size=size)]
+        return [int(value) for value in self.np_random.integers(0, self.task.seed_bound, size=size)]
 
     def build(self, seeds: Sequence[int]) -> None:
-        """Every task from its seed: data, network and a fresh Adam, through the batched engine's setup."""
-        configs = [Config(seed=seed, dtype=self.dtype_name, device=str(self.device), task=self.task,
-                          schedule=self.schedule) for seed in seeds]
-        _, self.dtype, _, self.inputs, self.targets, self.net = rlr_batched.stack_members(configs)
+        """Every run from its seed (task.runs) with a fresh BatchedAdam, the lr at the grid's start."""
+        self.runs = self.task.runs(seeds)
+        self.net, self.dtype = self.runs.net, self.runs.net.params.dtype
         self.optimizer = rlr_stacked.BatchedAdam(self.net.params, self.net.rows_of)
-        start = self.schedule.start_index
-        self.lr_index = torch.full((self.num_envs,), start, dtype=torch.int64, device=self.device)
-        self.lr = torch.full((self.num_envs,), self.schedule.lr_grid[start], dtype=torch.float64, device=self.device)
+        self.lr_index = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        self.lr = torch.zeros(self.num_envs, dtype=torch.float64, device=self.device)
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self.episode_seeds = list(seeds)
-        if self.schedule.uses_validation:
-            splits = [self.validation_split(seed) for seed in seeds]
-            self.validation_inputs = torch.stack([split.inputs for split in splits])
-            self.validation_targets = torch.stack([split.targets for split in splits])
+        self.restart_control(np.ones(self.num_envs, dtype=bool))
         with torch.no_grad():
-            self.loss = rlr_stacked.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
+            self.loss = self.runs.loss_and_grad().double()
         self.validation = self.validation_losses()
 
-    def validation_split(self, seed: int) -> rc.PolynomialData:
-        """Task seed's monitoring polynomials (its monitor stream, schedule.validation_examples of them): the
-        held-out data V is measured on, never the validation set tuning scores the controller by."""
-        return rc.make_polynomial_dataset(self.task, rc.derive_seeds(seed).monitor, self.schedule.validation_examples,
-                                          dtype=self.dtype, device=self.device)
-
-    def validation_losses(self) -> torch.Tensor | None:
-        """V of every task at its current weights (float64), or None where the schedule does not use it."""
-        if not self.schedule.uses_validation:
-            return None
-        with torch.no_grad():
-            return rlr_stacked.mse_loss_and_grad(self.net, self.validation_inputs, self.validation_targets,
-                                                 with_grad=False).double()
+    def restart_control(self, restarted: np.ndarray) -> None:
+        """The restarted runs' lr back at the grid's start and their step count at 0."""
+        mask = torch.as_tensor(restarted, device=self.device)
+        start = self.schedule.start_index
+        self.lr_index[mask] = start
+        self.lr[mask] = self.schedule.lr_grid[start]
+        self.elapsed[mask] = 0
 
     def restart(self, k: int, seed: int) -> None:
-        """Task k starts a new episode on seed: its data, network, Adam state, lr and step count."""
-        seeds = rc.derive_seeds(seed)
-        data = rc.make_polynomial_dataset(self.task, seeds.data, dtype=self.dtype, device=self.device)
-        self.inputs[k], self.targets[k] = data.inputs, data.targets
-        self.net.load_run(k, rc.make_model(self.task, seeds.init, self.dtype, self.device))
+        """Run k starts a new episode on seed: its data, network, Adam state, lr and step count."""
+        self.runs.restart(k, seed)
         self.optimizer.restart_run(k)
-        self.lr_index[k] = self.schedule.start_index
-        self.lr[k] = self.schedule.lr_grid[self.schedule.start_index]
-        self.elapsed[k] = 0
+        self.restart_control(np.arange(self.num_envs) == k)
         self.episode_seeds[k] = seed
-        if self.schedule.uses_validation:
-            split = self.validation_split(seed)
-            self.validation_inputs[k], self.validation_targets[k] = split.inputs, split.targets
 
     def refresh_loss(self, restarted: np.ndarray) -> None:
-        """The loss and gradient of every task at its current weights (the restarted tasks' L_0)."""
+        """L_0 (and V_0) of the restarted runs at their new weights, with their gradients; the other runs keep
+        their reading, their place in their mini-batch stream and their gradient (restored, not recomputed: a
+        run's gradient is then the one its loss reading came with, whatever the task's runs do with a run they
+        do not advance)."""
+        if not np.any(restarted):
+            return
+        mask = torch.as_tensor(restarted, device=self.device)
+        kept_grad = self.net.grad.clone()
         with torch.no_grad():
-            loss = rlr_stacked.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
-        self.loss = torch.where(torch.as_tensor(restarted, device=self.device), loss, self.loss)
+            loss = self.runs.loss_and_grad(advance=mask).double()
+            for now, before in zip(self.net.rows_of(self.net.grad), self.net.rows_of(kept_grad)):
+                now[~mask] = before[~mask]
+        self.loss = torch.where(mask, loss, self.loss)
         if self.validation is not None:
-            self.validation = torch.where(torch.as_tensor(restarted, device=self.device), self.validation_losses(),
-                                          self.validation)
+            self.validation = torch.where(mask, self.validation_losses(), self.validation)
+
+    def validation_losses(self) -> torch.Tensor | None:
+        """V of every run at its current weights (float64), or None where the schedule does not use it."""
+        return self.runs.validation_losses() if self.schedule.uses_validation else None
 
     def states(self, previous_loss: torch.Tensor | None, previous_validation: torch.Tensor | None = None) -> np.ndarray:
         position = rc.lr_position(self.lr, self.schedule)
@@ -333,7 +384,7 @@ class LRControlVectorEnv(VectorEnv):
                              self.validation, previous_validation).cpu().numpy()
 
     def info(self, diverged: np.ndarray) -> dict:
-        """Per task: lr, lr_index, loss, diverged, episode_seed, and the loss after each optimiser step of
+        """Per run: lr, lr_index, loss, diverged, episode_seed, and the loss after each optimiser step of
         the last interval (step_losses [K, decision_interval], the first steps_taken of each row count)."""
         values = {"lr": self.lr.cpu().numpy(), "lr_index": self.lr_index.cpu().numpy(),
                   "loss": self.loss.cpu().numpy(), "diverged": diverged, "episode_seed": np.array(self.episode_seeds),
@@ -371,24 +422,39 @@ class LRControlVectorEnv(VectorEnv):
         return observation.copy(), rewards, terminated, truncated, self.info(terminated)
 
     def train_interval(self, active: torch.Tensor) -> np.ndarray:
-        """Up to decision_interval Adam steps for every active task with budget left (the others step at
-        lr 0, which leaves their weights as they are); returns the tasks whose loss went non-finite."""
+        """Up to decision_interval Adam steps for every active run with budget left (the others step at lr 0,
+        which leaves their weights as they are, and draw no mini-batch), then the new reading (loss_reading);
+        returns the runs whose loss went non-finite."""
         diverged = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.step_losses = torch.zeros(self.num_envs, self.schedule.decision_interval, dtype=torch.float64)
         self.steps_taken = torch.zeros(self.num_envs, dtype=torch.int64)
+        last = self.loss.clone()
         with torch.no_grad():
             for index in range(self.schedule.decision_interval):
                 stepping = active & (self.elapsed < self.schedule.steps) & ~diverged
                 if not stepping.any():
                     break
                 self.optimizer.step(self.net.grad, torch.where(stepping, self.lr, 0.0))
-                loss = rlr_stacked.mse_loss_and_grad(self.net, self.inputs, self.targets).double()
-                self.loss = torch.where(stepping, loss, self.loss)
+                loss = self.runs.loss_and_grad(advance=stepping).double()
+                last = torch.where(stepping, loss, last)
                 self.elapsed += stepping.long()
                 self.step_losses[:, index] = loss.cpu()
                 self.steps_taken += stepping.long().cpu()
                 diverged |= stepping & ~torch.isfinite(loss)
+        self.loss = self.loss_reading(last)
         return diverged.cpu().numpy()
+
+    def loss_reading(self, last: torch.Tensor) -> torch.Tensor:
+        """The training loss the state reads after an interval: the last step's ('last') or the mean of the
+        interval's step losses ('interval', in numpy's order of summation, as PolicyScheduler takes it); a run
+        that took no step keeps its reading."""
+        if self.task.loss_reading == "last":
+            return last
+        reading = self.loss.clone()
+        losses, taken = self.step_losses.numpy(), self.steps_taken.numpy()
+        for k in np.flatnonzero(taken):
+            reading[k] = float(np.mean(losses[k, :taken[k]]))
+        return reading
 
 
 def time_limit_is_terminal(env: Any) -> bool:

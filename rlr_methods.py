@@ -127,6 +127,12 @@ class Method:
     """kind-specific settings (an agent's schedule options)"""
     optimizer: Callable[[dict, int], Callable] | None = None
     """lr_free: optimizer(params, steps) -> make_optimizer(parameters, lr), for rlr_engine.train_full_batch"""
+    make_scheduler: Callable | None = None
+    """schedule: make_scheduler(optimizer, params, steps) -> the torch.optim.lr_scheduler the family follows
+    (None: the lr stays at params['lr'], or a rule moves it)"""
+    rule: Callable[[dict], dict] | None = None
+    """schedule: rule(params) -> the engines' options of a rule that watches the run (plateau,
+    hypergradient_lr); None: the lr follows a fixed schedule (lr_schedule)"""
     run_many: Callable[..., list[list[RunResult]]] | None = None
     """optional: run_many(pool, config, seeds, steps, progress) -> per configuration, one RunResult per seed,
     in one batch (the same runs as run, configuration by configuration, up to float rounding)"""
@@ -157,10 +163,21 @@ class Method:
         """How to use the family in one's own loop, with the values given (e.g. the tuned ones)."""
         return self.usage.format_map({key.replace(".", "_"): value for key, value in params.items()})
 
-    def run_pool(self, pool: Sequence[dict], config: Config, seeds: Sequence[int], steps: int,
+    def lr_schedule(self, params: dict, steps: int) -> np.ndarray:
+        """A fixed-schedule family's learning rates [steps] for one configuration: its torch scheduler read out
+        by rlr_batched.lr_schedule (the lr it sets before each step), or params['lr'] throughout."""
+        if self.kind != "schedule" or self.rule is not None:
+            raise ValueError(f"{self.key} has no fixed schedule: its lr moves with the run")
+        if self.make_scheduler is None:
+            return np.full(steps, float(params["lr"]))
+        return rlr_batched.lr_schedule(lambda optimizer: self.make_scheduler(optimizer, params, steps),
+                                       params["lr"], steps)
+
+    def run_pool(self, pool: Sequence[dict], config: Any, seeds: Sequence[int], steps: int,
                  progress: bool = False) -> list[list[RunResult]]:
         """Every configuration of a pool on the same seeds: per configuration, one RunResult per seed; one
-        batch where the family has run_many (a schedule family's whole pool x seeds), else one by one."""
+        batch where the family has run_many (a schedule family's whole pool x seeds), else one by one.
+        config: a polynomial Config (the original's task with its settings) or a task object (as_task)."""
         if self.run_many is not None:
             return self.run_many(list(pool), config, seeds, steps, progress)
         return [self.run(params, config, seeds, steps, progress) for params in pool]
@@ -220,35 +237,50 @@ def tuned_labels() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------
 
 
+def as_task(config: Any) -> Any:
+    """The task a family runs on: a polynomial Config is the original's task with its settings
+    (rlr_batched.PolynomialTask), a task object (rlr_batched.PolynomialTask, rlr_tasks.MNIST1DTask) is itself."""
+    if isinstance(config, Config):
+        return rlr_batched.PolynomialTask(config)
+    if not all(callable(getattr(config, name, None)) for name in ("train", "train_own_optimizers")):
+        raise TypeError(f"config must be a Config or a task (rlr_batched.PolynomialTask, rlr_tasks.MNIST1DTask), "
+                        f"got {type(config).__name__}")
+    return config
+
+
+def split_by_configuration(runs: list[RunResult], n_configurations: int) -> list[list[RunResult]]:
+    """Configuration-major runs (seeds within) as one list of runs per configuration."""
+    per = len(runs) // n_configurations
+    return [runs[index * per:(index + 1) * per] for index in range(n_configurations)]
+
+
 def schedule_method(key: str, label: str, ranges: dict, make_scheduler: Callable | None, usage: str, *,
                     tuned: str = "", options: Callable[[dict], dict] | None = None) -> Method:
-    """A schedule family: full-batch Adam (batched engine) from params['lr'] under
+    """A schedule family: Adam (the task's batched engine, task.train) from params['lr'] under
     make_scheduler(optimizer, params, steps), a torch.optim.lr_scheduler (None: the lr stays), or under a
-    rule that watches the run, given as options(params) -> rlr_batched.train_full_batch's keyword options
-    (plateau, hypergradient_lr)."""
-    def run_many(pool: list[dict], config: Config, seeds: Sequence[int], steps: int, progress: bool = False
+    rule that watches the run, given as options(params) -> the engine's keyword options (plateau,
+    hypergradient_lr; rlr_batched.train_full_batch)."""
+    def run_many(pool: list[dict], config: Any, seeds: Sequence[int], steps: int, progress: bool = False
                  ) -> list[list[RunResult]]:
-        seeds = rc.check_seeds("seeds", seeds)
+        seeds, task = rc.check_seeds("seeds", seeds), as_task(config)
         if not pool:
             raise ValueError(f"{key}: the pool of configurations is empty")
         per_run = [params for params in pool for _ in seeds]  # configuration-major, seeds within
-        if make_scheduler is not None:
-            lr = np.stack([rlr_batched.lr_schedule(lambda optimizer: make_scheduler(optimizer, params, steps),
-                                                   params["lr"], steps) for params in pool])
-            lr = np.repeat(lr, len(seeds), axis=0)
+        if options is None:
+            lr = np.repeat(np.stack([method.lr_schedule(params, steps) for params in pool]), len(seeds), axis=0)
         else:
-            lr = np.array([params["lr"] for params in per_run]) if options is not None else \
-                np.repeat(np.array([[params["lr"]] for params in pool]), len(seeds), axis=0).repeat(steps, axis=1)
+            lr = np.array([params["lr"] for params in per_run])
         rule = [options(params) for params in per_run] if options is not None else []
         extra = {name: [item[name] for item in rule] for name in (rule[0] if rule else {})}
-        runs = rlr_batched.train_full_batch(config, [seed for _ in pool for seed in seeds], lr, steps, key, progress,
-                                            **extra)
-        return [runs[index * len(seeds):(index + 1) * len(seeds)] for index in range(len(pool))]
+        runs = task.train([seed for _ in pool for seed in seeds], lr, steps, key, progress, **extra)
+        return split_by_configuration(runs, len(pool))
 
-    def run(params: dict, config: Config, seeds: Sequence[int], steps: int, progress: bool = False) -> list[RunResult]:
+    def run(params: dict, config: Any, seeds: Sequence[int], steps: int, progress: bool = False) -> list[RunResult]:
         return run_many([params], config, seeds, steps, progress)[0]
 
-    return Method(key, label, "schedule", ranges, run, usage, tuned, run_many=run_many)
+    method = Method(key, label, "schedule", ranges, run, usage, tuned, run_many=run_many,
+                    make_scheduler=make_scheduler, rule=options)
+    return method
 
 
 POSITIVE = (0.0, math.inf, True, True)
@@ -287,13 +319,28 @@ def lr_free_method(key: str, label: str, ranges: dict, make_optimizer: Callable,
         rc.check_int("steps", steps, 1)
         return lambda parameters, lr: make_optimizer(parameters, knobs, steps)
 
-    def submit(params: dict, config: Config, seeds: Sequence[int], steps: int) -> Callable[[], list[RunResult]]:
+    def submit(params: dict, config: Any, seeds: Sequence[int], steps: int) -> Callable[[], list[RunResult]]:
+        if not isinstance(config, Config):  # another task: its own batched engine, in this process
+            return lambda: run_many([params], config, seeds, steps)[0]
         return peers.submit_per_seed(factory(params, steps), key, config, rc.check_seeds("seeds", seeds), steps)
 
-    def run(params: dict, config: Config, seeds: Sequence[int], steps: int, progress: bool = False) -> list[RunResult]:
+    def run(params: dict, config: Any, seeds: Sequence[int], steps: int, progress: bool = False) -> list[RunResult]:
         return submit(params, config, seeds, steps)()
 
-    return Method(key, label, "lr_free", ranges, run, usage, submit=submit, optimizer=factory)
+    def run_many(pool: list[dict], config: Any, seeds: Sequence[int], steps: int, progress: bool = False
+                 ) -> list[list[RunResult]]:
+        """On the polynomial task (a Config) one configuration at a time through run (Ray tasks per seed); on
+        a task object the whole pool x seeds in one batch, run k under the k-th configuration's instance."""
+        if isinstance(config, Config):
+            return [run(params, config, seeds, steps, progress) for params in pool]
+        seeds, task = rc.check_seeds("seeds", seeds), as_task(config)
+        if not pool:
+            raise ValueError(f"{key}: the pool of configurations is empty")
+        makers = [factory(params, steps) for params in pool for _ in seeds]  # configuration-major, seeds within
+        runs = task.train_own_optimizers([seed for _ in pool for seed in seeds], makers, steps, key, progress)
+        return split_by_configuration(runs, len(pool))
+
+    return Method(key, label, "lr_free", ranges, run, usage, submit=submit, optimizer=factory, run_many=run_many)
 
 
 DERIVED_DQN_KNOBS = ("dqn.horizon", "dqn.undiscounted")
@@ -316,6 +363,9 @@ def agent_method(key: str, label: str, ranges: dict, schedule: dict, usage: str,
     """A DQN scheduler that learns within the run (batched engine), with schedule options `schedule`
     (a variant of the state and actions) and the dqn.* values of a configuration."""
     def run(params: dict, config: Config, seeds: Sequence[int], steps: int, progress: bool = False) -> list[RunResult]:
+        if not isinstance(config, Config):
+            raise ValueError(f"{label} learns within the run on the polynomial task's batched engine only: config "
+                             f"must be a Config, got {type(config).__name__}")
         agent = config.with_overrides({**dqn_overrides(params), "schedule": {**schedule, "steps": steps}})
         return rlr_batched.train_rl_scheduled(agent, rc.check_seeds("seeds", seeds), progress=progress)
     return Method(key, label, "agent", ranges, run, usage, tuned, options={"schedule": dict(schedule)})

@@ -1,11 +1,12 @@
 """Notebook 07's protocol: the verdict on MNIST-1D, the study's second task, with the polynomial study's rules.
 
-Every family of the registry that runs on any model (the open-loop schedules and the learning-rate-free
-optimisers) gets a pool of the same size (its own scrambled Sobol draw, Method.configurations) on
-the validation splits of tuning seeds; each family's pick is the configuration with the lowest mean
-validation error. The learned controllers are notebook 04's, frozen (trained on polynomials: the transfer
+Every family of the registry that runs on any task (the schedules, the rules that watch the run and the
+learning-rate-free optimisers; the within-run DQN agents learn on the polynomial engine only) gets a pool of
+the same size (its own scrambled Sobol draw, Method.configurations) on the validation splits of tuning seeds,
+run by the registry on MNIST1DTask (Method.run_pool); each family's pick is the configuration with the lowest
+mean validation error. The learned controllers are notebook 04's, frozen (trained on polynomials: the transfer
 across tasks), and notebook 04's DQN controller design trained again here on MNIST-1D task seeds
-(train_controller, on rlr_task_env.TaskControlVectorEnv), frozen at checkpoints; the best of them all is
+(train_controller, on rlr_env.LRControlVectorEnv), frozen at checkpoints; the best of them all is
 picked on the tuning seeds by the same rule. The picks, Adam at the paper's default lr and the controllers
 then run on evaluation seeds, whose test sets score them. A seed is the generator's seed: a fresh data set
 (rlr_tasks), so training, tuning and evaluation seeds share no example. Everything runs K runs at once
@@ -43,9 +44,8 @@ import rlr_methods as methods
 import rlr_report as report
 import rlr_stats as stats
 import rlr_tasks as tasks
-from rlr_env import train_agent_on_vector_env
+from rlr_env import LRControlVectorEnv, train_agent_on_vector_env
 from rlr_results import RunResult, atomic_write_text
-from rlr_task_env import TaskControlVectorEnv
 from rlr_tasks import GENERATED_TRAIN, MNIST1DConfig
 
 # ---------------------------------------------------------------------------------------------------
@@ -101,16 +101,12 @@ class MNIST1DStudy:
 # ---------------------------------------------------------------------------------------------------
 
 
-# The registry's own scheduler factories (one home for each rule). Method does not expose them: exposing one
-# changes rlr_methods, whose hash notebook 04's committed runs record; until then they are named here. The
-# rules that watch the polynomial engine's full-batch loss (ReduceLROnPlateau, Adam-HD) and the within-run
-# DQN agents are not in this study (see the notebook).
-SCHEDULERS: dict[str, Callable | None] = {"constant": None, "cosine": methods._cosine,
-                                          "exponential": methods._exponential, "one_cycle": methods._one_cycle}
-"""schedule family key -> make_scheduler(optimizer, params, steps) (None: the lr stays)"""
+SCHEDULES = ("constant", "cosine", "exponential", "one_cycle", "plateau", "adam_hd")
+"""the schedule families: Adam under a fixed schedule (Method.lr_schedule) or under a rule that watches the run
+(ReduceLROnPlateau stepped with each mini-batch loss, Adam-HD), all run by the registry on MNIST1DTask"""
 LR_FREE = ("schedule_free", "prodigy", "d_adaptation")
 """the learning-rate-free families (Method.optimizer builds one instance per run)"""
-FAMILIES = (*SCHEDULERS, *LR_FREE)
+FAMILIES = (*SCHEDULES, *LR_FREE)
 """every family tuned here, in the order tables list them"""
 PAPER_LR = 1e-2
 """the MNIST-1D paper's Adam lr (its training script's default, get_model_args): the untuned reference"""
@@ -120,33 +116,19 @@ PAPER_ACCURACY = 68.0
 """the test accuracy, in %, the MNIST-1D paper reports for its MLP (Greydanus 2020, Table 1)"""
 
 
-def schedule_lrs(key: str, params: dict, steps: int) -> np.ndarray:
-    """A schedule family's learning rates [steps] for one configuration: its torch scheduler read out by
-    rlr_batched.lr_schedule (what the scheduler would set before each step), or the constant."""
-    make = SCHEDULERS[key]
-    if make is None:
-        return np.full(steps, float(params["lr"]))
-    return rlr_batched.lr_schedule(lambda optimizer: make(optimizer, params, steps), params["lr"], steps)
-
-
 def run_pool(key: str, pool: Sequence[dict], seeds: Sequence[int], config: MNIST1DConfig,
              method: str | None = None) -> list[list[RunResult]]:
-    """Every configuration of a pool on every seed, in one batch: per configuration, one RunResult per seed."""
+    """Every configuration of a pool on every seed, in one batch (the registry's Method.run_pool on MNIST1DTask):
+    per configuration, one RunResult per seed, named `method` (default: the family's label)."""
     if key not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {key!r}")
     config = tasks.check_config(config)
-    if not pool:
-        raise ValueError(f"{key}: the pool of configurations is empty")
-    seeds, label = list(seeds), method or methods.get(key).label
-    all_seeds = [seed for _ in pool for seed in seeds]  # configuration-major, seeds within
-    if key in SCHEDULERS:
-        lrs = np.repeat(np.stack([schedule_lrs(key, params, config.steps) for params in pool]), len(seeds), axis=0)
-        runs = tasks.train_mnist1d_batched(all_seeds, config, lrs, method=label)
-    else:
-        factory = methods.get(key).optimizer
-        makers = [factory(params, config.steps) for params in pool for _ in seeds]
-        runs = tasks.train_mnist1d_batched(all_seeds, config, make_optimizer=makers, method=label)
-    return [runs[index * len(seeds):(index + 1) * len(seeds)] for index in range(len(pool))]
+    per_configuration = methods.get(key).run_pool(pool, tasks.MNIST1DTask(config), seeds, config.steps)
+    label = method or methods.get(key).label
+    for runs in per_configuration:
+        for run in runs:
+            run.method = label
+    return per_configuration
 
 
 def scores(run: RunResult, config: MNIST1DConfig, splits: tasks.MNIST1DSplits | None = None) -> dict[str, float]:
@@ -264,7 +246,7 @@ def budget_curves(tuning: pd.DataFrame, ks: Sequence[int] = (1, 2, 4, 8, 16, 32)
 
 @dataclass
 class ControllerTraining:
-    """Notebook 04's DQN controller design trained again, on MNIST-1D task seeds (rlr_task_env.TaskControlVectorEnv):
+    """Notebook 04's DQN controller design trained again, on MNIST-1D task seeds (rlr_env.LRControlVectorEnv):
     how many runs at once, how long, and when its policy is frozen and kept."""
 
     first_training_seed: int = 200_000
@@ -339,7 +321,7 @@ def train_controller(study: MNIST1DStudy, schedule: rc.ScheduleConfig, dqn: rc.D
                      training: ControllerTraining) -> TrainedOnMNIST1D:
     """A DQN controller (rlr_core.DQNAgent at `dqn`) trained on schedule (controller_schedule of a controller's,
     over study.task.steps) for n_envs x rounds MNIST-1D episodes, each a new task seed, through
-    rlr_env.train_agent_on_vector_env on TaskControlVectorEnv; its greedy policy kept after each checkpoint round."""
+    rlr_env.train_agent_on_vector_env on LRControlVectorEnv; its greedy policy kept after each checkpoint round."""
     if not isinstance(study, MNIST1DStudy) or not isinstance(training, ControllerTraining):
         raise TypeError("study must be an MNIST1DStudy and training a ControllerTraining")
     if not isinstance(schedule, rc.ScheduleConfig):
@@ -350,7 +332,7 @@ def train_controller(study: MNIST1DStudy, schedule: rc.ScheduleConfig, dqn: rc.D
         raise ValueError(f"schedule.steps ({schedule.steps}) must be the study's run length ({study.task.steps}): "
                          "use controller_schedule")
     training.check_disjoint(training.first_round_seeds, study)
-    env = TaskControlVectorEnv(training.n_envs, tasks.MNIST1DTask(study.task), schedule)
+    env = LRControlVectorEnv(training.n_envs, tasks.MNIST1DTask(study.task), schedule)
     agent = rc.DQNAgent(schedule.state_dim, schedule.n_actions, dqn, training.agent_seed)
     per_round = -(-schedule.steps // schedule.decision_interval) + 1  # an episode's decisions and its autoreset
     snapshots: dict[int, dict] = {}
@@ -436,7 +418,11 @@ def transfer_comparison(table: pd.DataFrame, polynomial: str, native: str) -> di
     """Does a controller trained on polynomials do as well as one trained on the task itself? The paired test
     error of notebook 04's best controller on the tuning seeds (polynomial) against the controller trained on
     MNIST-1D task seeds that the tuning seeds pick (native), by rlr_stats.paired_comparison (ratio > 1: the
-    polynomial one is better), unadjusted: descriptive, outside the Holm family."""
+    polynomial one is better), unadjusted: descriptive, outside the Holm family. ValueError naming a label the
+    table does not hold."""
+    for name, label in (("polynomial", polynomial), ("native", native)):
+        if label not in set(table["method"]):
+            raise ValueError(f"{name}: {label!r} is not a method of the table (it holds {sorted(set(table['method']))})")
     return {"method": polynomial, "against": native, **stats.paired_comparison(table, "test_error", native, polynomial)}
 
 

@@ -141,6 +141,9 @@ ORIGINAL_AGENTS: dict[str, dict] = {
 }
 """Agents at the original's settings (and ablations): label -> overrides of Config.dqn / Config.schedule."""
 
+FROZEN_AGENT = "DQN greedy policy, frozen after training"
+"""The described agent's greedy policy, frozen at the end of its run and replayed from the same initial network."""
+
 SCALE_FREE, LR_RANGE, DQN_RANGES = methods.SCALE_FREE, methods.LR_RANGE, methods.DQN_RANGES
 """The registry's search ranges and the scale-free agent's options (their home is rlr_methods)."""
 
@@ -483,7 +486,7 @@ def run_original_agents(config: Config, study: StudyConfig, progress: bool = Fal
                                                   progress=progress)
             for label, overrides in ORIGINAL_AGENTS.items()}
     policies = [run.policy_state for run in runs["DQN as described"]]
-    runs["DQN greedy policy, frozen after training"] = rlr_batched.train_rl_scheduled(
+    runs[FROZEN_AGENT] = rlr_batched.train_rl_scheduled(
         config, study.eval_seeds, progress=progress, initial_policies=policies, frozen=True)
     return runs
 
@@ -548,7 +551,7 @@ def wall_clock_label(agent: str) -> str:
 SAME_STEPS, SAME_PASSES = "same optimiser steps", "same passes over the data"
 
 SCOPE = ("one task, MaclaurinNet fitting degree-4 polynomials (256 examples), where the network sits near its "
-         "interpolation threshold; a second, real task is the open MNIST-1D issue")
+         "interpolation threshold; notebook 07 repeats the verdict on a second, real task (MNIST-1D)")
 """What the verdict covers, said in its headline."""
 
 PRIMARY_COMPARISONS: tuple[tuple[str, str, str, str], ...] = (
@@ -684,16 +687,16 @@ def benchmark_summary(results_dir: str | Path) -> dict:
     """Notebook 04's summary (results/benchmark_summary.json); FileNotFoundError before notebook 04 ran."""
     path = Path(results_dir) / "benchmark_summary.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run notebook 04 first")
+        raise FileNotFoundError(f"{path} is missing: run notebook 04_verdict first")
     try:
         summary = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not JSON ({error}): re-run notebook 04") from error
+        raise ValueError(f"{path} is not JSON ({error}): re-run notebook 04_verdict") from error
     missing = sorted(BENCHMARK_SUMMARY_FIELDS - set(summary)) if isinstance(summary, dict) else sorted(BENCHMARK_SUMMARY_FIELDS)
     study_missing = [] if missing else sorted(STUDY_FIELDS - set(summary["study"] if isinstance(summary["study"], dict) else {}))
     if missing or study_missing:
         raise ValueError(f"{path} is not notebook 04's summary: it lacks {missing or ['study.' + name for name in study_missing]}; "
-                         "re-run notebook 04")
+                         "re-run notebook 04_verdict")
     return summary
 
 

@@ -234,7 +234,7 @@ def transfer_markdown(results: Path) -> str:
     return "\n\n".join([*parts, controllers["reading"]])
 
 
-FROZEN_AGENT = "DQN greedy policy, frozen after training"
+FROZEN_AGENT = study.FROZEN_AGENT
 """Notebook 04's described agent replayed frozen: one of the original's methods in the summary figure."""
 
 

@@ -1,12 +1,13 @@
 """The study's tasks for the batched engine and the environments, and MNIST-1D (Greydanus 2020), the second task:
 data per seed, the paper's two models, a reference training loop, its batched form and the metrics.
 
-A task is data + model + loss + metrics, given as one object that the task-generic vector environment
-(rlr_task_env.TaskControlVectorEnv) and the controllers' training take: PolynomialTask (the original's
-MaclaurinNet on full-batch MSE) and MNIST1DTask (the paper's MLP or CNN on mini-batch cross-entropy). Its
-`runs(seeds)` stacks K runs as BatchedRuns (PolynomialRuns, MNIST1DRuns): their losses and gradients in one
-pass, their validation losses, a run restarted on a new seed. Each task also says what its training loss
-reads as at a controller's decision (loss_reading) and which seeds it takes.
+A task is data + model + loss + metrics, given as one object that the vector environment
+(rlr_env.LRControlVectorEnv), the registry's families (rlr_methods.Method.run_pool) and the controllers'
+training take: rlr_batched.PolynomialTask (the original's MaclaurinNet on full-batch MSE) and MNIST1DTask here
+(the paper's MLP or CNN on mini-batch cross-entropy). Its `runs(seeds)` stacks K runs as rlr_batched.BatchedRuns
+(rlr_batched.PolynomialRuns, MNIST1DRuns): their losses and gradients in one pass, their validation losses, a
+run restarted on a new seed; its `train` and `train_own_optimizers` run K runs of a family at once. Each task
+also says what its training loss reads as at a controller's decision (loss_reading) and which seeds it takes.
 
 MNIST-1D is a procedurally generated 10-class problem of 40-sample 1-D signals, small enough to train
 in seconds on a CPU yet far from solved by a linear model (the paper: ~68% test accuracy for its MLP,
@@ -46,8 +47,8 @@ import rlr_core
 from rlr_config import (DTYPES, check_device, check_int, check_seed, check_seeds, check_sequence,
                         global_rng_preserved)
 from rlr_results import RunResult
-from rlr_batched import OwnOptimizers
-from rlr_stacked import BatchedAdam, StackedModel, mse_loss_and_grad
+from rlr_batched import OwnOptimizers, PlateauPerRun, PolynomialTask, check_factories, hypergradient_lrs
+from rlr_stacked import BatchedAdam, BatchedAdamHD, StackedModel
 
 N_FEATURES = 40
 """samples per signal (the generator's final_seq_length)"""
@@ -537,96 +538,6 @@ class MNIST1DRuns:
             return per_run_cross_entropy(self.validation_y)(self.net.forward(self.validation_x)).double()
 
 
-class PolynomialRuns:
-    """K runs of the original's task stacked (a BatchedRuns): run k is seed k's polynomials (derive_seeds(seed).data)
-    and MaclaurinNet (.init), the full-batch MSE its loss, and its monitoring polynomials (.monitor,
-    validation_examples of them) the split V is measured on: the runs LRControlVectorEnv steps."""
-
-    def __init__(self, seeds: Sequence[int], task: rlr_core.TaskConfig, validation_examples: int,
-                 dtype: torch.dtype, device: str | torch.device) -> None:
-        self.task, self.validation_examples, self.dtype = task, validation_examples, check_dtype(dtype)
-        self.device, self.n_runs = check_device(str(device)), len(seeds)
-        data, validation = zip(*(self.split(seed) for seed in seeds))
-        self.inputs, self.targets = torch.stack([d.inputs for d in data]), torch.stack([d.targets for d in data])
-        self.validation_x = torch.stack([v.inputs for v in validation])
-        self.validation_y = torch.stack([v.targets for v in validation])
-        self.net = StackedModel([self.model(seed) for seed in seeds], self.dtype, self.device)
-
-    def split(self, seed: int) -> tuple[rlr_core.PolynomialData, rlr_core.PolynomialData]:
-        """Seed's training polynomials and its monitoring ones."""
-        seeds = rlr_core.derive_seeds(check_seed("seed", seed))
-        make = functools.partial(rlr_core.make_polynomial_dataset, self.task, dtype=self.dtype, device=self.device)
-        return make(seeds.data), make(seeds.monitor, self.validation_examples)
-
-    def model(self, seed: int) -> nn.Module:
-        return rlr_core.make_model(self.task, rlr_core.derive_seeds(seed).init, self.dtype, self.device)
-
-    def restart(self, k: int, seed: int) -> None:
-        """Run k starts afresh on seed: its data, monitoring split and initial weights."""
-        data, validation = self.split(seed)
-        self.inputs[k], self.targets[k] = data.inputs, data.targets
-        self.validation_x[k], self.validation_y[k] = validation.inputs, validation.targets
-        self.net.load_run(k, self.model(seed))
-
-    def loss_and_grad(self, advance: torch.Tensor | None = None) -> torch.Tensor:
-        """Each run's full-batch MSE at its current weights, [K], with the gradients in net.grad (full batch:
-        there is no stream to advance)."""
-        return mse_loss_and_grad(self.net, self.inputs, self.targets)
-
-    def validation_losses(self) -> torch.Tensor:
-        """Each run's MSE on its monitoring split at its current weights, [K] (float64)."""
-        with torch.no_grad():
-            return mse_loss_and_grad(self.net, self.validation_x, self.validation_y, with_grad=False).double()
-
-
-class BatchedRuns(Protocol):
-    """K runs of one task, stacked for the batched engine: what the task-generic vector environment
-    (rlr_task_env.TaskControlVectorEnv) steps, with one BatchedAdam over net.params."""
-
-    n_runs: int
-    net: StackedModel
-    device: torch.device
-
-    def loss_and_grad(self, advance: torch.Tensor | None = None) -> torch.Tensor:
-        """Each run's training loss at its current weights (its next mini-batch's, or the full batch's), [K],
-        gradients into net.grad; runs outside `advance` draw no new mini-batch."""
-
-    def validation_losses(self) -> torch.Tensor:
-        """Each run's loss on its validation (monitoring) split, [K], float64."""
-
-    def restart(self, k: int, seed: int) -> None:
-        """Run k starts afresh on another task seed."""
-
-
-@dataclass(frozen=True)
-class PolynomialTask:
-    """The original's task (MaclaurinNet, full-batch MSE) for the task-generic environment and engines."""
-
-    task: rlr_core.TaskConfig = field(default_factory=rlr_core.TaskConfig)
-    """the polynomial problem"""
-    validation_examples: int = 1024
-    """monitoring polynomials per seed that V is measured on (a schedule's validation_examples)"""
-    dtype: torch.dtype = torch.float32
-    """the runs' float dtype"""
-    device: str = "cpu"
-    """where they run"""
-    loss_reading: str = "last"
-    """the training loss a controller's state reads at a decision: the full-batch loss at the decision step
-    ('last'), which is exact here"""
-    seed_bound: int = 2**63 - 1
-    """task seeds an environment draws lie in [0, seed_bound)"""
-
-    def runs(self, seeds: Sequence[int]) -> PolynomialRuns:
-        return PolynomialRuns(check_seeds("seeds", seeds), self.task, self.validation_examples, self.dtype, self.device)
-
-    def check_schedule(self, schedule: rlr_core.ScheduleConfig) -> None:
-        """ValueError where a controller's schedule and this task disagree: V is measured on
-        schedule.validation_examples polynomials, which must be this task's validation_examples."""
-        if schedule.uses_validation and schedule.validation_examples != self.validation_examples:
-            raise ValueError(f"task.validation_examples ({self.validation_examples}) must equal the schedule's "
-                             f"validation_examples ({schedule.validation_examples}): V is measured on them")
-
-
 @dataclass(frozen=True)
 class MNIST1DTask:
     """MNIST-1D (the paper's model, Adam on mini-batches) for the task-generic environment and engines."""
@@ -658,9 +569,31 @@ class MNIST1DTask:
             raise ValueError("the schedule's state or reward reads the validation loss: task.config.n_validation "
                              "must be > 0")
 
+    def check_steps(self, steps: Any) -> None:
+        """A family's run length must be the task's (config.steps): MNIST-1D's runs are config.steps long."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps != check_config(self.config).steps:
+            raise ValueError(f"steps must be the task's run length (config.steps = {self.config.steps}), got {steps!r}")
+
+    def train(self, seeds: Sequence[int], lr: Any, steps: int, method: str, progress: bool = False,
+              **rules: Any) -> list[RunResult]:
+        """Adam under a learning-rate table or rule on K runs at once (train_mnist1d_batched's lrs,
+        hypergradient_lr and plateau); progress is accepted for the registry's call (this loop shows none)."""
+        self.check_steps(steps)
+        return train_mnist1d_batched(seeds, self.config, lr, dtype=self.dtype, device=self.device, method=method,
+                                     **rules)
+
+    def train_own_optimizers(self, seeds: Sequence[int], make_optimizer: Any, steps: int, method: str,
+                             progress: bool = False) -> list[RunResult]:
+        """Each run under its own instance of another package's optimiser: make_optimizer(parameters, lr), or a
+        list of K factories (run k's from the k-th)."""
+        self.check_steps(steps)
+        return train_mnist1d_batched(seeds, self.config, make_optimizer=make_optimizer, dtype=self.dtype,
+                                     device=self.device, method=method)
+
 
 TASKS = (PolynomialTask, MNIST1DTask)
-"""The study's tasks: what TaskControlVectorEnv and the controllers' training take."""
+"""The study's tasks: what the vector environment (rlr_env.LRControlVectorEnv), the registry's families
+(rlr_methods.Method.run_pool) and the controllers' training take."""
 
 
 class TableLrs:
@@ -673,6 +606,28 @@ class TableLrs:
     def step(self, step: int, losses: torch.Tensor, alive: np.ndarray, used_lrs: np.ndarray) -> None:
         used_lrs[step] = self.lrs_by_step[step].cpu().numpy()
         self.optimizer.step(self.grad, self.lrs_by_step[step])
+
+
+class RuleLrs:
+    """The lr source of a rule that watches the run, as train_mnist1d steps it: Adam-HD (rlr_stacked.BatchedAdamHD,
+    its beta per run) moves each run's lr by its hypergradient at the step, and ReduceLROnPlateau
+    (rlr_batched.PlateauPerRun, a torch scheduler per run) is stepped after it with the step's mini-batch loss
+    and sets the next step's lr. Both start from each run's starting lr."""
+
+    def __init__(self, starts: np.ndarray, betas: np.ndarray, plateau: dict | Sequence[dict] | None,
+                 stacked: MNIST1DRuns) -> None:
+        self.grad, self.lr = stacked.net.grad, torch.from_numpy(starts.copy()).to(stacked.device)
+        self.scheduler = PlateauPerRun(starts, plateau) if plateau is not None else None
+        if betas.any():
+            self.optimizer = BatchedAdamHD(stacked.net.params, stacked.net.rows_of, torch.from_numpy(betas).to(stacked.device))
+        else:
+            self.optimizer = BatchedAdam(stacked.net.params, stacked.net.rows_of)
+
+    def step(self, step: int, losses: torch.Tensor, alive: np.ndarray, used_lrs: np.ndarray) -> None:
+        self.lr = self.optimizer.step(self.grad, self.lr)  # Adam-HD moves each run's lr first
+        used_lrs[step] = self.lr.cpu().numpy()
+        if self.scheduler is not None:
+            self.lr = self.scheduler.step(losses, self.lr)  # the lr of the next step
 
 
 class ControllerLrs:
@@ -729,9 +684,7 @@ class OwnOptimizerLrs:
 
     def __init__(self, make_optimizer: Callable[[Any, float], Any] | Sequence[Callable[[Any, float], Any]], lr: float,
                  stacked: MNIST1DRuns) -> None:
-        makers = iter(make_optimizer if isinstance(make_optimizer, (list, tuple)) else [make_optimizer] * stacked.net.n_runs)
-        # OwnOptimizers builds run k's instance k-th: the k-th factory builds it
-        self.optimizers = OwnOptimizers(stacked.net, lambda parameters, _: next(makers)(parameters, lr))
+        self.optimizers = OwnOptimizers(stacked.net, make_optimizer, lr)
         if self.optimizers.has_modes:
             self.optimizers.set_mode("train")
 
@@ -750,13 +703,8 @@ def check_lr_sources(lrs: Any, make_controller: Any, make_optimizer: Any, n_runs
         raise ValueError("pass make_controller or make_optimizer, not both")
     if make_controller is not None and not callable(make_controller):
         raise TypeError(f"make_controller must be callable or None, got {type(make_controller).__name__}")
-    if isinstance(make_optimizer, (list, tuple)):
-        if not all(callable(make) for make in make_optimizer):
-            raise TypeError("make_optimizer must be callable, or a list of callables (one per run)")
-        if len(make_optimizer) != n_runs:
-            raise ValueError(f"make_optimizer as a list must hold one factory per run ({n_runs}), got {len(make_optimizer)}")
-    elif make_optimizer is not None and not callable(make_optimizer):
-        raise TypeError(f"make_optimizer must be callable or None, got {type(make_optimizer).__name__}")
+    if make_optimizer is not None:
+        check_factories(make_optimizer, n_runs)
     if make_controller is not None and lrs is not None:
         raise ValueError("with make_controller, each controller sets its run's lr: lrs must be None")
     if make_optimizer is not None and lrs is not None and np.ndim(lrs) != 0:
@@ -766,6 +714,7 @@ def check_lr_sources(lrs: Any, make_controller: Any, make_optimizer: Any, n_runs
 def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DConfig(), lrs: Any = None, *,
                           make_controller: Callable[[torch.optim.Optimizer], Any] | None = None,
                           make_optimizer: Callable[[Any, float], torch.optim.Optimizer] | None = None,
+                          hypergradient_lr: float | Sequence[float] = 0.0, plateau: dict | Sequence[dict] | None = None,
                           dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                           method: str = "mnist1d_adam") -> list[RunResult]:
     """train_mnist1d for K seeds at once: run k is seeds[k]'s reference run (its data set, initial weights
@@ -779,7 +728,11 @@ def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DC
       steps one (ControllerLrs; lrs must then be None: each controller sets its run's lr);
     - make_optimizer(parameters, lr): an optimiser of another package per run (or a list of K factories, run
       k's from the k-th: a pool's configurations in one batch), built with lr = lrs (a number; None: 1e-3),
-      stepped in train mode where it has modes, its eval-mode weights returned (OwnOptimizerLrs).
+      stepped in train mode where it has modes, its eval-mode weights returned (OwnOptimizerLrs);
+    - hypergradient_lr (Adam-HD's beta, one number or one per run; 0: plain Adam) and plateau
+      (ReduceLROnPlateau's options, a dict or one per run, stepped with each step's mini-batch loss): rules that
+      move each run's lr from its start, lrs then one number or one per run [K] (RuleLrs, as train_mnist1d with
+      make_optimizer=rlr_engine.AdamHD or make_scheduler=ReduceLROnPlateau).
     A diverged run computes on inside its own slice (no op mixes runs) and its series are cut at diverged_at,
     as the reference's are; a run whose weights end non-finite (its last update diverged) has diverged_at =
     steps. wall_seconds is the batch's time divided by K. Every input is checked before any data or model
@@ -792,10 +745,25 @@ def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DC
         raise ValueError(f"method must be a non-empty string (the result's name), got {method!r}")
     config, dtype, n_runs = check_config(config), check_dtype(dtype), len(seeds)
     check_lr_sources(lrs, make_controller, make_optimizer, n_runs)
-    table = lr_table(1e-3 if lrs is None else lrs, n_runs, config.steps, "lrs")
+    betas = hypergradient_lrs(hypergradient_lr, n_runs)
+    ruled = bool(betas.any()) or plateau is not None
+    if ruled:
+        if make_controller is not None or make_optimizer is not None:
+            raise ValueError("hypergradient_lr and plateau are Adam's rules: not with make_controller or make_optimizer")
+        starts = np.asarray(1e-3 if lrs is None else lrs, dtype=np.float64)
+        if starts.ndim > 1 or (starts.ndim == 1 and len(starts) != n_runs):
+            raise ValueError(f"with hypergradient_lr or plateau, lrs must be one number or one per run ({n_runs}): "
+                             f"each run's starting lr, got shape {starts.shape}")
+        starts = np.ascontiguousarray(np.broadcast_to(starts, (n_runs,)))
+        lr_table(starts[:, None], n_runs, 1, "lrs")  # finite and >= 0
+        PlateauPerRun(starts, plateau) if plateau is not None else None  # torch checks the options before any work
+    else:
+        table = lr_table(1e-3 if lrs is None else lrs, n_runs, config.steps, "lrs")
     controlled = ControllerLrs(make_controller, n_runs, config) if make_controller is not None else None
     stacked = MNIST1DRuns(seeds, config, dtype, device)
-    if controlled is not None:
+    if ruled:
+        source = RuleLrs(starts, betas, plateau, stacked)
+    elif controlled is not None:
         source = controlled.attach(stacked)
     elif make_optimizer is not None:
         source = OwnOptimizerLrs(make_optimizer, float(table[0, 0]), stacked)
@@ -806,7 +774,7 @@ def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DC
                       stacked.net.to_modules())
 
 
-def run_steps(stacked: MNIST1DRuns, config: MNIST1DConfig, source: TableLrs | ControllerLrs | OwnOptimizerLrs
+def run_steps(stacked: MNIST1DRuns, config: MNIST1DConfig, source: TableLrs | RuleLrs | ControllerLrs | OwnOptimizerLrs
               ) -> tuple[dict[str, np.ndarray], float]:
     """The batched loop: per step, the K runs' losses and gradients on their next mini-batches in one pass
     (MNIST1DRuns.loss_and_grad), then the lr source's step. Returns the series [steps, K] ('loss', 'lr') and

@@ -652,7 +652,7 @@ def test_bad_adaptive_lr_options_are_refused_naming_the_parameter(options: dict,
     def no_work(*args, **kwargs):
         raise AssertionError("the options must be checked before any work")
 
-    monkeypatch.setattr(rlr_batched, "stack_members", no_work)
+    monkeypatch.setattr(rlr_batched, "PolynomialRuns", no_work)
     options = {"lr": 1e-3, **options}
     with pytest.raises(error, match=match):
         rlr_batched.train_full_batch(Config(), [0, 1], steps=10, **options)

@@ -207,6 +207,15 @@ def test_part_one_saves_what_part_two_loads_and_refuses_another_setup(tmp_path):
     assert curves.load_training(tmp_path, replace(setup, shown_budget=1)).best_agent_seed == training.best_agent_seed
     with pytest.raises(ValueError, match=r"another study setup \(steps: 40 there, 80 here\)"):
         curves.load_training(tmp_path, replace(setup, steps=80))
+    record = tmp_path / curves.TRAINING_FILES["record"]
+    for damaged, match in ((b"\xff not json", "is not JSON"), (b'{"study": {}}', "is not notebook 04_controllers' record"),
+                           (b"[1, 2]", "is not notebook 04_controllers' record")):
+        saved = record.read_bytes()
+        record.write_bytes(damaged)
+        with pytest.raises(ValueError, match=match) as caught:
+            curves.load_training(tmp_path, setup)
+        assert str(record) in str(caught.value), "the message names the file"
+        record.write_bytes(saved)
     (tmp_path / curves.TRAINING_FILES["curves"]).unlink()
     with pytest.raises(FileNotFoundError, match="run notebook 04_controllers first"):
         curves.load_training(tmp_path, setup)

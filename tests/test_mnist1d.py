@@ -12,10 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
+import rlr_batched
 import rlr_core as rc
 import rlr_methods as methods
 import rlr_mnist1d as mnist1d
 import rlr_stats as stats
+import rlr_tasks as tasks
+from rlr_engine import AdamHD, Config
 from rlr_tasks import MNIST1DConfig
 
 
@@ -28,10 +31,62 @@ def test_each_schedule_familys_lrs_are_its_torch_scheduler_stepped_once_per_step
         expected.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    np.testing.assert_allclose(mnist1d.schedule_lrs("cosine", {"lr": lr, "final_fraction": 0.01}, steps), expected)
-    np.testing.assert_array_equal(mnist1d.schedule_lrs("constant", {"lr": lr}, steps), np.full(steps, lr))
-    one_cycle = mnist1d.schedule_lrs("one_cycle", {"lr": lr, "pct_start": 0.3}, steps)
+    np.testing.assert_allclose(methods.get("cosine").lr_schedule({"lr": lr, "final_fraction": 0.01}, steps), expected)
+    np.testing.assert_array_equal(methods.get("constant").lr_schedule({"lr": lr}, steps), np.full(steps, lr))
+    one_cycle = methods.get("one_cycle").lr_schedule({"lr": lr, "pct_start": 0.3}, steps)
     assert one_cycle.max() == pytest.approx(lr, rel=1e-6) and one_cycle[0] < lr / 10  # warms up to its peak
+    for key in ("plateau", "adam_hd"):
+        with pytest.raises(ValueError, match="no fixed schedule"):
+            methods.get(key).lr_schedule({"lr": lr}, steps)
+
+
+RULES = {"plateau": ({"lr": 3e-3, "factor": 0.5, "patience": 3},
+                     dict(make_scheduler=lambda optimizer: torch.optim.lr_scheduler.ReduceLROnPlateau(
+                         optimizer, factor=0.5, patience=3))),
+         "adam_hd": ({"lr": 1e-3, "hypergradient_lr": 1e-4},
+                     dict(make_optimizer=lambda parameters, lr: AdamHD(parameters, lr, hypergradient_lr=1e-4)))}
+
+
+@pytest.mark.parametrize("key", list(RULES))
+def test_the_rules_that_watch_the_run_run_on_mnist1d_as_in_the_reference_loop(key: str) -> None:
+    """ReduceLROnPlateau (stepped with each mini-batch loss) and Adam-HD through the registry on MNIST1DTask, K
+    runs at once, against train_mnist1d with torch's scheduler or rlr_engine.AdamHD, one run at a time."""
+    config = MNIST1DConfig(steps=60)
+    params, reference_options = RULES[key]
+    runs = methods.get(key).run_pool([params], tasks.MNIST1DTask(config), [1, 2], config.steps)[0]
+    for seed, run in zip([1, 2], runs):
+        alone = tasks.train_mnist1d(seed, config, params["lr"], **reference_options)
+        assert run.diverged_at is None and run.seed == seed
+        np.testing.assert_allclose(run.series["lr"], alone.series["lr"], rtol=1e-5)
+        np.testing.assert_allclose(run.series["loss"], alone.series["loss"], rtol=1e-4)
+        assert len(set(run.series["lr"])) > 1, "the rule moved the lr"
+
+
+def test_a_registry_family_on_a_task_object_is_the_family_on_its_engine() -> None:
+    """On the polynomial task a PolynomialTask is the Config it holds, bit for bit; on MNIST-1D a pool is one
+    batch of train_mnist1d_batched; the within-run agents refuse a task they cannot learn on."""
+    config = Config(schedule=rc.ScheduleConfig(steps=20))
+    pool = methods.get("cosine").configurations(2, 0)
+    on_config = methods.get("cosine").run_pool(pool, config, [0, 1], 20)
+    on_task = methods.get("cosine").run_pool(pool, rlr_batched.PolynomialTask(config), [0, 1], 20)
+    for runs, again in zip(on_config, on_task):
+        for run, other in zip(runs, again):
+            np.testing.assert_array_equal(run.series["loss"], other.series["loss"])
+            assert run.config == other.config and run.method == other.method == "cosine"
+    small = MNIST1DConfig(steps=30)
+    task_runs = methods.get("exponential").run_pool([{"lr": 2e-3, "total_decay": 10.0}],
+                                                    tasks.MNIST1DTask(small), [3, 4], 30)[0]
+    direct = tasks.train_mnist1d_batched([3, 4], small, methods.get("exponential").lr_schedule(
+        {"lr": 2e-3, "total_decay": 10.0}, 30), method="exponential")
+    for run, other in zip(task_runs, direct):
+        np.testing.assert_array_equal(run.series["loss"], other.series["loss"])
+    with pytest.raises(ValueError, match="polynomial task's batched engine only"):
+        methods.get("dqn_tuned").run({"dqn.lr": 1e-3, "dqn.horizon": 10.0, "dqn.epsilon_decay": 100.0},
+                                     tasks.MNIST1DTask(small), [0], 30)
+    with pytest.raises(ValueError, match="steps must be the task's run length"):
+        methods.get("constant").run({"lr": 1e-3}, tasks.MNIST1DTask(small), [0], 31)
+    with pytest.raises(TypeError, match="config must be a Config or a task"):
+        methods.get("constant").run({"lr": 1e-3}, small, [0], 30)
 
 
 def tuning_table(rows: list[tuple[str, int, int, float, float]]) -> pd.DataFrame:
@@ -115,7 +170,7 @@ def test_the_study_refuses_bad_settings_naming_them() -> None:
     with pytest.raises(TypeError, match="study.tuning_budget"):
         mnist1d.MNIST1DStudy(tuning_budget=2.5)
     with pytest.raises(ValueError, match="family must be one of"):
-        mnist1d.run_pool("plateau", [{"lr": 1e-3}], [0], MNIST1DConfig(steps=2))
+        mnist1d.run_pool("dqn_tuned", [{"lr": 1e-3}], [0], MNIST1DConfig(steps=2))
     with pytest.raises(ValueError, match="empty"):
         mnist1d.run_pool("constant", [], [0], MNIST1DConfig(steps=2))
     with pytest.raises(TypeError, match="config must be an MNIST1DConfig"):
@@ -123,7 +178,7 @@ def test_the_study_refuses_bad_settings_naming_them() -> None:
 
 
 def test_every_family_is_a_registry_entry_of_its_kind() -> None:
-    assert all(methods.get(key).kind == "schedule" for key in mnist1d.SCHEDULERS)
+    assert all(methods.get(key).kind == "schedule" for key in mnist1d.SCHEDULES)
     assert all(methods.get(key).kind == "lr_free" and methods.get(key).optimizer for key in mnist1d.LR_FREE)
 
 
@@ -245,3 +300,5 @@ def test_the_transfer_comparison_is_rlr_stats_paired_comparison_of_test_error() 
     expected = stats.paired_comparison(table, "test_error", "native", "polynomial")
     assert transfer["ratio"] == pytest.approx(expected["ratio"]) and transfer["wins"] == 3
     assert (transfer["method"], transfer["against"]) == ("polynomial", "native") and transfer["ratio"] > 1
+    with pytest.raises(ValueError, match="native: 'elsewhere' is not a method of the table"):
+        mnist1d.transfer_comparison(table, "polynomial", "elsewhere")

@@ -343,7 +343,7 @@ def test_notebook_04s_summary_is_checked_before_a_later_notebook_reads_it(tmp_pa
     (tmp_path / "benchmark_summary.json").write_text(content)
     with pytest.raises(ValueError, match=message):
         study.benchmark_summary(tmp_path)
-    with pytest.raises(FileNotFoundError, match="run notebook 04 first"):
+    with pytest.raises(FileNotFoundError, match="run notebook 04_verdict first"):
         study.benchmark_summary(tmp_path / "elsewhere")
 
 

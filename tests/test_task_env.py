@@ -1,5 +1,6 @@
-"""TaskControlVectorEnv, the learning-rate problem on any task: on the polynomial task it is LRControlVectorEnv
-transition for transition (through autoresets, partial resets and divergence); on MNIST-1D a policy run
+"""LRControlVectorEnv, the learning-rate problem on any task: on the polynomial task a task object
+(rlr_batched.PolynomialTask) is the TaskConfig it holds, transition for transition (through autoresets, partial
+resets and divergence; tests/test_vector_env.py holds that one to LRControlEnv); on MNIST-1D a policy run
 through it steers Adam exactly as the same policy does as a PolicyScheduler(loss_average='interval') in
 rlr_tasks.train_mnist1d_batched (the loop a user's runs take); an agent trains on it; bad input is refused."""
 
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+import rlr_batched
 import rlr_core as rc
 import rlr_env
 import rlr_tasks
-from rlr_task_env import TaskControlVectorEnv
+from rlr_engine import Config
+from rlr_env import LRControlVectorEnv
 
 POLYNOMIAL_SCHEDULES = {
     "validation features and reward, interval 7": rc.ScheduleConfig(
@@ -23,11 +26,12 @@ POLYNOMIAL_SCHEDULES = {
 
 
 @pytest.mark.parametrize("name", list(POLYNOMIAL_SCHEDULES))
-def test_on_the_polynomial_task_it_is_lr_control_vector_env(name: str):
+def test_a_polynomial_task_object_is_the_task_config_it_holds(name: str):
     schedule, n_envs = POLYNOMIAL_SCHEDULES[name], 3
-    reference = rlr_env.LRControlVectorEnv(n_envs, schedule=schedule, dtype="float64")
-    generic = TaskControlVectorEnv(n_envs, rlr_tasks.PolynomialTask(validation_examples=schedule.validation_examples,
-                                                                     dtype=torch.float64), schedule)
+    reference = LRControlVectorEnv(n_envs, schedule=schedule, dtype="float64")
+    task = rlr_batched.PolynomialTask(Config(dtype="float64"), validation_examples=schedule.validation_examples)
+    generic = LRControlVectorEnv(n_envs, task, schedule)
+    assert task.dtype == torch.float64 and generic.task is task
     for got, expected in zip(generic.reset(seed=11), reference.reset(seed=11)):
         compare(got, expected)
     rng = np.random.default_rng(0)
@@ -51,10 +55,10 @@ def compare(got, expected) -> None:
         np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(expected, dtype=float), rtol=1e-12, atol=1e-15)
 
 
-def test_a_diverging_run_terminates_alone_as_in_lr_control_vector_env():
+def test_a_diverging_run_terminates_alone_whichever_way_the_polynomial_task_is_given():
     schedule = rc.ScheduleConfig(lr_grid=(1e-3, 1e9), start_index=0, index_shifts=(0, 1), steps=50)
-    reference = rlr_env.LRControlVectorEnv(2, schedule=schedule, divergence_penalty=-7.0)
-    generic = TaskControlVectorEnv(2, rlr_tasks.PolynomialTask(), schedule, divergence_penalty=-7.0)
+    reference = LRControlVectorEnv(2, schedule=schedule, divergence_penalty=-7.0)
+    generic = LRControlVectorEnv(2, rlr_batched.PolynomialTask(), schedule, divergence_penalty=-7.0)
     generic.reset(seed=0), reference.reset(seed=0)
     terminated_once = False
     for _ in range(12):
@@ -79,7 +83,7 @@ def test_on_mnist1d_a_policy_steers_adam_as_its_policy_scheduler_does_in_a_users
     schedule = rc.ScheduleConfig(lr_grid=tuple(np.logspace(-5, np.log10(0.3), 12)), start_index=7, steps=MNIST1D.steps,
                                  decision_interval=8, features=features, reward="training", lr_factors=(0.5, 1.0, 2.0))
     seeds = [3, 4]
-    env = TaskControlVectorEnv(len(seeds), rlr_tasks.MNIST1DTask(MNIST1D), schedule)
+    env = LRControlVectorEnv(len(seeds), rlr_tasks.MNIST1DTask(MNIST1D), schedule)
     observation, _ = env.reset(seed=seeds)
     losses, lrs, done = [[], []], [[], []], np.zeros(2, dtype=bool)
     while not done.all():
@@ -108,9 +112,9 @@ def test_on_mnist1d_restarted_and_out_of_step_runs_are_each_the_run_of_their_see
     schedule = rc.ScheduleConfig(steps=40, decision_interval=10, features="control",
                                  lr_factors=(0.5, 1.0, 2.0), lr_grid=tuple(np.logspace(-5, -1, 12)))
     task = rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=40, n_validation=500))
-    together = TaskControlVectorEnv(2, task, schedule)
+    together = LRControlVectorEnv(2, task, schedule)
     together.reset(seed=[5, 6])
-    alone = {0: TaskControlVectorEnv(1, task, schedule), 1: TaskControlVectorEnv(1, task, schedule)}
+    alone = {0: LRControlVectorEnv(1, task, schedule), 1: LRControlVectorEnv(1, task, schedule)}
     alone[0].reset(seed=[5]), alone[1].reset(seed=[6])
     seeds_seen = {0: [5], 1: [6]}
     for t in range(12):
@@ -137,7 +141,7 @@ def test_on_mnist1d_restarted_and_out_of_step_runs_are_each_the_run_of_their_see
 def test_an_agent_trains_on_mnist1d_and_every_seed_it_draws_is_a_generator_seed():
     schedule = rc.ScheduleConfig(steps=40, decision_interval=10, features="control", lr_factors=(0.5, 1.0, 2.0),
                                  lr_grid=tuple(np.logspace(-5, -1, 12)))
-    env = TaskControlVectorEnv(2, rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=40)), schedule)
+    env = LRControlVectorEnv(2, rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=40)), schedule)
     agent = rc.DQNAgent(schedule.state_dim, schedule.n_actions, rc.DQNConfig(learning_starts=4, batch_size=4), seed=0)
     history = rlr_env.train_agent_on_vector_env(env, agent, 12, seed=200_000)
     assert len(history["episode_returns"]) == 4 and len(history["dqn_losses"]) > 0
@@ -148,15 +152,17 @@ def test_an_agent_trains_on_mnist1d_and_every_seed_it_draws_is_a_generator_seed(
 
 def test_bad_input_is_refused_before_any_run():
     schedule = rc.ScheduleConfig(steps=10)
-    with pytest.raises(TypeError, match="task must be one of"):
-        TaskControlVectorEnv(2, rc.TaskConfig(), schedule)
+    with pytest.raises(TypeError, match="task must be a TaskConfig, None or a task object"):
+        LRControlVectorEnv(2, rlr_tasks.MNIST1DConfig(), schedule)
+    with pytest.raises(ValueError, match="its own dtype and device"):
+        LRControlVectorEnv(2, rlr_batched.PolynomialTask(), schedule, dtype="float64")
     with pytest.raises(ValueError, match="num_envs"):
-        TaskControlVectorEnv(0, rlr_tasks.PolynomialTask(), schedule)
+        LRControlVectorEnv(0, rlr_batched.PolynomialTask(), schedule)
     with pytest.raises(TypeError, match="schedule"):
-        TaskControlVectorEnv(2, rlr_tasks.PolynomialTask(), "schedule")
+        LRControlVectorEnv(2, rlr_batched.PolynomialTask(), "schedule")
     with pytest.raises(ValueError, match="loss_reading"):
-        TaskControlVectorEnv(2, rlr_tasks.PolynomialTask(loss_reading="best"), schedule)
-    env = TaskControlVectorEnv(2, rlr_tasks.PolynomialTask(), schedule)
+        LRControlVectorEnv(2, rlr_batched.PolynomialTask(loss_reading="best"), schedule)
+    env = LRControlVectorEnv(2, rlr_batched.PolynomialTask(), schedule)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.array([0, 0]))
     env.reset(seed=0)
@@ -166,7 +172,7 @@ def test_bad_input_is_refused_before_any_run():
         env.reset(options={"reset_mask": np.array([True])})
     with pytest.raises(ValueError, match="seed"):
         rlr_tasks.MNIST1DTask().runs([2**32])
-    mnist1d = TaskControlVectorEnv(2, rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=10)), schedule)
+    mnist1d = LRControlVectorEnv(2, rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=10)), schedule)
     with pytest.raises(ValueError, match="seed bound"):
         mnist1d.reset(seed=2**32 - 1)  # run 1 would get 2**32
     with pytest.raises(ValueError, match="seed bound"):
@@ -174,8 +180,12 @@ def test_bad_input_is_refused_before_any_run():
     assert mnist1d.runs is None, "nothing was built or restarted"
     validation = rc.ScheduleConfig(steps=10, features="validation", lr_factors=(0.5, 1.0, 2.0), validation_examples=64)
     with pytest.raises(ValueError, match="n_validation"):
-        TaskControlVectorEnv(2, rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=10, n_validation=0)), validation)
+        LRControlVectorEnv(2, rlr_tasks.MNIST1DTask(rlr_tasks.MNIST1DConfig(steps=10, n_validation=0)), validation)
     with pytest.raises(ValueError, match="validation_examples"):
-        TaskControlVectorEnv(2, rlr_tasks.PolynomialTask(validation_examples=1024), validation)
-    with pytest.raises(TypeError, match="task.dtype"):
-        TaskControlVectorEnv(2, rlr_tasks.PolynomialTask(dtype=torch.float16), schedule)
+        LRControlVectorEnv(2, rlr_batched.PolynomialTask(validation_examples=1024), validation)
+    with pytest.raises(TypeError, match="config must be a Config"):
+        rlr_batched.PolynomialTask(rc.TaskConfig())
+    with pytest.raises(ValueError, match="validation_examples"):
+        rlr_batched.PolynomialTask(validation_examples=-1)
+    with pytest.raises(ValueError, match="no monitoring split"):
+        rlr_batched.PolynomialTask(validation_examples=0).runs([0]).validation_losses()
