@@ -711,6 +711,22 @@ def check_lr_sources(lrs: Any, make_controller: Any, make_optimizer: Any, n_runs
         raise ValueError("with make_optimizer, lrs must be one number (the lr each optimiser is built with)")
 
 
+def rule_starts(lrs: Any, plateau: Any, n_runs: int, make_controller: Any, make_optimizer: Any) -> np.ndarray:
+    """Each run's starting lr [K] under Adam's rules (hypergradient_lr, plateau), checked before any work: lrs
+    one number or one per run, finite and >= 0 (None: 1e-3), no other lr source, plateau's options valid."""
+    if make_controller is not None or make_optimizer is not None:
+        raise ValueError("hypergradient_lr and plateau are Adam's rules: not with make_controller or make_optimizer")
+    starts = np.asarray(1e-3 if lrs is None else lrs, dtype=np.float64)
+    if starts.ndim > 1 or (starts.ndim == 1 and len(starts) != n_runs):
+        raise ValueError(f"with hypergradient_lr or plateau, lrs must be one number or one per run ({n_runs}): "
+                         f"each run's starting lr, got shape {starts.shape}")
+    starts = np.ascontiguousarray(np.broadcast_to(starts, (n_runs,)))
+    lr_table(starts[:, None], n_runs, 1, "lrs")  # finite and >= 0
+    if plateau is not None:
+        PlateauPerRun(starts, plateau)  # torch checks the options
+    return starts
+
+
 def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DConfig(), lrs: Any = None, *,
                           make_controller: Callable[[torch.optim.Optimizer], Any] | None = None,
                           make_optimizer: Callable[[Any, float], torch.optim.Optimizer] | None = None,
@@ -748,15 +764,7 @@ def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DC
     betas = hypergradient_lrs(hypergradient_lr, n_runs)
     ruled = bool(betas.any()) or plateau is not None
     if ruled:
-        if make_controller is not None or make_optimizer is not None:
-            raise ValueError("hypergradient_lr and plateau are Adam's rules: not with make_controller or make_optimizer")
-        starts = np.asarray(1e-3 if lrs is None else lrs, dtype=np.float64)
-        if starts.ndim > 1 or (starts.ndim == 1 and len(starts) != n_runs):
-            raise ValueError(f"with hypergradient_lr or plateau, lrs must be one number or one per run ({n_runs}): "
-                             f"each run's starting lr, got shape {starts.shape}")
-        starts = np.ascontiguousarray(np.broadcast_to(starts, (n_runs,)))
-        lr_table(starts[:, None], n_runs, 1, "lrs")  # finite and >= 0
-        PlateauPerRun(starts, plateau) if plateau is not None else None  # torch checks the options before any work
+        starts = rule_starts(lrs, plateau, n_runs, make_controller, make_optimizer)
     else:
         table = lr_table(1e-3 if lrs is None else lrs, n_runs, config.steps, "lrs")
     controlled = ControllerLrs(make_controller, n_runs, config) if make_controller is not None else None

@@ -302,3 +302,20 @@ def test_the_transfer_comparison_is_rlr_stats_paired_comparison_of_test_error() 
     assert (transfer["method"], transfer["against"]) == ("polynomial", "native") and transfer["ratio"] > 1
     with pytest.raises(ValueError, match="native: 'elsewhere' is not a method of the table"):
         mnist1d.transfer_comparison(table, "polynomial", "elsewhere")
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"plateau": {"factor": 1.0}}, ValueError, "plateau: Factor should be < 1.0"),
+    ({"plateau": {}, "lrs": np.full((2, 5), 1e-3)}, ValueError, "lrs must be one number or one per run"),
+    ({"hypergradient_lr": -1.0}, ValueError, "hypergradient_lr"),
+    ({"hypergradient_lr": 1e-4, "lrs": [1e-3, float("nan")]}, ValueError, "finite"),
+    ({"plateau": {}, "make_optimizer": lambda parameters, lr: torch.optim.SGD(parameters, lr)}, ValueError,
+     "Adam's rules")])
+def test_bad_rule_options_on_mnist1d_are_refused_before_any_data(options: dict, error: type, match: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_work(*args, **kwargs):
+        raise AssertionError("the options must be checked before any data or model is built")
+
+    monkeypatch.setattr(tasks, "MNIST1DRuns", no_work)
+    with pytest.raises(error, match=match):
+        tasks.train_mnist1d_batched([0, 1], MNIST1DConfig(steps=5), **options)
