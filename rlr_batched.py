@@ -70,6 +70,8 @@ class PolynomialRuns:
     vector environment (rlr_env.LRControlVectorEnv) step these."""
 
     def __init__(self, configs: Sequence[Config], validation_examples: int = 0) -> None:
+        if not configs:
+            raise ValueError("configs must name at least one run")
         prepared = [check_run(member) for member in configs]
         self.configs, self.n_runs = list(configs), len(prepared)
         self.run_seeds = [seeds for seeds, _, _ in prepared]
@@ -164,6 +166,10 @@ class PolynomialTask:
         if not isinstance(self.config, Config):
             raise TypeError(f"config must be a Config, got {type(self.config).__name__}")
         rlr_core.check_int("validation_examples", self.validation_examples, 0)
+        if self.loss_reading not in rlr_core.PolicyScheduler.LOSS_AVERAGES:
+            raise ValueError(f"loss_reading must be one of {rlr_core.PolicyScheduler.LOSS_AVERAGES}, "
+                             f"got {self.loss_reading!r}")
+        rlr_core.check_int("seed_bound", self.seed_bound, 1)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -482,6 +488,21 @@ def hypergradient_lrs(hypergradient_lr: float | Sequence[float], n_runs: int) ->
     return np.array([check(f"hypergradient_lr[{k}]", beta) for k, beta in enumerate(hypergradient_lr)])
 
 
+def rule_starts(lr: Any, plateau: dict | Sequence[dict] | None, n_runs: int, name: str = "lr") -> np.ndarray:
+    """Each run's starting lr [K] under Adam's rules that watch the run (hypergradient_lr, plateau): lr one
+    number or one per run, each finite and >= 0; the plateau options checked by torch. Before any work."""
+    starts = np.asarray(lr.cpu() if isinstance(lr, torch.Tensor) else lr, dtype=np.float64)
+    if starts.ndim > 1 or (starts.ndim == 1 and len(starts) != n_runs):
+        raise ValueError(f"with hypergradient_lr or plateau, {name} must be one number or one per run ({n_runs}): "
+                         f"each run's starting lr, got shape {starts.shape}")
+    starts = np.ascontiguousarray(np.broadcast_to(starts, (n_runs,)))
+    if not (np.isfinite(starts).all() and (starts >= 0).all()):
+        raise ValueError(f"every starting lr in {name} must be finite and >= 0, got {starts.tolist()}")
+    if plateau is not None:
+        PlateauPerRun(starts, plateau)
+    return starts
+
+
 class PlateauPerRun:
     """torch.optim.lr_scheduler.ReduceLROnPlateau for K runs, each stepped with its own loss.
 
@@ -537,13 +558,10 @@ def train_full_batch(config: Config, seeds: Sequence[int],
     betas = hypergradient_lrs(hypergradient_lr, n_runs)
     adapts_lr = betas.any() or plateau is not None
     if adapts_lr:
-        starts = np.asarray(lr.cpu() if isinstance(lr, torch.Tensor) else lr, dtype=np.float64)
-        if starts.ndim > 1 or (starts.ndim == 1 and len(starts) != n_runs):
-            raise ValueError(f"with hypergradient_lr or plateau, lr must be one number or one per run ({n_runs}): "
-                             f"each run's starting lr, got shape {starts.shape}")
+        starts = rule_starts(lr, plateau, n_runs)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps (an int >= 1) is required with hypergradient_lr or plateau, got {steps!r}")
-        lr = np.repeat(np.broadcast_to(starts, (n_runs,))[:, None], steps, axis=1)
+        lr = np.repeat(starts[:, None], steps, axis=1)
     lrs = lr_table(lr, n_runs, steps)
     steps = lrs.shape[1]
     scheduler = PlateauPerRun(lrs[:, 0], plateau) if plateau is not None else None  # torch checks the options

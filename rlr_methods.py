@@ -124,7 +124,7 @@ class Method:
     submit: Callable[..., Callable[[], list[RunResult]]] | None = None
     """optional: submit(params, config, seeds, steps) -> collect(), for runs that go out to Ray workers"""
     options: dict = field(default_factory=dict)
-    """kind-specific settings (an agent's schedule options)"""
+    """kind-specific settings (an agent's schedule options; a schedule family's knob domains)"""
     optimizer: Callable[[dict, int], Callable] | None = None
     """lr_free: optimizer(params, steps) -> make_optimizer(parameters, lr), for rlr_engine.train_full_batch"""
     make_scheduler: Callable | None = None
@@ -149,6 +149,11 @@ class Method:
             raise TypeError(f"{self.key}: run must be callable(params, config, seeds, steps, progress)")
         if not isinstance(self.usage, str) or not self.usage:
             raise ValueError(f"{self.key}: usage must be a non-empty format string")
+        for name in ("submit", "optimizer", "run_many", "make_scheduler", "rule"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise TypeError(f"{self.key}: {name} must be callable or None, got {type(getattr(self, name)).__name__}")
+        if self.kind != "schedule" and (self.make_scheduler is not None or self.rule is not None):
+            raise ValueError(f"{self.key}: make_scheduler and rule belong to schedule families, not to kind {self.kind!r}")
 
     @property
     def tuned_label(self) -> str:
@@ -168,15 +173,23 @@ class Method:
         by rlr_batched.lr_schedule (the lr it sets before each step), or params['lr'] throughout."""
         if self.kind != "schedule" or self.rule is not None:
             raise ValueError(f"{self.key} has no fixed schedule: its lr moves with the run")
+        rc.check_int("steps", steps, 1)
+        self.check_params(params)
         if self.make_scheduler is None:
             return np.full(steps, float(params["lr"]))
         return rlr_batched.lr_schedule(lambda optimizer: self.make_scheduler(optimizer, params, steps),
                                        params["lr"], steps)
 
+    def check_params(self, params: Any) -> dict:
+        """A schedule family's configuration, checked before any work: every knob of its ranges, none other,
+        each inside its domain (a finite number > 0 unless the entry says otherwise)."""
+        return check_knobs(self.label, self.ranges, params, {}, self.options.get("domains", {}))
+
     def run_pool(self, pool: Sequence[dict], config: Any, seeds: Sequence[int], steps: int,
                  progress: bool = False) -> list[list[RunResult]]:
         """Every configuration of a pool on the same seeds: per configuration, one RunResult per seed; one
-        batch where the family has run_many (a schedule family's whole pool x seeds), else one by one.
+        batch where the family has run_many (a schedule family's whole pool x seeds; a learning-rate-free
+        family's on a task object), else one by one.
         config: a polynomial Config (the original's task with its settings) or a task object (as_task)."""
         if self.run_many is not None:
             return self.run_many(list(pool), config, seeds, steps, progress)
@@ -255,16 +268,21 @@ def split_by_configuration(runs: list[RunResult], n_configurations: int) -> list
 
 
 def schedule_method(key: str, label: str, ranges: dict, make_scheduler: Callable | None, usage: str, *,
-                    tuned: str = "", options: Callable[[dict], dict] | None = None) -> Method:
+                    tuned: str = "", options: Callable[[dict], dict] | None = None,
+                    domains: dict | None = None) -> Method:
     """A schedule family: Adam (the task's batched engine, task.train) from params['lr'] under
     make_scheduler(optimizer, params, steps), a torch.optim.lr_scheduler (None: the lr stays), or under a
     rule that watches the run, given as options(params) -> the engine's keyword options (plateau,
-    hypergradient_lr; rlr_batched.train_full_batch)."""
+    hypergradient_lr; rlr_batched.train_full_batch). domains: where a knob is valid (check_knobs; default
+    a finite number > 0)."""
     def run_many(pool: list[dict], config: Any, seeds: Sequence[int], steps: int, progress: bool = False
                  ) -> list[list[RunResult]]:
         seeds, task = rc.check_seeds("seeds", seeds), as_task(config)
+        rc.check_int("steps", steps, 1)
         if not pool:
             raise ValueError(f"{key}: the pool of configurations is empty")
+        for params in pool:
+            method.check_params(params)
         per_run = [params for params in pool for _ in seeds]  # configuration-major, seeds within
         if options is None:
             lr = np.repeat(np.stack([method.lr_schedule(params, steps) for params in pool]), len(seeds), axis=0)
@@ -278,8 +296,8 @@ def schedule_method(key: str, label: str, ranges: dict, make_scheduler: Callable
     def run(params: dict, config: Any, seeds: Sequence[int], steps: int, progress: bool = False) -> list[RunResult]:
         return run_many([params], config, seeds, steps, progress)[0]
 
-    method = Method(key, label, "schedule", ranges, run, usage, tuned, run_many=run_many,
-                    make_scheduler=make_scheduler, rule=options)
+    method = Method(key, label, "schedule", ranges, run, usage, tuned, options={"domains": dict(domains or {})},
+                    run_many=run_many, make_scheduler=make_scheduler, rule=options)
     return method
 
 
@@ -431,19 +449,21 @@ for _method in (
                     "`torch.optim.Adam(model.parameters(), lr={lr:.2g})`", tuned="tuned constant lr"),
     schedule_method("cosine", "cosine annealing", {"lr": LR_RANGE, "final_fraction": (1e-4, 0.3, "log")}, _cosine,
                     "`torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min={lr:.2g} * "
-                    "{final_fraction:.2g})` on Adam at lr {lr:.2g}"),
+                    "{final_fraction:.2g})` on Adam at lr {lr:.2g}", domains={"final_fraction": (0.0, 1.0, False, False)}),
     schedule_method("exponential", "exponential decay", {"lr": LR_RANGE, "total_decay": (3.0, 1e4, "log")},
                     _exponential, "`torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma={total_decay:.3g} ** "
                     "(-1 / steps))` on Adam at lr {lr:.2g}"),
     schedule_method("one_cycle", "one-cycle", {"lr": LR_RANGE, "pct_start": (0.05, 0.5, "linear")}, _one_cycle,
                     "`torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr={lr:.2g}, total_steps=steps, "
-                    "pct_start={pct_start:.2g}, cycle_momentum=False)` on Adam"),
+                    "pct_start={pct_start:.2g}, cycle_momentum=False)` on Adam",
+                    domains={"pct_start": (0.0, 1.0, True, True)}),
     schedule_method("plateau", "ReduceLROnPlateau", {"lr": LR_RANGE, "factor": (0.1, 0.8, "linear"),
                                                      "patience": (10.0, 2000.0, "log-int")}, None,
                     "`torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor={factor:.2g}, "
                     "patience={patience:.0f})` on Adam at lr {lr:.2g}, stepped with the loss",
                     options=lambda params: {"plateau": {"factor": params["factor"],
-                                                        "patience": int(params["patience"])}}),
+                                                        "patience": int(params["patience"])}},
+                    domains={"factor": (0.0, 1.0, True, True), "patience": (0.0, math.inf, False, True)}),
     schedule_method("adam_hd", "Adam-HD", {"lr": LR_RANGE, "hypergradient_lr": (1e-9, 1e-3, "log")}, None,
                     f"`{AdamHD.__module__}.AdamHD(model.parameters(), lr={{lr:.2g}}, "
                     "hypergradient_lr={hypergradient_lr:.2g})`",

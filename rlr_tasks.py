@@ -47,7 +47,8 @@ import rlr_core
 from rlr_config import (DTYPES, check_device, check_int, check_seed, check_seeds, check_sequence,
                         global_rng_preserved)
 from rlr_results import RunResult
-from rlr_batched import OwnOptimizers, PlateauPerRun, PolynomialTask, check_factories, hypergradient_lrs
+from rlr_batched import (OwnOptimizers, PlateauPerRun, PolynomialTask, check_factories, hypergradient_lrs,
+                         rule_starts)
 from rlr_stacked import BatchedAdam, BatchedAdamHD, StackedModel
 
 N_FEATURES = 40
@@ -540,7 +541,8 @@ class MNIST1DRuns:
 
 @dataclass(frozen=True)
 class MNIST1DTask:
-    """MNIST-1D (the paper's model, Adam on mini-batches) for the task-generic environment and engines."""
+    """MNIST-1D (the paper's model, Adam on mini-batches) as a task: what the vector environment
+    (rlr_env.LRControlVectorEnv) and the registry's families (rlr_methods.Method.run_pool) run on."""
 
     config: MNIST1DConfig = field(default_factory=MNIST1DConfig)
     """the data split, model and run length"""
@@ -571,7 +573,8 @@ class MNIST1DTask:
 
     def check_steps(self, steps: Any) -> None:
         """A family's run length must be the task's (config.steps): MNIST-1D's runs are config.steps long."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps != check_config(self.config).steps:
+        check_int("steps", steps, 1)
+        if steps != check_config(self.config).steps:
             raise ValueError(f"steps must be the task's run length (config.steps = {self.config.steps}), got {steps!r}")
 
     def train(self, seeds: Sequence[int], lr: Any, steps: int, method: str, progress: bool = False,
@@ -711,22 +714,6 @@ def check_lr_sources(lrs: Any, make_controller: Any, make_optimizer: Any, n_runs
         raise ValueError("with make_optimizer, lrs must be one number (the lr each optimiser is built with)")
 
 
-def rule_starts(lrs: Any, plateau: Any, n_runs: int, make_controller: Any, make_optimizer: Any) -> np.ndarray:
-    """Each run's starting lr [K] under Adam's rules (hypergradient_lr, plateau), checked before any work: lrs
-    one number or one per run, finite and >= 0 (None: 1e-3), no other lr source, plateau's options valid."""
-    if make_controller is not None or make_optimizer is not None:
-        raise ValueError("hypergradient_lr and plateau are Adam's rules: not with make_controller or make_optimizer")
-    starts = np.asarray(1e-3 if lrs is None else lrs, dtype=np.float64)
-    if starts.ndim > 1 or (starts.ndim == 1 and len(starts) != n_runs):
-        raise ValueError(f"with hypergradient_lr or plateau, lrs must be one number or one per run ({n_runs}): "
-                         f"each run's starting lr, got shape {starts.shape}")
-    starts = np.ascontiguousarray(np.broadcast_to(starts, (n_runs,)))
-    lr_table(starts[:, None], n_runs, 1, "lrs")  # finite and >= 0
-    if plateau is not None:
-        PlateauPerRun(starts, plateau)  # torch checks the options
-    return starts
-
-
 def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DConfig(), lrs: Any = None, *,
                           make_controller: Callable[[torch.optim.Optimizer], Any] | None = None,
                           make_optimizer: Callable[[Any, float], torch.optim.Optimizer] | None = None,
@@ -764,7 +751,9 @@ def train_mnist1d_batched(seeds: Sequence[int], config: MNIST1DConfig = MNIST1DC
     betas = hypergradient_lrs(hypergradient_lr, n_runs)
     ruled = bool(betas.any()) or plateau is not None
     if ruled:
-        starts = rule_starts(lrs, plateau, n_runs, make_controller, make_optimizer)
+        if make_controller is not None or make_optimizer is not None:
+            raise ValueError("hypergradient_lr and plateau are Adam's rules: not with make_controller or make_optimizer")
+        starts = rule_starts(1e-3 if lrs is None else lrs, plateau, n_runs, "lrs")
     else:
         table = lr_table(1e-3 if lrs is None else lrs, n_runs, config.steps, "lrs")
     controlled = ControllerLrs(make_controller, n_runs, config) if make_controller is not None else None

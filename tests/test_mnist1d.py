@@ -319,3 +319,27 @@ def test_bad_rule_options_on_mnist1d_are_refused_before_any_data(options: dict, 
     monkeypatch.setattr(tasks, "MNIST1DRuns", no_work)
     with pytest.raises(error, match=match):
         tasks.train_mnist1d_batched([0, 1], MNIST1DConfig(steps=5), **options)
+
+
+def test_a_schedule_familys_configuration_is_checked_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_work(*args, **kwargs):
+        raise AssertionError("the configuration must be checked before any work")
+
+    monkeypatch.setattr(tasks, "MNIST1DRuns", no_work)
+    task = tasks.MNIST1DTask(MNIST1DConfig(steps=5))
+    for key, params, match in (("cosine", {"lr": 1e-3}, r"needs its knob\(s\) \['final_fraction'\]"),
+                               ("constant", {"lr": -1e-3}, "constant lr.lr"),
+                               ("one_cycle", {"lr": 1e-3, "pct_start": 1.0}, "one-cycle.pct_start"),
+                               ("plateau", {"lr": 1e-3, "factor": 0.5}, r"needs its knob\(s\) \['patience'\]"),
+                               ("adam_hd", {"lr": 1e-3, "hypergradient_lr": 0.0}, "Adam-HD.hypergradient_lr"),
+                               ("exponential", {"lr": 1e-3, "total_decay": 10.0, "warmup": 3}, "has no knob")):
+        with pytest.raises(ValueError, match=match):
+            methods.get(key).run_pool([params], task, [0], 5)
+    with pytest.raises(ValueError, match="steps"):
+        methods.get("constant").lr_schedule({"lr": 1e-3}, 0)
+    with pytest.raises(TypeError, match="make_scheduler must be callable"):
+        methods.Method("bad", "a bad family", "schedule", {"lr": methods.LR_RANGE}, lambda *a: [], "usage",
+                       make_scheduler="cosine")
+    with pytest.raises(ValueError, match="belong to schedule families"):
+        methods.Method("bad", "a bad family", "lr_free", {"lr": methods.LR_RANGE}, lambda *a: [], "usage",
+                       rule=lambda params: {})

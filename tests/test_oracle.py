@@ -125,7 +125,7 @@ def replay(actions: list[int]):
 
 def test_replaying_actions_in_the_env_is_train_full_batch_on_their_path():
     """The env (run_policy on LRControlVectorEnv) and rlr_batched.train_full_batch build the K runs with the
-    same rlr_batched.stack_members (data, init), step the same BatchedAdam with one lr per run and take the
+    same rlr_batched.PolynomialRuns (data, init), step the same BatchedAdam with one lr per run and take the
     loss from the same mse_loss_and_grad, on the same K: the same floating-point operations in the same
     order, so the tolerance is zero (float32, the default)."""
     controller = ControllerConfig(decision_interval=10)

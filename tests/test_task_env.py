@@ -160,8 +160,6 @@ def test_bad_input_is_refused_before_any_run():
         LRControlVectorEnv(0, rlr_batched.PolynomialTask(), schedule)
     with pytest.raises(TypeError, match="schedule"):
         LRControlVectorEnv(2, rlr_batched.PolynomialTask(), "schedule")
-    with pytest.raises(ValueError, match="loss_reading"):
-        LRControlVectorEnv(2, rlr_batched.PolynomialTask(loss_reading="best"), schedule)
     env = LRControlVectorEnv(2, rlr_batched.PolynomialTask(), schedule)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.array([0, 0]))
@@ -189,3 +187,12 @@ def test_bad_input_is_refused_before_any_run():
         rlr_batched.PolynomialTask(validation_examples=-1)
     with pytest.raises(ValueError, match="no monitoring split"):
         rlr_batched.PolynomialTask(validation_examples=0).runs([0]).validation_losses()
+
+
+def test_the_polynomial_task_refuses_bad_settings_naming_them():
+    with pytest.raises(ValueError, match="loss_reading"):
+        rlr_batched.PolynomialTask(loss_reading="best")
+    with pytest.raises(ValueError, match="seed_bound"):
+        rlr_batched.PolynomialTask(seed_bound=0)
+    with pytest.raises(ValueError, match="configs must name at least one run"):
+        rlr_batched.PolynomialRuns([])
