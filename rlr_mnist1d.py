@@ -585,8 +585,8 @@ def summary_blocks(results: str | Path) -> dict[str, str]:
 
 def write_summary(results: str | Path) -> Path:
     """results/summaries/07_mnist1d.json in rlr_summaries' format ({"notebook", "blocks"}), written atomically.
-    Rendered here rather than in rlr_summaries.SUMMARIES for this round: adding the entry there changes a module
-    whose hash notebook 04's committed runs record (the issue note says so)."""
+    Rendered here rather than in rlr_summaries.SUMMARIES: an entry there would make rlr_summaries import this
+    module, and so put MNIST-1D's code among the inputs (rlr_provenance) of every notebook that writes a summary."""
     path = Path(results) / "summaries" / f"{NOTEBOOK}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"notebook": NOTEBOOK, "blocks": summary_blocks(results)}, indent=1) + "\n")
