@@ -38,11 +38,7 @@ def test_committed_results_come_from_the_current_code(name):
         "run make reproduce")
 
 
-MOVED_ONTO_TASKS = ("issue 24 moved the polynomial engines, the vector environment and the registry onto the task "
-                    "abstraction, which every notebook imports; 01-03 and 04_controllers re-ran on it, every array and "
-                    "controller bit-identical to 6e8906d's runs; the rest re-run in order (make reproduce)")
-KNOWN_STALE: dict[str, str] = {name: MOVED_ONTO_TASKS for name in
-                               ("08_summary",)}
+KNOWN_STALE: dict[str, str] = {}
 """Notebooks whose committed results are known to come from older code (their records hold that code's
 hashes). Empty once `make reproduce` has run on the current tree."""
 
